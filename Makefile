@@ -1,0 +1,44 @@
+# cirelay — `make help` lists the targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Re-install whenever pyproject.toml changes.
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+.PHONY: help
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: install
+install: $(STAMP) ## create .venv and install cirelay with its test extras
+
+.PHONY: run
+run: $(STAMP) ## run the local stack (cirelay up): service on 127.0.0.1:8080, SQLite under ./var
+	$(BIN)/cirelay up
+
+.PHONY: test
+test: $(STAMP) lint ## lint, then run every test (PostgreSQL too when CIRELAY_TEST_DATABASE_URL is set)
+	$(BIN)/pytest
+
+.PHONY: lint
+lint: $(STAMP) ## ruff and mypy on app/
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app
+	$(BIN)/mypy app
+
+.PHONY: bench
+bench: $(STAMP) ## ingest benchmark (prints figures; see README)
+	$(BIN)/python bench/ingest.py
+
+.PHONY: clean
+clean: ## remove the local database and caches (keeps .venv)
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""cirelay: receive Tencent Cloud CI job notifications, record them durably, fan them out.
+
+:func:`create_app` is the one place the parts are wired together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from flask import Flask
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Engine
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app import store
+from app.config import Settings
+from app.ingest import Receiver
+from app.metrics import DatabaseCollector, Metrics
+from app.schemas import SchemaSet
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a request handler needs, built once per process."""
+
+    settings: Settings
+    engine: Engine
+    schemas: SchemaSet
+    metrics: Metrics
+    database_collector: DatabaseCollector
+    receiver: Receiver
+    clock: Clock
+
+
+def build_services(
+    settings: Settings,
+    *,
+    registry: CollectorRegistry | None = None,
+    engine: Engine | None = None,
+    schemas: SchemaSet | None = None,
+    clock: Clock = utc_now,
+) -> Services:
+    registry = registry if registry is not None else CollectorRegistry()
+    engine = engine or store.create_engine(settings.database_url)
+    schemas = schemas or SchemaSet.load(settings.schema_dir)
+    metrics = Metrics(registry)
+
+    def quarantine_size() -> int:
+        with engine.connect() as conn:
+            return store.count_quarantined(conn)
+
+    collector = DatabaseCollector(quarantine_size)
+    registry.register(collector)
+    receiver = Receiver(engine, schemas, metrics, max_depth=settings.max_depth)
+    return Services(settings, engine, schemas, metrics, collector, receiver, clock)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: Services | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Flask:
+    from app import web
+
+    if services is None:
+        services = build_services(settings or Settings.from_env(), registry=registry)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = services.settings.max_body_bytes
+    app.extensions["cirelay"] = services
+    if services.settings.proxy_hops:
+        hops = services.settings.proxy_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
+    web.init_app(app)
+    return app

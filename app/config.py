@@ -1,0 +1,148 @@
+"""Settings: the only module that reads ``os.environ``.
+
+``Settings.from_env()`` coerces every ``CIRELAY_*`` variable, collects every problem and raises
+one :class:`ConfigError` listing them all, so a misconfigured deployment fails at start-up with
+the whole list instead of one variable at a time. No secret has a default outside ``dev()``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/cirelay.db"
+
+
+class ConfigError(Exception):
+    """One or more environment variables are missing or malformed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    public_url: str = "http://127.0.0.1:8080"
+    api_keys: tuple[str, ...] = ()
+    callback_keys: tuple[str, ...] = ()
+    queue_callback_secret: str = ""
+    ci_endpoint: str | None = None
+    ci_secret_id: str = ""
+    ci_secret_key: str = field(default="", repr=False)
+    ci_bucket: str = ""
+    ci_region: str = ""
+    delivery_allowed_networks: tuple[str, ...] = ()
+    schema_dir: Path | None = None
+    #: the largest notification body accepted, in bytes (413 above it)
+    max_body_bytes: int = 1 << 20
+    #: the deepest XML or JSON nesting accepted (400 above it)
+    max_depth: int = 32
+    #: trusted proxy hops in front of the service (X-Forwarded-*)
+    proxy_hops: int = 0
+
+    def __repr__(self) -> str:  # never print secrets
+        return (
+            f"Settings(database_url={_redact_url(self.database_url)!r}, "
+            f"public_url={self.public_url!r}, api_keys=<{len(self.api_keys)}>, "
+            f"callback_keys=<{len(self.callback_keys)}>)"
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def text(name: str, default: str = "") -> str:
+            return env.get(name, default).strip()
+
+        def csv(name: str) -> tuple[str, ...]:
+            return tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
+
+        def integer(name: str, default: int, minimum: int = 0) -> int:
+            raw = env.get(name)
+            if raw is None or not raw.strip():
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"{name}: not an integer")
+                return default
+            if value < minimum:
+                problems.append(f"{name}: must be >= {minimum}")
+            return value
+
+        settings = cls(
+            database_url=text("CIRELAY_DATABASE_URL", DEFAULT_DATABASE_URL),
+            public_url=text("CIRELAY_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
+            api_keys=csv("CIRELAY_API_KEYS"),
+            callback_keys=csv("CIRELAY_CALLBACK_KEYS"),
+            queue_callback_secret=text("CIRELAY_QUEUE_CALLBACK_SECRET"),
+            ci_endpoint=text("CIRELAY_CI_ENDPOINT").rstrip("/") or None,
+            ci_secret_id=text("CIRELAY_CI_SECRET_ID"),
+            ci_secret_key=text("CIRELAY_CI_SECRET_KEY"),
+            ci_bucket=text("CIRELAY_CI_BUCKET"),
+            ci_region=text("CIRELAY_CI_REGION"),
+            delivery_allowed_networks=csv("CIRELAY_DELIVERY_ALLOWED_NETWORKS"),
+            schema_dir=Path(env["CIRELAY_SCHEMA_DIR"]) if env.get("CIRELAY_SCHEMA_DIR") else None,
+            max_body_bytes=integer("CIRELAY_MAX_BODY_BYTES", 1 << 20, minimum=1024),
+            max_depth=integer("CIRELAY_MAX_DEPTH", 32, minimum=8),
+            proxy_hops=integer("CIRELAY_PROXY_HOPS", 0),
+        )
+        if not settings.callback_keys:
+            problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")
+        if not settings.api_keys:
+            problems.append("CIRELAY_API_KEYS: required (comma-separated bearer tokens)")
+        if settings.queue_callback_secret and len(settings.queue_callback_secret) < 16:
+            problems.append("CIRELAY_QUEUE_CALLBACK_SECRET: must be at least 16 characters")
+        if any(len(k) < 16 for k in settings.callback_keys):
+            problems.append("CIRELAY_CALLBACK_KEYS: every key must be at least 16 characters")
+        if problems:
+            raise ConfigError(problems)
+        return settings
+
+    @classmethod
+    def dev(cls, data_dir: Path, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings for ``cirelay up``: the environment where set, generated secrets elsewhere.
+
+        Generated secrets are written to ``data_dir/dev-secrets`` so that a restart keeps
+        the same API key and callback URLs.
+        """
+        env = dict(os.environ if environ is None else environ)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        stored = _load_dev_secrets(data_dir / "dev-secrets")
+        env.setdefault("CIRELAY_DATABASE_URL", f"sqlite:///{data_dir / 'cirelay.db'}")
+        for name in ("CIRELAY_API_KEYS", "CIRELAY_CALLBACK_KEYS", "CIRELAY_QUEUE_CALLBACK_SECRET"):
+            if not env.get(name):
+                env[name] = stored.setdefault(name, secrets.token_urlsafe(24))
+        _save_dev_secrets(data_dir / "dev-secrets", stored)
+        return cls.from_env(env)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _load_dev_secrets(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k: v for k, v in pairs}
+
+
+def _save_dev_secrets(path: Path, values: dict[str, str]) -> None:
+    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
+    path.chmod(0o600)

@@ -1,0 +1,73 @@
+"""The service's expected failures, each mapped to one HTTP answer.
+
+    ServiceError                      500 internal_error
+    ├── BadRequestError               400 bad_request
+    │   ├── MalformedNotificationError    400 malformed_notification  (not XML/JSON, DTD, depth…)
+    │   └── InvalidNotificationError      400 invalid_notification    (schema violations)
+    ├── UnauthorizedError             401 unauthorized
+    ├── NotFoundError                 404 not_found
+    ├── PayloadTooLargeError          413 payload_too_large
+    ├── UnsupportedMediaTypeError     415 unsupported_media_type
+    └── UnavailableError              503 unavailable                  (database down: retry)
+
+One Flask handler (``app.web``) renders any of them as
+``{"error": code, "message": ..., "details": [...]}``. Only our own faults are 5xx, because
+senders retry those.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """An expected failure that maps to an HTTP response."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "details": self.details}
+
+
+class BadRequestError(ServiceError):
+    status_code = 400
+    code = "bad_request"
+
+
+class MalformedNotificationError(BadRequestError):
+    code = "malformed_notification"
+
+
+class InvalidNotificationError(BadRequestError):
+    code = "invalid_notification"
+
+
+class UnauthorizedError(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFoundError(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class PayloadTooLargeError(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class UnavailableError(ServiceError):
+    status_code = 503
+    code = "unavailable"

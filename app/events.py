@@ -1,0 +1,68 @@
+"""Events: what cirelay fans out. Written to the ``events`` table (the outbox) in the same
+transaction as the change they describe, so an event exists exactly when its change does.
+
+Types are reverse-DNS names: ``com.cirelay.job.<submitted|running|succeeded|failed|paused|
+cancelled>`` and ``com.cirelay.notification.quarantined``. The CloudEvents envelope is built
+from these columns at delivery time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from app import store
+from app.models import Job, JobState, QuarantinedNotification, new_id
+
+TYPE_PREFIX = "com.cirelay"
+QUARANTINED = f"{TYPE_PREFIX}.notification.quarantined"
+
+
+def job_event_type(state: str) -> str:
+    return f"{TYPE_PREFIX}.job.{JobState(state).event_name}"
+
+
+def event_source(job: Job) -> str:
+    """The CI bucket and queue the job ran in, as a URI reference."""
+    bucket = job.input.get("bucket") or "unknown-bucket"
+    region = job.input.get("region") or "unknown-region"
+    queue = job.queue_id or "default"
+    return f"https://{bucket}.ci.{region}.myqcloud.com/queues/{queue}"
+
+
+def record_job_changed(conn: Any, job: Job, previous: str | None, now: datetime) -> None:
+    data = job.view()
+    data["previous_state"] = previous
+    store.insert_event(
+        conn,
+        {
+            "id": new_id("evt", now),
+            "type": job_event_type(job.state),
+            "source": event_source(job),
+            "subject": job.ci_job_id,
+            "job_id": job.id,
+            "time": now,
+            "data": data,
+        },
+    )
+
+
+def record_quarantined(conn: Any, item: QuarantinedNotification, now: datetime) -> None:
+    store.insert_event(
+        conn,
+        {
+            "id": new_id("evt", now),
+            "type": QUARANTINED,
+            "source": "/cirelay/quarantine",
+            "subject": None,
+            "job_id": item.job_id,
+            "time": now,
+            "data": {
+                "quarantine_id": item.id,
+                "source": item.source,
+                "job_id": item.job_id,
+                "error": item.error,
+                "reasons": item.reasons,
+            },
+        },
+    )

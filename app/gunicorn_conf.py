@@ -1,0 +1,35 @@
+"""gunicorn configuration used by ``cirelay serve``, ``cirelay up`` and the image.
+
+Every value can be overridden on gunicorn's command line or with ``GUNICORN_*``-style
+environment variables read below. Worker class and counts were chosen by ``bench/ingest.py``
+(see the README's figures).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import multiprocess
+
+bind = os.environ.get("CIRELAY_BIND", "127.0.0.1:8080")
+workers = int(os.environ.get("CIRELAY_WORKERS", "2"))
+worker_class = os.environ.get("CIRELAY_WORKER_CLASS", "gthread")
+threads = int(os.environ.get("CIRELAY_THREADS", "4"))
+# Recycle workers now and then, staggered so they do not all restart at once.
+max_requests = int(os.environ.get("CIRELAY_MAX_REQUESTS", "20000"))
+max_requests_jitter = max_requests // 10
+# In-flight notifications finish before a worker exits on SIGTERM.
+graceful_timeout = 30
+timeout = 60
+keepalive = 5
+accesslog = os.environ.get("CIRELAY_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("CIRELAY_LOG_LEVEL", "info")
+proc_name = "cirelay"
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges must not be summed into /metrics any more."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

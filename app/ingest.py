@@ -1,0 +1,139 @@
+"""The one path every notification takes, whether it came to a callback URL, from a poll of
+CI, or out of quarantine:
+
+    parse + validate ─▶ ONE transaction: notification row + job update + outbox event ─▶ commit
+    (malformed or invalid: raw body, headers and every reason go to quarantine, in a
+    transaction of their own, and the caller answers 400)
+
+Nothing here answers HTTP; the web layer and the CLI call :func:`ingest` and render what it
+returns or raises. Metrics are counted here, so every path is counted the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app import events, jobs, store
+from app.errors import (
+    BadRequestError,
+    InvalidNotificationError,
+    NotFoundError,
+    UnavailableError,
+)
+from app.metrics import Metrics
+from app.models import ApplyResult, Outcome, QuarantinedNotification, Received, Source
+from app.notifications import parse_notification
+from app.schemas import SchemaSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """What ingesting needs: the database, the schemas, the limits and the metrics."""
+
+    engine: Engine
+    schemas: SchemaSet
+    metrics: Metrics
+    max_depth: int = 32
+
+    def ingest(
+        self, received: Received, now: datetime, *, quarantine: bool = True
+    ) -> list[ApplyResult]:
+        """Parse, validate and record one notification; raise a ServiceError otherwise.
+
+        A malformed or invalid notification is quarantined (unless ``quarantine`` is false,
+        as for a replay out of quarantine) and the error re-raised.
+        """
+        try:
+            notification = parse_notification(
+                received.body, received.content_type, self.schemas, max_depth=self.max_depth
+            )
+            with store.transaction(self.engine) as conn:
+                results = jobs.apply_notification(conn, notification, received, now)
+        except BadRequestError as exc:  # malformed, invalid, or valid but for another job
+            if quarantine:
+                self._quarantine(received, exc, now)
+            raise
+        except NotFoundError:
+            self.metrics.notifications.labels(Outcome.UNAUTHENTICATED.value).inc()
+            raise
+        except (OperationalError, PoolTimeoutError) as exc:
+            raise UnavailableError("database unavailable, retry later") from exc
+        for result in results:
+            self._count(result)
+        return results
+
+    def _count(self, result: ApplyResult) -> None:
+        self.metrics.notifications.labels(result.outcome.value).inc()
+        if result.outcome is Outcome.ACCEPTED:
+            self.metrics.transitions.labels(result.previous_state or "none", result.state).inc()
+            if result.ci_duration_seconds is not None:
+                self.metrics.ci_job_duration.labels(result.state).observe(
+                    max(result.ci_duration_seconds, 0.0)
+                )
+
+    def _quarantine(self, received: Received, exc: BadRequestError, now: datetime) -> None:
+        outcome = (
+            Outcome.SCHEMA_VIOLATION
+            if isinstance(exc, InvalidNotificationError)
+            else Outcome.MALFORMED
+        )
+        self.metrics.notifications.labels(outcome.value).inc()
+        log.warning(
+            "notification quarantined",
+            extra={"error": exc.code, "reasons": exc.details, "job_id": received.job_id},
+        )
+        try:
+            item = QuarantinedNotification(
+                id=0,
+                received_at=now,
+                source=received.source.value,
+                job_id=received.job_id,
+                content_type=received.content_type[:128],
+                headers=received.headers,
+                body=received.body,
+                error=outcome.value,
+                reasons=exc.details or [{"path": "", "reason": exc.message}],
+                replayed_at=None,
+                replay_outcome=None,
+            )
+            with store.transaction(self.engine) as conn:
+                item = store.insert_quarantined(conn, item)
+                events.record_quarantined(conn, item, now)
+        except (OperationalError, PoolTimeoutError) as db_exc:
+            raise UnavailableError("database unavailable, retry later") from db_exc
+
+    def replay(self, ident: int, now: datetime) -> str:
+        """Send a quarantined notification through :meth:`ingest` again (after a schema fix).
+
+        Returns the outcome; records it on the quarantined row. A replay that fails again is
+        not quarantined a second time.
+        """
+        with store.transaction(self.engine) as conn:
+            item = store.get_quarantined(conn, ident)
+        if item is None:
+            raise NotFoundError(f"no quarantined notification {ident}")
+        received = Received(
+            body=item.body,
+            content_type=item.content_type,
+            headers=item.headers,
+            source=Source.REPLAY,
+            job_id=item.job_id,
+        )
+        try:
+            results = self.ingest(received, now, quarantine=False)
+            outcome = results[0].outcome.value
+        except InvalidNotificationError:
+            outcome = Outcome.SCHEMA_VIOLATION.value
+        except BadRequestError:
+            outcome = Outcome.MALFORMED.value
+        with store.transaction(self.engine) as conn:
+            store.mark_replayed(conn, ident, now, outcome)
+        return outcome

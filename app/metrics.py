@@ -1,0 +1,115 @@
+"""Every Prometheus metric of the service, in one place.
+
+Each metric is registered on an injectable registry, so a test builds its own and reads values
+with ``registry.get_sample_value(...)``. Under gunicorn, prometheus_client runs in multiprocess
+mode (``PROMETHEUS_MULTIPROC_DIR``, set and emptied by ``cirelay serve``); :func:`exposition`
+then aggregates the files of all workers. Gauges that describe the database (quarantine size)
+are read from it at scrape time, so every worker reports the same truth. Labels are
+low-cardinality only: never a job id.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.models import JobState, Outcome
+
+#: Media jobs take seconds to hours.
+JOB_DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
+#: Receiving one notification should take milliseconds.
+PROCESSING_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.notifications = Counter(
+            "cirelay_notifications",
+            "CI notifications received, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.processing_seconds = Histogram(
+            "cirelay_notification_processing_seconds",
+            "Time from a notification's arrival to its answer.",
+            ["wire_format"],
+            buckets=PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self.transitions = Counter(
+            "cirelay_job_state_transitions",
+            "Job state changes recorded, by previous and new state (previous 'none': new job).",
+            ["from_state", "to_state"],
+            registry=registry,
+        )
+        self.ci_job_duration = Histogram(
+            "cirelay_ci_job_duration_seconds",
+            "Job durations CI reports (EndTime - CreationTime), by final state.",
+            ["state"],
+            buckets=JOB_DURATION_BUCKETS,
+            registry=registry,
+        )
+        for outcome in Outcome:
+            self.notifications.labels(outcome.value)
+        for fmt in ("xml", "json"):
+            self.processing_seconds.labels(fmt)
+        for state in (JobState.SUCCESS, JobState.FAILED, JobState.CANCEL):
+            self.ci_job_duration.labels(state.value)
+
+
+class DatabaseCollector(Collector):
+    """Gauges read from the database at scrape time."""
+
+    def __init__(self, quarantine_size: Callable[[], int]) -> None:
+        self._quarantine_size = quarantine_size
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            size = self._quarantine_size()
+        except Exception:
+            return
+        yield GaugeMetricFamily(
+            "cirelay_quarantine_size",
+            "Quarantined notifications not yet replayed successfully.",
+            value=size,
+        )
+
+
+def is_multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def exposition(registry: CollectorRegistry, database: Collector) -> tuple[bytes, str]:
+    """The text exposition: this process's registry, or all workers' files under gunicorn."""
+    if is_multiprocess():
+        scrape = CollectorRegistry()
+        multiprocess.MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
+        scrape.register(database)
+        return generate_latest(scrape), CONTENT_TYPE_LATEST
+    return generate_latest(registry), CONTENT_TYPE_LATEST

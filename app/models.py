@@ -1,0 +1,248 @@
+"""Plain data: the job states CI reports and what one notification says about one job."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class JobState(enum.StrEnum):
+    """CI's job states, spelled as CI spells them (§3.1 of the spec)."""
+
+    SUBMITTED = "Submitted"
+    RUNNING = "Running"
+    SUCCESS = "Success"
+    FAILED = "Failed"
+    PAUSE = "Pause"
+    CANCEL = "Cancel"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def event_name(self) -> str:
+        """The verb used in event types: ``com.cirelay.job.<event_name>``."""
+        return _EVENT_NAMES[self]
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILED, JobState.CANCEL})
+
+_EVENT_NAMES = {
+    JobState.SUBMITTED: "submitted",
+    JobState.RUNNING: "running",
+    JobState.SUCCESS: "succeeded",
+    JobState.FAILED: "failed",
+    JobState.PAUSE: "paused",
+    JobState.CANCEL: "cancelled",
+}
+
+
+class Outcome(enum.StrEnum):
+    """What became of one notification; also the ``outcome`` label of the metrics."""
+
+    ACCEPTED = "accepted"  # moved the job to a new state
+    DUPLICATE = "duplicate"  # same job, same content as one already recorded
+    STALE = "stale"  # recorded, but the job had already moved on
+    SCHEMA_VIOLATION = "schema_violation"
+    MALFORMED = "malformed"
+    UNAUTHENTICATED = "unauthenticated"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+
+
+class Source(enum.StrEnum):
+    """How a notification reached us."""
+
+    CALLBACK = "callback"  # per-job CallBack URL
+    QUEUE = "queue"  # queue-level URL, jobs nobody submitted through cirelay
+    POLL = "poll"  # learnt by asking CI (reconciler)
+    REPLAY = "replay"  # a quarantined notification replayed
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """One ``JobsDetail`` of a notification, reduced to what cirelay records."""
+
+    ci_job_id: str
+    state: JobState
+    tag: str
+    code: str
+    message: str
+    queue_id: str | None
+    created_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    user_data: str | None
+    input: dict[str, Any]
+    output: dict[str, Any]
+    result_files: list[dict[str, Any]]
+    media_info: dict[str, Any]
+    workflow: dict[str, Any] | None
+    template: dict[str, Any] | None
+    #: sha256 over the canonical form of this JobsDetail: equal content, equal digest
+    digest: str
+
+    @property
+    def ci_duration_seconds(self) -> float | None:
+        if self.created_at and self.ended_at:
+            return (self.ended_at - self.created_at).total_seconds()
+        return None
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A parsed, schema-valid notification: what CI said, and the bytes it said it in."""
+
+    event_name: str | None
+    reports: tuple[JobReport, ...]
+    wire_format: str  # "xml" or "json"
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class Received:
+    """A notification as it arrived, before any parsing: what quarantine keeps."""
+
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+    source: Source
+    job_id: str | None = None  # the cirelay job named by the URL, for per-job callbacks
+    received_at: datetime | None = None
+
+
+@dataclass
+class ApplyResult:
+    outcome: Outcome
+    job_id: str
+    ci_job_id: str
+    previous_state: str | None
+    state: str
+    ci_duration_seconds: float | None = None
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as cirelay records it."""
+
+    id: str
+    ci_job_id: str | None
+    origin: str  # "api" (submitted through cirelay) or "queue" (learnt from a notification)
+    state: str
+    tag: str
+    queue_id: str | None
+    code: str | None
+    message: str | None
+    user_data: str | None
+    input: dict[str, Any]
+    output: dict[str, Any]
+    result_files: list[dict[str, Any]]
+    media_info: dict[str, Any]
+    workflow: dict[str, Any] | None
+    template: dict[str, Any] | None
+    ci_created_at: datetime | None
+    ci_started_at: datetime | None
+    ci_ended_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    last_notified_at: datetime | None
+
+    def view(self) -> dict[str, Any]:
+        """The public JSON view of a job: the read API's answer and every event's ``data``."""
+        failed = self.state == JobState.FAILED
+        return {
+            "id": self.id,
+            "ci_job_id": self.ci_job_id,
+            "origin": self.origin,
+            "state": self.state,
+            "tag": self.tag,
+            "queue_id": self.queue_id,
+            "input": self.input,
+            "output": self.output,
+            "result_files": self.result_files,
+            "media_info": self.media_info,
+            "error": {"code": self.code, "message": self.message} if failed else None,
+            "user_data": self.user_data,
+            "workflow": self.workflow,
+            "template": self.template,
+            "timings": {
+                "ci_created_at": _iso(self.ci_created_at),
+                "ci_started_at": _iso(self.ci_started_at),
+                "ci_ended_at": _iso(self.ci_ended_at),
+                "ci_duration_seconds": (
+                    (self.ci_ended_at - self.ci_created_at).total_seconds()
+                    if self.ci_ended_at and self.ci_created_at
+                    else None
+                ),
+                "created_at": _iso(self.created_at),
+                "updated_at": _iso(self.updated_at),
+                "last_notified_at": _iso(self.last_notified_at),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class NotificationRecord:
+    """One stored notification of a job."""
+
+    id: int
+    job_id: str
+    state: str
+    source: str
+    outcome: str
+    wire_format: str
+    digest: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class QuarantinedNotification:
+    id: int
+    received_at: datetime
+    source: str
+    job_id: str | None
+    content_type: str
+    headers: dict[str, str]
+    body: bytes
+    error: str
+    reasons: list[dict[str, str]]
+    replayed_at: datetime | None
+    replay_outcome: str | None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the outbox: a job state change or a quarantined notification."""
+
+    seq: int
+    id: str
+    type: str
+    source: str
+    subject: str | None
+    job_id: str | None
+    time: datetime
+    data: dict[str, Any]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str, now: datetime) -> str:
+    """A ULID with a prefix: 48 bits of milliseconds then 80 random bits, Crockford base32.
+
+    Ids sort by creation time, so they double as pagination cursors.
+    """
+    import secrets
+
+    value = (int(now.timestamp() * 1000) << 80) | secrets.randbits(80)
+    chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
+    return f"{prefix}_{''.join(chars)}"

@@ -1,0 +1,327 @@
+"""Parse and validate a CI notification (XML or JSON) into a :class:`Notification`.
+
+The order of checks is the order of cost, cheapest first, and every check runs before the
+next one can be fooled by what the previous one let through:
+
+1. the body size (the web layer reads at most ``max_body_bytes`` and answers 413 above it);
+2. the body is UTF-8;
+3. XML: parsed by libxml2 with entities unresolved, no network and no DTD loading; a document
+   that carries a DOCTYPE at all is refused, so no entity can be declared (XXE, billion laughs,
+   quadratic blow-up); JSON: parsed with duplicate keys refused and mapped onto the same
+   element tree the XML would have (§5.4 of the spec: no ``Response`` wrapper, strings, arrays
+   for repeated elements);
+4. the nesting depth;
+5. the XSD (``schemas/notification.xsd``), one schema for both wire formats.
+
+Failures of 2 to 4 raise :class:`MalformedNotificationError`, failures of 5
+:class:`InvalidNotificationError` with every violation (path + reason) in ``details``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from lxml import etree
+
+from app.errors import InvalidNotificationError, MalformedNotificationError
+from app.models import JobReport, JobState, Notification
+from app.schemas import SchemaSet
+
+XML_CONTENT_TYPES = frozenset({"application/xml", "text/xml"})
+JSON_CONTENT_TYPES = frozenset({"application/json"})
+CONTENT_TYPES = XML_CONTENT_TYPES | JSON_CONTENT_TYPES
+
+CI_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_blank_text=True,
+    remove_comments=True,
+    remove_pis=True,
+)
+
+
+def media_type(content_type: str | None) -> str:
+    """``"Application/XML; charset=utf-8"`` -> ``"application/xml"``."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_notification(
+    body: bytes, content_type: str, schemas: SchemaSet, *, max_depth: int = 32
+) -> Notification:
+    """Turn a request body into a validated :class:`Notification`, or raise a 400 error."""
+    kind = media_type(content_type)
+    root = (
+        json_to_element(load_json(body, max_depth))
+        if kind in JSON_CONTENT_TYPES
+        else parse_xml(body, max_depth)
+    )
+    violations = schemas.validate("notification", root)
+    if violations:
+        raise InvalidNotificationError(
+            f"notification violates the schema ({len(violations)} problem(s))",
+            [v.as_dict() for v in violations],
+        )
+    return Notification(
+        event_name=root.findtext("EventName"),
+        reports=tuple(_report(d) for d in root.iterfind("JobsDetail")),
+        wire_format="json" if kind in JSON_CONTENT_TYPES else "xml",
+        body=body,
+        content_type=kind,
+    )
+
+
+def parse_xml(body: bytes, max_depth: int) -> etree._Element:
+    """Parse untrusted XML: UTF-8 only, no DTD, bounded depth."""
+    _require_utf8(body)
+    try:
+        tree = etree.fromstring(body, _PARSER).getroottree()
+    except etree.XMLSyntaxError as exc:
+        raise MalformedNotificationError(f"not well-formed XML: {exc.msg}") from exc
+    docinfo: Any = tree.docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise MalformedNotificationError("DTDs and entity declarations are not accepted")
+    root = tree.getroot()
+    _require_depth(root, max_depth)
+    return root
+
+
+def load_json(body: bytes, max_depth: int) -> Any:
+    """Decode untrusted JSON: UTF-8 only, no duplicate keys, bounded depth."""
+    _require_utf8(body)
+    try:
+        value = json.loads(body, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise MalformedNotificationError(f"JSON nested deeper than {max_depth} levels") from exc
+    except ValueError as exc:
+        raise MalformedNotificationError(f"not valid JSON: {exc}") from exc
+    if _json_depth(value, max_depth) > max_depth:
+        raise MalformedNotificationError(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def json_to_element(document: Any) -> etree._Element:
+    """Map a JSON notification onto the XML element tree it stands for (§5.4).
+
+    The object becomes the children of a ``<Response>`` root; each key an element; a list the
+    element repeated; strings and numbers its text; ``null`` is omitted, as CI omits empty
+    elements. The result is checked by the same XSD as an XML notification.
+    """
+    if not isinstance(document, dict):
+        raise MalformedNotificationError("a JSON notification must be an object")
+    root = etree.Element("Response")
+    _fill(root, document)
+    return root
+
+
+def _fill(parent: etree._Element, obj: dict[str, Any]) -> None:
+    for key, value in obj.items():
+        for item in value if isinstance(value, list) else [value]:
+            if item is None:
+                continue
+            try:
+                child = etree.SubElement(parent, key)
+            except ValueError as exc:
+                raise MalformedNotificationError(f"{key!r} is not a valid element name") from exc
+            if isinstance(item, dict):
+                _fill(child, item)
+            elif isinstance(item, list):
+                raise MalformedNotificationError(f"{key!r}: nested arrays have no XML form")
+            else:
+                try:
+                    child.text = _scalar_text(item)
+                except ValueError as exc:
+                    raise MalformedNotificationError(f"{key!r}: {exc}") from exc
+
+
+def _scalar_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_depth(value: Any, limit: int, depth: int = 1) -> int:
+    if depth > limit:
+        return depth
+    children: Any = ()
+    if isinstance(value, dict):
+        children = value.values()
+    elif isinstance(value, list):
+        children = value
+    return max((_json_depth(c, limit, depth + 1) for c in children), default=depth)
+
+
+def _require_utf8(body: bytes) -> None:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedNotificationError(f"body is not UTF-8 (byte {exc.start})") from exc
+
+
+def _require_depth(root: etree._Element, max_depth: int) -> None:
+    # Iterative, so a deep document cannot exhaust Python's stack.
+    stack = [(root, 1)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > max_depth:
+            raise MalformedNotificationError(f"XML nested deeper than {max_depth} levels")
+        stack.extend((child, depth + 1) for child in element)
+
+
+# --- from a valid JobsDetail element to a JobReport ---------------------------------------
+
+
+def element_to_dict(element: etree._Element) -> Any:
+    """A small, lossless-enough view of an element: text for leaves, dicts for containers,
+    lists where a child name repeats."""
+    if len(element) == 0:
+        return element.text or ""
+    result: dict[str, Any] = {}
+    for child in element:
+        value = element_to_dict(child)
+        tag = str(child.tag)
+        if tag in result:
+            existing = result[tag]
+            if isinstance(existing, list):
+                existing.append(value)
+            else:
+                result[tag] = [existing, value]
+        else:
+            result[tag] = value
+    return result
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def parse_ci_time(text: str | None) -> datetime | None:
+    """CI's ``2024-03-05T09:41:07+0800``; ``-`` or empty before the job started."""
+    if not text or text == "-":
+        return None
+    return datetime.strptime(text, CI_TIME_FORMAT)
+
+
+def _report(detail: etree._Element) -> JobReport:
+    view: dict[str, Any] = element_to_dict(detail)
+    operation = view.get("Operation") or {}
+    operation = operation if isinstance(operation, dict) else {}
+    template = (
+        {"id": operation["TemplateId"], "name": operation.get("TemplateName")}
+        if operation.get("TemplateId")
+        else None
+    )
+    return JobReport(
+        ci_job_id=view["JobId"],
+        state=JobState(view["State"]),
+        tag=view.get("Tag", ""),
+        code=view.get("Code", ""),
+        message=view.get("Message", ""),
+        queue_id=view.get("QueueId") or None,
+        created_at=parse_ci_time(view.get("CreationTime")),
+        started_at=parse_ci_time(view.get("StartTime")),
+        ended_at=parse_ci_time(view.get("EndTime")),
+        user_data=operation.get("UserData"),
+        input=_input(view.get("Input")),
+        output=_output(operation.get("Output")),
+        result_files=_result_files(operation.get("MediaResult")),
+        media_info=_media_summary(operation.get("MediaInfo")),
+        workflow=view.get("Workflow") or None,
+        template=template,
+        digest=hashlib.sha256(etree.tostring(detail, method="c14n")).hexdigest(),
+    )
+
+
+def _input(node: Any) -> dict[str, Any]:
+    node = node if isinstance(node, dict) else {}
+    result: dict[str, Any] = {
+        "bucket": node.get("BucketId") or node.get("Bucket"),
+        "region": node.get("Region"),
+        "object": node.get("Object"),
+    }
+    headers = _as_list(node.get("CosHeaders"))
+    if headers:
+        result["cos_headers"] = {h.get("Key", ""): h.get("Value", "") for h in headers}
+    return result
+
+
+def _output(node: Any) -> dict[str, Any]:
+    node = node if isinstance(node, dict) else {}
+    names = {"Region": "region", "Bucket": "bucket", "Object": "object", "AuObject": "au_object"}
+    return {ours: node[theirs] for theirs, ours in names.items() if node.get(theirs)}
+
+
+def _result_files(node: Any) -> list[dict[str, Any]]:
+    node = node if isinstance(node, dict) else {}
+    files: list[dict[str, Any]] = []
+    for out in _as_list(node.get("OutputFile")):
+        prefix = out.get("ObjectPrefix") or ""
+        md5s = {m.get("ObjectName"): m.get("Md5") for m in _as_list(out.get("Md5Info"))}
+        for name in _as_list(out.get("ObjectName")):
+            files.append(
+                {
+                    "bucket": out.get("Bucket"),
+                    "region": out.get("Region"),
+                    "object": prefix + name,
+                    "md5": md5s.get(name),
+                }
+            )
+    return files
+
+
+def _media_summary(node: Any) -> dict[str, Any]:
+    node = node if isinstance(node, dict) else {}
+    fmt = node.get("Format") or {}
+    stream = node.get("Stream") or {}
+    audio = _as_list(stream.get("Audio") if isinstance(stream, dict) else None)
+    if not fmt and not audio:
+        return {}
+    return {
+        "format": fmt.get("FormatName"),
+        "duration_seconds": _number(fmt.get("Duration")),
+        "size_bytes": _number(fmt.get("Size")),
+        "bitrate_kbps": _number(fmt.get("Bitrate")),
+        "audio": [
+            {
+                "codec": a.get("CodecName"),
+                "sample_rate": _number(a.get("SampleRate")),
+                "channels": _number(a.get("Channel")),
+                "duration_seconds": _number(a.get("Duration")),
+                "bitrate_kbps": _number(a.get("Bitrate")),
+            }
+            for a in audio
+            if isinstance(a, dict)
+        ],
+    }
+
+
+def _number(text: Any) -> float | int | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() and "." not in text else value

@@ -1,0 +1,373 @@
+"""Tables and queries (SQLAlchemy Core): the only module that builds SQL.
+
+Works unchanged on SQLite (the embedded default, WAL, ``synchronous=FULL`` so a commit is on
+disk before we answer) and on PostgreSQL (psycopg 3). Functions take an open connection inside
+a transaction the caller owns; they return models from :mod:`app.models`, never rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from app.models import Event, Job, NotificationRecord, QuarantinedNotification
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, also on SQLite (which keeps no offset)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("ci_job_id", sa.String(64), unique=True),
+    sa.Column("origin", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("tag", sa.String(32), nullable=False),
+    sa.Column("queue_id", sa.String(64)),
+    sa.Column("code", sa.String(128)),
+    sa.Column("message", sa.Text),
+    sa.Column("user_data", sa.Text),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("ci_created_at", UTCDateTime),
+    sa.Column("ci_started_at", UTCDateTime),
+    sa.Column("ci_ended_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("last_notified_at", UTCDateTime),
+    sa.Index(None, "state", "id"),
+    sa.Index(None, "created_at"),
+)
+
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(40), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("ci_job_id", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("wire_format", sa.String(8), nullable=False),
+    sa.Column("content_type", sa.String(64), nullable=False),
+    sa.Column("headers", sa.JSON, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("job_id", "digest"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("seq", BigId, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(40), nullable=False, unique=True),
+    sa.Column("type", sa.String(80), nullable=False),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("subject", sa.String(64)),
+    sa.Column("job_id", sa.String(40)),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Index(None, "job_id", "seq"),
+)
+
+quarantined_notifications = sa.Table(
+    "quarantined_notifications",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("job_id", sa.String(40)),
+    sa.Column("content_type", sa.String(128), nullable=False),
+    sa.Column("headers", sa.JSON, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("error", sa.String(64), nullable=False),
+    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("replayed_at", UTCDateTime),
+    sa.Column("replay_outcome", sa.String(32)),
+)
+
+
+# --- engine -------------------------------------------------------------------------------
+
+
+def create_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine with the settings each backend needs.
+
+    SQLite: WAL, ``synchronous=FULL`` (durable at commit), a busy timeout so writers queue
+    instead of failing, foreign keys on, and ``BEGIN IMMEDIATE`` so a transaction takes the
+    write lock up front rather than failing to upgrade a read lock half-way.
+    """
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                "foreign_keys=ON",
+                "busy_timeout=30000",
+            ):
+                cur.execute(f"PRAGMA {pragma}")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction: committed when the block ends, rolled back if it raises."""
+    with engine.begin() as conn:
+        yield conn
+
+
+def ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+def _insert(conn: Connection, table: sa.Table) -> Any:
+    """A dialect insert, so ``on_conflict_do_nothing`` is available on both backends."""
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+def _job(row: sa.Row[Any]) -> Job:
+    m = row._mapping
+    detail = m["detail"] or {}
+    return Job(
+        id=m["id"],
+        ci_job_id=m["ci_job_id"],
+        origin=m["origin"],
+        state=m["state"],
+        tag=m["tag"],
+        queue_id=m["queue_id"],
+        code=m["code"],
+        message=m["message"],
+        user_data=m["user_data"],
+        input=detail.get("input", {}),
+        output=detail.get("output", {}),
+        result_files=detail.get("result_files", []),
+        media_info=detail.get("media_info", {}),
+        workflow=detail.get("workflow"),
+        template=detail.get("template"),
+        ci_created_at=m["ci_created_at"],
+        ci_started_at=m["ci_started_at"],
+        ci_ended_at=m["ci_ended_at"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        last_notified_at=m["last_notified_at"],
+    )
+
+
+def _locked(conn: Connection, query: sa.Select[Any]) -> sa.Select[Any]:
+    # SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks the row.
+    return query.with_for_update() if conn.dialect.name == "postgresql" else query
+
+
+def get_job(conn: Connection, job_id: str, *, for_update: bool = False) -> Job | None:
+    query = sa.select(jobs).where(jobs.c.id == job_id)
+    row = conn.execute(_locked(conn, query) if for_update else query).first()
+    return _job(row) if row else None
+
+
+def find_job(conn: Connection, ident: str, *, for_update: bool = False) -> Job | None:
+    """A job by cirelay id or CI JobId."""
+    query = sa.select(jobs).where(sa.or_(jobs.c.id == ident, jobs.c.ci_job_id == ident))
+    row = conn.execute(_locked(conn, query) if for_update else query).first()
+    return _job(row) if row else None
+
+
+def insert_job(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(sa.insert(jobs).values(**values))
+
+
+def insert_job_if_absent(conn: Connection, values: dict[str, Any]) -> None:
+    """Insert a job unless one with the same CI JobId exists (concurrent queue callbacks)."""
+    stmt = _insert(conn, jobs).values(**values).on_conflict_do_nothing(index_elements=["ci_job_id"])
+    conn.execute(stmt)
+
+
+def update_job(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
+    conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+
+
+def list_jobs(
+    conn: Connection,
+    *,
+    states: Sequence[str] = (),
+    tag: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    before_id: str | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """Newest first; ``before_id`` is the cursor (ids sort by creation time)."""
+    query = sa.select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+    if states:
+        query = query.where(jobs.c.state.in_(list(states)))
+    if tag:
+        query = query.where(jobs.c.tag == tag)
+    if created_after:
+        query = query.where(jobs.c.created_at >= created_after)
+    if created_before:
+        query = query.where(jobs.c.created_at < created_before)
+    if before_id:
+        query = query.where(jobs.c.id < before_id)
+    return [_job(row) for row in conn.execute(query)]
+
+
+def count_jobs_by_state(conn: Connection) -> dict[str, int]:
+    query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+    return {state: n for state, n in conn.execute(query).tuples()}
+
+
+# --- notifications ------------------------------------------------------------------------
+
+
+def insert_notification(conn: Connection, values: dict[str, Any]) -> bool:
+    """Record a notification; False when the same content was already recorded for the job."""
+    stmt = (
+        _insert(conn, notifications)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["job_id", "digest"])
+    )
+    return bool(conn.execute(stmt).rowcount)
+
+
+def has_notification(conn: Connection, job_id: str, digest: str) -> bool:
+    query = sa.select(notifications.c.id).where(
+        notifications.c.job_id == job_id, notifications.c.digest == digest
+    )
+    return conn.execute(query).first() is not None
+
+
+def list_notifications(conn: Connection, job_id: str) -> list[NotificationRecord]:
+    cols = [c for c in notifications.c if c.name not in ("body", "headers", "content_type")]
+    query = sa.select(*cols).where(notifications.c.job_id == job_id).order_by(notifications.c.id)
+    return [
+        NotificationRecord(
+            id=m["id"],
+            job_id=m["job_id"],
+            state=m["state"],
+            source=m["source"],
+            outcome=m["outcome"],
+            wire_format=m["wire_format"],
+            digest=m["digest"],
+            received_at=m["received_at"],
+        )
+        for m in conn.execute(query).mappings()
+    ]
+
+
+# --- events (the outbox) ------------------------------------------------------------------
+
+
+def insert_event(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(sa.insert(events).values(**values))
+
+
+def list_events(conn: Connection, *, after: int = 0, limit: int = 100) -> list[Event]:
+    query = sa.select(events).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
+    return [Event(**dict(m)) for m in conn.execute(query).mappings()]
+
+
+# --- quarantine ---------------------------------------------------------------------------
+
+
+def _quarantined(m: sa.RowMapping) -> QuarantinedNotification:
+    return QuarantinedNotification(**dict(m))
+
+
+def insert_quarantined(conn: Connection, item: QuarantinedNotification) -> QuarantinedNotification:
+    """Store ``item`` (its ``id`` is ignored); returns it with the id it was given."""
+    values = {k: v for k, v in dataclasses.asdict(item).items() if k != "id"}
+    result = conn.execute(
+        sa.insert(quarantined_notifications)
+        .values(**values)
+        .returning(quarantined_notifications.c.id)
+    )
+    return dataclasses.replace(item, id=int(result.scalar_one()))
+
+
+def get_quarantined(conn: Connection, ident: int) -> QuarantinedNotification | None:
+    query = sa.select(quarantined_notifications).where(quarantined_notifications.c.id == ident)
+    row = conn.execute(query).mappings().first()
+    return _quarantined(row) if row else None
+
+
+def list_quarantined(
+    conn: Connection, *, pending_only: bool = False, limit: int = 100
+) -> list[QuarantinedNotification]:
+    query = (
+        sa.select(quarantined_notifications).order_by(quarantined_notifications.c.id).limit(limit)
+    )
+    if pending_only:
+        query = query.where(quarantined_notifications.c.replayed_at.is_(None))
+    return [_quarantined(m) for m in conn.execute(query).mappings()]
+
+
+def mark_replayed(conn: Connection, ident: int, at: datetime, outcome: str) -> None:
+    conn.execute(
+        sa.update(quarantined_notifications)
+        .where(quarantined_notifications.c.id == ident)
+        .values(replayed_at=at, replay_outcome=outcome)
+    )
+
+
+def count_quarantined(conn: Connection) -> int:
+    """Quarantined notifications not yet replayed successfully."""
+    query = sa.select(sa.func.count()).where(
+        sa.or_(
+            quarantined_notifications.c.replayed_at.is_(None),
+            quarantined_notifications.c.replay_outcome.in_(["schema_violation", "malformed"]),
+        )
+    )
+    return int(conn.execute(query).scalar_one())

@@ -1,0 +1,36 @@
+"""Per-job callback tokens.
+
+CI does not sign its callbacks, so each job's CallBack URL carries an unguessable token: an
+HMAC-SHA256 of the cirelay job id under the first of ``CIRELAY_CALLBACK_KEYS``. Every key in
+the list verifies, so keys rotate by putting a new one first and dropping the old one once
+the jobs signed with it have finished.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+
+def _token(key: str, job_id: str) -> str:
+    digest = hmac.new(key.encode(), job_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def sign_job(job_id: str, keys: Sequence[str]) -> str:
+    """The token for ``job_id`` under the current (first) key."""
+    return _token(keys[0], job_id)
+
+
+def is_valid_token(job_id: str, token: str, keys: Sequence[str]) -> bool:
+    """Whether ``token`` was made by any of ``keys``; each comparison in constant time."""
+    valid = False
+    for key in keys:  # no early exit: the time taken does not tell which key matched
+        valid |= hmac.compare_digest(_token(key, job_id), token)
+    return valid
+
+
+def is_valid_secret(given: str, expected: str) -> bool:
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())

@@ -1,0 +1,65 @@
+"""The HTTP layer: the only package that imports Flask. One blueprint per module."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import Flask, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from app import Services
+from app.errors import ServiceError, UnauthorizedError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def services() -> Services:
+    return cast(Services, current_app.extensions["cirelay"])
+
+
+def require_api_key(view: F) -> F:
+    """Bearer authentication against ``CIRELAY_API_KEYS``, compared in constant time."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        keys = services().settings.api_keys
+        ok = False
+        for key in keys:
+            ok |= hmac.compare_digest(given.strip().encode(), key.encode())
+        if scheme.lower() != "bearer" or not ok:
+            raise UnauthorizedError("a valid bearer token is required")
+        return view(*args, **kwargs)
+
+    return cast(F, wrapper)
+
+
+def _render_service_error(exc: ServiceError) -> ResponseReturnValue:
+    response = jsonify(exc.to_dict())
+    response.status_code = exc.status_code
+    if exc.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cirelay"'
+    if exc.status_code == 503:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+def _render_http_error(exc: HTTPException) -> ResponseReturnValue:
+    code = (exc.name or "error").lower().replace(" ", "_")
+    response = jsonify({"error": code, "message": exc.description or exc.name, "details": []})
+    response.status_code = exc.code or 500
+    return response
+
+
+def init_app(app: Flask) -> None:
+    from app.web import callbacks, health, jobs
+
+    app.register_error_handler(ServiceError, _render_service_error)
+    app.register_error_handler(HTTPException, _render_http_error)
+    app.register_blueprint(callbacks.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(health.bp)
