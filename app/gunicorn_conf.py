@@ -27,6 +27,9 @@ accesslog = os.environ.get("CIRELAY_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("CIRELAY_LOG_LEVEL", "info")
 proc_name = "cirelay"
+# Several instances may run on one host (tests, the load-balancer set-up): no shared
+# control socket in $HOME (gunicorn >= 25).
+control_socket_disable = True
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -5,8 +5,8 @@ Each is loaded twice:
 
 * by **xmlschema**, the authority: it explains failures (path + reason) and decodes
   documents;
-* by **libxml2** (``lxml.etree.XMLSchema``), the fast path: about two orders of
-  magnitude faster, used to answer "valid or not" on the hot path.
+* by **libxml2** (``lxml.etree.XMLSchema``), the fast path: about 90 times faster on a
+  2 KB notification, used to answer "valid or not" on the hot path.
 
 ``validate`` asks libxml2 first and only asks xmlschema for reasons when libxml2 says no.
 Should libxml2 reject a document that xmlschema accepts, xmlschema wins and a warning is
@@ -20,7 +20,6 @@ network, size and depth caps) is the caller's job; this module never parses a do
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,8 @@ class SchemaSet:
 
         xmlschema is confined to the schema directory (``allow="sandbox"``: includes
         cannot leave it) and parses with defused XML; libxml2 parses with entity
-        resolution and network access off. Raises ``SchemaLoadError`` on any failure.
+        resolution and network access off, and only sees files xmlschema already
+        accepted (xmlschema loads first). Raises ``SchemaLoadError`` on any failure.
         """
         base = (directory if directory is not None else DEFAULT_SCHEMA_DIR).resolve()
         authorities: dict[str, xmlschema.XMLSchema10] = {}
@@ -133,31 +133,27 @@ class SchemaSet:
             log.warning(
                 "libxml2 rejected a %s document that xmlschema accepts; xmlschema wins: %s",
                 name,
-                self.lxml_for(name).error_log.last_error,
+                str(self.lxml_for(name).error_log).partition("\n")[0],
             )
         return violations
 
     def explain(self, name: str, root: etree._Element) -> list[Violation]:
         """Every violation xmlschema finds in ``root`` (``[]`` when valid)."""
         errors = self.xmlschema_for(name).iter_errors(root, use_location_hints=False)
-        return list(_violations(errors, root))
+        return [Violation(path=_path_of(e, root), reason=_reason_of(e)) for e in errors]
 
     def decode(self, name: str, root: etree._Element) -> dict[str, Any]:
         """xmlschema's ``to_dict`` of a valid document (root element left out).
 
+        Shapes follow the schema: an element that may repeat is always a list
+        (``JobsDetail``, ``ObjectName``, ``Md5Info``, and the open MediaInfo stream fields),
+        ``Bitrate`` of AudioConfig is an ``int``, an empty element is ``None``.
         Raises ``xmlschema.XMLSchemaValidationError`` when ``root`` is invalid.
         """
         data = self.xmlschema_for(name).to_dict(root, use_location_hints=False)
         if not isinstance(data, dict):  # a root with no children and no text decodes to None
             return {}
         return data
-
-
-def _violations(
-    errors: Iterable[xmlschema.XMLSchemaValidationError], root: etree._Element
-) -> Iterable[Violation]:
-    for error in errors:
-        yield Violation(path=_path_of(error, root), reason=_reason_of(error))
 
 
 def _path_of(error: xmlschema.XMLSchemaValidationError, root: etree._Element) -> str:

@@ -1,0 +1,639 @@
+"""Ingest benchmark (not a test): cirelay against a bare Flask app, same gunicorn, same load.
+
+1. a fresh database (migrated); for ``--endpoint job`` many distinct jobs in state
+   Submitted, each with its own signed callback path, written to a file for wrk;
+2. ``cirelay serve`` on a free 127.0.0.1 port; 2 s warm-up, then ``--duration`` seconds of
+   wrk (``bench/notify.lua``: every request is a different job's VoiceSeparate Success
+   notification, so every one is accepted, none is a duplicate); SIGTERM;
+3. durability: every notification wrk got a 2xx for is committed (accepted row + job in
+   Success), and nothing else is;
+4. ``bench/bare_app.py`` under gunicorn with the same config module and settings, the same
+   warm-up and load;
+5. a table of requests/s, p50, p99 and non-2xx, and ``ratio = cirelay/bare``.
+
+Run with the project's venv: ``.venv/bin/python bench/ingest.py`` (``make bench``).
+Exit status: 0 when cirelay answered every request 2xx and every one is durably committed,
+1 otherwise, 130 when interrupted. The ratio is reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+LUA = REPO / "bench" / "notify.lua"
+NOTIFICATION = REPO / "tests" / "corpus" / "notification" / "valid" / "success-alphabetical.xml"
+HOST = "127.0.0.1"
+WRK_THREADS = 2
+WARMUP_SECONDS = 2
+#: requests/s assumed when sizing the job pool: well above what either server reaches here
+ESTIMATED_RATE = 6000
+TARGET_RATIO = 0.5
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM ends the benchmark like Ctrl-C: the finally blocks stop the servers.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    work = Path(tempfile.mkdtemp(prefix="cirelay-bench-"))
+    try:
+        return run(args, work)
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds measured per server")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("CIRELAY_WORKERS", "2")),
+        help="gunicorn workers, both servers (CIRELAY_WORKERS, default 2)",
+    )
+    parser.add_argument(
+        "--worker-class",
+        default=os.environ.get("CIRELAY_WORKER_CLASS", "gthread"),
+        help="gunicorn worker class, both servers (CIRELAY_WORKER_CLASS, default gthread)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("CIRELAY_THREADS", "4")),
+        help="threads per gthread worker, both servers (CIRELAY_THREADS, default 4)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="default: a fresh SQLite file in a temporary directory; a PostgreSQL URL is "
+        "emptied first (cirelay's tables dropped and migrated again)",
+    )
+    parser.add_argument("--endpoint", choices=("job", "queue"), default="job")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        help=f"distinct jobs prepared (default {ESTIMATED_RATE}/s x (warm-up + duration))",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.connections < WRK_THREADS:
+        parser.error(f"--connections must be at least {WRK_THREADS} (wrk threads)")
+    if args.jobs is None:
+        args.jobs = ESTIMATED_RATE * (WARMUP_SECONDS + args.duration)
+    return args
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class WrkResult:
+    label: str
+    responses: int = 0
+    ok: int = 0
+    non2xx: int = 0
+    duration_s: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
+    errors: dict[str, int] = field(default_factory=dict)
+    exhausted: int = 0
+    statuses: str = ""
+    outcomes: str = ""
+    generated: list[str] = field(default_factory=list)
+    answered: list[str] = field(default_factory=list)
+
+    @property
+    def ok_per_second(self) -> float:
+        return self.ok / self.duration_s if self.duration_s else 0.0
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
+    wrk = ensure_wrk()
+    database_url = args.database_url or f"sqlite:///{work / 'cirelay.db'}"
+    keys = (secrets.token_urlsafe(24),)
+    queue_secret = secrets.token_urlsafe(24)
+    env = server_env(args, database_url, keys, queue_secret)
+    print_machine(args, database_url, wrk)
+
+    # the job pool: a warm-up slice then a measured slice, partitioned by wrk thread in Lua
+    warmup_jobs = args.jobs * WARMUP_SECONDS // (WARMUP_SECONDS + args.duration)
+    slices = {"warm-up": (0, warmup_jobs), "measured": (warmup_jobs, args.jobs - warmup_jobs)}
+    jobs_file = work / "jobs.txt"
+    body_file = work / "notification.xml"
+    body_file.write_text(notification_template())
+    started = time.monotonic()
+    prepare_database(database_url, args.endpoint, args.jobs, keys, jobs_file)
+    what = "jobs in state Submitted" if args.endpoint == "job" else "JobIds (queue endpoint)"
+    print(f"prepared {args.jobs} {what} in {time.monotonic() - started:.1f} s", flush=True)
+
+    def load(server: Server, wrap: bool) -> tuple[WrkResult, WrkResult]:
+        results = []
+        for label, seconds in (("warm-up", WARMUP_SECONDS), ("measured", args.duration)):
+            first, count = slices[label]
+            lua_env = {
+                "BENCH_MODE": args.endpoint,
+                "BENCH_JOBS_FILE": str(jobs_file),
+                "BENCH_FIRST": str(first),
+                "BENCH_COUNT": str(count if args.endpoint == "job" else count // WRK_THREADS),
+                "BENCH_RUN": secrets.token_hex(7),
+                "BENCH_THREADS": str(WRK_THREADS),
+                "BENCH_BODY_FILE": str(body_file),
+                "BENCH_QUEUE_PATH": f"/callbacks/ci/queue/{queue_secret}",
+                "BENCH_WRAP": "1" if wrap else "0",
+                "BENCH_OUT": str(work / f"{server.name}-{label}"),
+            }
+            result = run_wrk(wrk, server.url, args.connections, seconds, lua_env, label)
+            results.append(result)
+            print_wrk(server.name, result)
+            if label == "warm-up" and (result.non2xx or result.ok == 0):
+                raise BenchError(f"{server.name} failed the warm-up:\n{server.log_tail()}")
+        return results[0], results[1]
+
+    with Server("cirelay", cirelay_command(args), env, work, ready_status=200) as cirelay:
+        cirelay_warm, cirelay_run = load(cirelay, wrap=False)
+    durable = verify_durability(database_url, [cirelay_warm, cirelay_run], args.connections)
+
+    with Server("bare", bare_command(args), env, work, ready_status=None) as bare:
+        _, bare_run = load(bare, wrap=True)
+
+    print_table(cirelay_run, bare_run)
+    ok = durable and cirelay_run.non2xx == 0 and cirelay_warm.non2xx == 0
+    if not ok:
+        print("FAILED: cirelay answered non-2xx or lost/duplicated a notification")
+    return 0 if ok else 1
+
+
+class BenchError(Exception):
+    pass
+
+
+# --- preparation --------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 or not shutil.which("sudo") else ["sudo", "-n"]
+    install = [*sudo, "apt-get", "install", "-y", "wrk"]
+    print(f"wrk not found: running {' '.join(install)}", flush=True)
+    if subprocess.run(install, check=False).returncode != 0:
+        update = [*sudo, "apt-get", "update"]
+        print(f"install failed: running {' '.join(update)}, then the install again", flush=True)
+        subprocess.run(update, check=False)
+        subprocess.run(install, check=False)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is required (Debian package 'wrk') and could not be installed")
+    return found
+
+
+def notification_template() -> str:
+    """The corpus's VoiceSeparate Success notification, its JobId left for wrk to fill in."""
+    text = NOTIFICATION.read_text()
+    assert "<State>Success</State>" in text and "<Tag>VoiceSeparate</Tag>" in text
+    text, n = re.subn(r"<JobId>[^<]*</JobId>", "<JobId>{{JOBID}}</JobId>", text)
+    assert n == 1, "expected exactly one JobId"
+    return text
+
+
+def prepare_database(
+    url: str, endpoint: str, n_jobs: int, keys: tuple[str, ...], out: Path
+) -> None:
+    import sqlalchemy as sa
+
+    from app import store
+    from app.migrations import upgrade
+    from app.models import new_id
+    from app.tokens import sign_job
+
+    engine = store.create_engine(url)
+    try:
+        if engine.dialect.name != "sqlite":  # start from an empty database
+            print(
+                f"emptying {engine.url.render_as_string(hide_password=True)}: dropping "
+                "cirelay's tables and alembic_version",
+                flush=True,
+            )
+            with engine.begin() as conn:
+                store.metadata.drop_all(conn)
+                conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+        upgrade(engine)
+        if endpoint != "job":
+            return
+        now = datetime.now(UTC)
+        chunk: list[dict[str, Any]] = []
+        with out.open("w") as lines, store.transaction(engine) as conn:
+            for i in range(n_jobs):
+                job_id = new_id("job", now)
+                ci_job_id = "j" + secrets.token_hex(16)
+                lines.write(f"/callbacks/ci/{job_id}/{sign_job(job_id, keys)} {ci_job_id}\n")
+                chunk.append(
+                    {
+                        "id": job_id,
+                        "ci_job_id": ci_job_id,
+                        "origin": "api",
+                        "state": "Submitted",
+                        "tag": "VoiceSeparate",
+                        "detail": {},
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                if len(chunk) == 10_000 or i == n_jobs - 1:
+                    conn.execute(sa.insert(store.jobs), chunk)
+                    chunk = []
+    finally:
+        engine.dispose()
+
+
+def server_env(
+    args: argparse.Namespace, database_url: str, keys: tuple[str, ...], queue_secret: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
+    env.update(
+        CIRELAY_DATABASE_URL=database_url,
+        CIRELAY_API_KEYS=secrets.token_urlsafe(24),
+        CIRELAY_CALLBACK_KEYS=",".join(keys),
+        CIRELAY_QUEUE_CALLBACK_SECRET=queue_secret,
+        CIRELAY_WORKERS=str(args.workers),
+        CIRELAY_WORKER_CLASS=args.worker_class,
+        CIRELAY_THREADS=str(args.threads),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _venv_bin() -> Path:
+    """The directory of the venv's scripts: this interpreter's, else the repo's .venv."""
+    here = Path(sys.executable).parent
+    return here if (here / "cirelay").exists() else REPO / ".venv" / "bin"
+
+
+def cirelay_command(args: argparse.Namespace) -> list[str]:
+    return [
+        str(_venv_bin() / "cirelay"),
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        "{port}",
+        "--workers",
+        str(args.workers),
+    ]
+
+
+def bare_command(args: argparse.Namespace) -> list[str]:
+    return [
+        str(_venv_bin() / "python"),
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:app.gunicorn_conf",
+        "--bind",
+        f"{HOST}:{{port}}",
+        "--workers",
+        str(args.workers),
+        "bench.bare_app:application",
+    ]
+
+
+# --- servers ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A gunicorn (master + workers) in its own session, stopped however the block ends."""
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        work: Path,
+        ready_status: int | None,
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.command = [part.replace("{port}", str(self.port)) for part in command]
+        self.env = dict(
+            env,
+            PROMETHEUS_MULTIPROC_DIR=str(work / f"prometheus-{name}"),
+            CIRELAY_PUBLIC_URL=self.url,
+        )
+        self.log_path = work / f"{name}.log"
+        self.ready_status = ready_status
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        print(f"starting {self.name}: {' '.join(self.command)}", flush=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                env=self.env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: Ctrl-C reaches us, not it
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        """cirelay: /readyz answers 200. The bare app: any HTTP answer at all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise BenchError(f"{self.name} exited at start-up:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                    status = response.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if self.ready_status is None or status == self.ready_status:
+                return
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)  # gunicorn: graceful, in-flight requests finish
+        try:
+            process.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the group we created, nothing else
+            process.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+
+# --- load ---------------------------------------------------------------------------------
+
+_BENCH_LINE = re.compile(r"^BENCH (.*)$", re.MULTILINE)
+
+
+def run_wrk(
+    wrk: str, url: str, connections: int, seconds: int, lua_env: dict[str, str], label: str
+) -> WrkResult:
+    command = [
+        wrk,
+        "-t",
+        str(WRK_THREADS),
+        "-c",
+        str(connections),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **lua_env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=seconds + 120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    match = _BENCH_LINE.search(output)
+    if process.returncode != 0 or not match:
+        raise BenchError(f"wrk failed (exit {process.returncode}):\n{output}")
+    fields = dict(item.split("=", 1) for item in match.group(1).split())
+    out = lua_env["BENCH_OUT"]
+    return WrkResult(
+        label=label,
+        responses=int(fields["responses"]),
+        ok=int(fields["ok"]),
+        non2xx=int(fields["non2xx"]),
+        duration_s=int(fields["duration_us"]) / 1e6,
+        p50_ms=int(fields["p50_us"]) / 1e3,
+        p90_ms=int(fields["p90_us"]) / 1e3,
+        p99_ms=int(fields["p99_us"]) / 1e3,
+        max_ms=int(fields["max_us"]) / 1e3,
+        errors={k[4:]: int(v) for k, v in fields.items() if k.startswith("err_") and int(v)},
+        exhausted=int(fields["exhausted"]),
+        statuses=fields["statuses"],
+        outcomes=fields["outcomes"],
+        generated=Path(out + ".generated").read_text().split(),
+        answered=Path(out + ".answered").read_text().split(),
+    )
+
+
+# --- durability ---------------------------------------------------------------------------
+
+
+def verify_durability(database_url: str, runs: list[WrkResult], connections: int) -> bool:
+    """Every 2xx is committed; nothing is committed that was not sent; nothing twice.
+
+    wrk stops at its deadline without waiting for the requests then in flight (at most one
+    per connection). The server finishes those (gunicorn's graceful stop), so they are
+    committed although wrk never counted their answer: reported, and allowed only for
+    requests wrk sent and did not see answered.
+    """
+    import sqlalchemy as sa
+
+    from app import store
+
+    engine = store.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            n, c = store.notifications, store.jobs
+            rows = conn.execute(sa.select(n.c.ci_job_id, n.c.outcome)).all()
+            success = set(
+                conn.execute(sa.select(c.c.ci_job_id).where(c.c.state == "Success")).scalars()
+            )
+            quarantined = conn.execute(
+                sa.select(sa.func.count()).select_from(store.quarantined_notifications)
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    accepted = [ci for ci, outcome in rows if outcome == "accepted"]
+    accepted_set = set(accepted)
+    others = len(rows) - len(accepted)
+
+    print("\ndurability (server stopped, database read back):")
+    ok = True
+    for run in runs:
+        sent = set(run.generated)
+        answered = set(run.answered)
+        committed = accepted_set & sent
+        lost = answered - committed
+        in_flight = committed - answered
+        print(
+            f"  {run.label:9} 2xx responses seen by wrk {run.ok:>8}   "
+            f"accepted notification rows {len(committed):>8}   "
+            f"jobs in Success {len(success & sent):>8}"
+        )
+        if in_flight:
+            print(
+                f"  {'':9} of which {len(in_flight)} committed while wrk's deadline cut off "
+                f"the answer (requests in flight, at most one per connection)"
+            )
+        if len(answered) != run.ok:
+            print(f"  MISMATCH: {run.ok} 2xx but {len(answered)} distinct JobIds answered")
+            ok = False
+        if lost:
+            print(f"  MISMATCH: {len(lost)} answered 2xx but not committed")
+            ok = False
+        if len(in_flight) > connections or not in_flight <= sent - answered:
+            print(f"  MISMATCH: {len(in_flight)} committed without an answer (> {connections})")
+            ok = False
+        if committed != success & sent:
+            print("  MISMATCH: accepted notifications and jobs in Success differ")
+            ok = False
+    everything = set().union(*(set(run.generated) for run in runs))
+    print(
+        f"  total     accepted rows {len(accepted)}, jobs in Success {len(success)}, "
+        f"other outcomes {others}, quarantined {quarantined}"
+    )
+    if len(accepted) != len(accepted_set) or others or quarantined:
+        print("  MISMATCH: duplicate, stale or quarantined notifications")
+        ok = False
+    if accepted_set != success or not accepted_set <= everything:
+        print("  MISMATCH: accepted notifications, jobs in Success and requests sent differ")
+        ok = False
+    print(f"  {'every 2xx durably committed, nothing twice' if ok else 'FAILED'}")
+    return ok
+
+
+# --- output -------------------------------------------------------------------------------
+
+
+def print_machine(args: argparse.Namespace, database_url: str, wrk: str) -> None:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    version = subprocess.run(
+        [
+            str(_venv_bin() / "python"),
+            "-c",
+            "import sys, gunicorn, flask; "
+            "print(sys.version.split()[0], gunicorn.__version__, flask.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split() or ["?", "?", "?"]
+    wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    threads = f", {args.threads} threads" if args.worker_class == "gthread" else ""
+    print(
+        f"machine   nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), {model}\n"
+        f"software  python {version[0]}, gunicorn {version[1]}, flask {version[2]}, "
+        f"{wrk_version.stdout.split(' [')[0].strip() or 'wrk'}\n"
+        f"gunicorn  {args.workers} x {args.worker_class}{threads} (app.gunicorn_conf), both "
+        f"servers\n"
+        f"load      wrk -t{WRK_THREADS} -c{args.connections}, {WARMUP_SECONDS} s warm-up + "
+        f"{args.duration} s, endpoint {args.endpoint}, every request a distinct job, "
+        f"{NOTIFICATION.stat().st_size} B XML\n"
+        f"database  {_redacted(database_url)}",
+        flush=True,
+    )
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def print_wrk(name: str, r: WrkResult) -> None:
+    extra = f" errors {r.errors}" if r.errors else ""
+    extra += f" JOBS EXHAUSTED {r.exhausted}" if r.exhausted else ""
+    outcomes = f" outcomes {r.outcomes}" if r.outcomes else ""
+    print(
+        f"  {name:8} {r.label:9} {r.ok_per_second:8.1f} 2xx/s  p50 {r.p50_ms:6.2f} ms  "
+        f"p99 {r.p99_ms:7.2f} ms  statuses {r.statuses}{outcomes}{extra}",
+        flush=True,
+    )
+
+
+def print_table(cirelay: WrkResult, bare: WrkResult) -> None:
+    print(
+        f"\n{'server':8} {'requests/s':>11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"{'max ms':>8} {'non-2xx':>8}"
+    )
+    for name, r in (("cirelay", cirelay), ("bare", bare)):
+        print(
+            f"{name:8} {r.ok_per_second:11.1f} {r.p50_ms:8.2f} {r.p90_ms:8.2f} "
+            f"{r.p99_ms:8.2f} {r.max_ms:8.2f} {r.non2xx:8d}"
+        )
+    ratio = cirelay.ok_per_second / bare.ok_per_second if bare.ok_per_second else 0.0
+    verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+    print(f"ratio = cirelay/bare = {ratio:.3f}   (target >= {TARGET_RATIO}: {verdict})")
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,207 @@
+"""The ``cirelay`` command line as a user runs it: real processes, real HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import (
+    CALLBACK_KEYS,
+    QUEUE_SECRET,
+    callback_path,
+    ci_job_id,
+    notification_xml,
+    queue_path,
+)
+
+API_KEY = "cli-test-api-key-0123456789"
+XML = {"Content-Type": "application/xml"}
+CIRELAY = [sys.executable, "-m", "app.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}")
+        try:
+            if requests.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or workers still booting
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CIRELAY_DATABASE_URL": f"sqlite:///{tmp_path / 'cirelay.db'}",
+        "CIRELAY_API_KEYS": API_KEY,
+        "CIRELAY_CALLBACK_KEYS": ",".join(CALLBACK_KEYS),
+        "CIRELAY_QUEUE_CALLBACK_SECRET": QUEUE_SECRET,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+
+
+def cirelay(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CIRELAY, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.fixture
+def server(env: dict[str, str]) -> Iterator[str]:
+    """``cirelay serve`` with two gunicorn workers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*CIRELAY, "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process)
+        yield base
+    finally:
+        stop(process)
+
+
+def metric(base: str, name: str, labels: str = "") -> float:
+    text = requests.get(f"{base}/metrics", timeout=5).text
+    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name}{labels} not exposed"
+    return float(match.group(1))
+
+
+@pytest.mark.slow
+def test_serve_records_notifications_and_metrics_total_over_workers(server: str) -> None:
+    session = requests.Session()
+    n = 40
+    for i in range(n):  # new connections spread the requests over both workers
+        response = requests.post(
+            f"{server}{queue_path()}", data=notification_xml(ci_job_id(i)), headers=XML, timeout=5
+        )
+        assert response.status_code == 200, response.text
+    bad = session.post(f"{server}{queue_path()}", data="<Response/>", headers=XML, timeout=5)
+    assert bad.status_code == 400
+
+    assert metric(server, "cirelay_notifications_total", '{outcome="accepted"}') == n
+    assert metric(server, "cirelay_notifications_total", '{outcome="schema_violation"}') == 1
+    assert metric(server, "cirelay_quarantine_size") == 1
+    jobs = session.get(
+        f"{server}/v1/jobs?limit=200", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=5
+    ).json()["jobs"]
+    assert len(jobs) == n and {j["state"] for j in jobs} == {"Success"}
+
+
+@pytest.mark.slow
+def test_serve_answers_per_job_callbacks_from_the_real_process(
+    server: str, env: dict[str, str]
+) -> None:
+    # A job cirelay does not know: the token is valid, the job is not — 404 like a bad token.
+    response = requests.post(
+        f"{server}{callback_path('job_nobody')}", data=notification_xml(), headers=XML, timeout=5
+    )
+    assert response.status_code == 404
+
+
+def test_db_upgrade_creates_the_schema(env: dict[str, str], tmp_path: Path) -> None:
+    result = cirelay(env, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cirelay.db").exists()
+    again = cirelay(env, "db", "upgrade")
+    assert again.returncode == 0
+
+
+def test_missing_configuration_is_reported_in_full(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
+    result = cirelay(env, "db", "upgrade")
+    assert result.returncode == 2
+    assert "CIRELAY_API_KEYS" in result.stderr and "CIRELAY_CALLBACK_KEYS" in result.stderr
+
+
+@pytest.mark.slow
+def test_quarantine_list_show_replay(server: str, env: dict[str, str]) -> None:
+    good = notification_xml(ci_job_id(1))
+    requests.post(f"{server}{queue_path()}", data=b"<Response>", headers=XML, timeout=5)
+    requests.post(f"{server}{queue_path()}", data="<Request/>", headers=XML, timeout=5)
+
+    listed = cirelay(env, "quarantine", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 3 and "malformed" in lines[1] and "schema_violation" in lines[2]
+
+    shown = cirelay(env, "quarantine", "show", "2")
+    assert shown.returncode == 0
+    assert '"error": "schema_violation"' in shown.stdout and "<Request/>" in shown.stdout
+
+    replayed = cirelay(env, "quarantine", "replay")
+    assert replayed.returncode == 1  # both are still invalid
+    assert "replayed 2, 0 recorded, 2 still invalid" in replayed.stdout
+    pending = cirelay(env, "quarantine", "list", "--pending")
+    assert len(pending.stdout.splitlines()) == 1
+    assert requests.post(f"{server}{queue_path()}", data=good, headers=XML, timeout=5).ok
+
+
+@pytest.mark.slow
+def test_up_prints_the_api_key_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
+    process = subprocess.Popen(
+        [*CIRELAY, "up", "--port", str(port), "--data-dir", str(tmp_path / "var")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, process)
+        assert process.stdout is not None
+        banner = b""
+        while b"Ctrl-C" not in banner:
+            banner += process.stdout.readline()
+        key = re.search(rb"API key\s+(\S+)", banner)
+        assert key
+        response = requests.get(
+            f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key.group(1).decode()}"},
+            timeout=5,
+        )
+        assert response.status_code == 200
+        assert (tmp_path / "var" / "cirelay.db").exists()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        process.wait(timeout=30)
+        if process.stdout:
+            process.stdout.close()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{base}/healthz", timeout=2)

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.config import ConfigError, Settings
+
+GOOD = {
+    "CIRELAY_API_KEYS": "a-key, another-key",
+    "CIRELAY_CALLBACK_KEYS": "callback-key-0123456789,callback-key-old-0123456",
+    "CIRELAY_QUEUE_CALLBACK_SECRET": "queue-secret-0123456789",
+}
+
+
+def test_from_env_coerces_lists_and_defaults() -> None:
+    settings = Settings.from_env(GOOD)
+    assert settings.api_keys == ("a-key", "another-key")
+    assert settings.callback_keys[0] == "callback-key-0123456789"
+    assert settings.database_url == "sqlite:///./var/cirelay.db"
+    assert settings.max_body_bytes == 1 << 20
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"CIRELAY_MAX_DEPTH": "deep", "CIRELAY_CALLBACK_KEYS": "short"})
+    problems = "\n".join(info.value.problems)
+    assert "CIRELAY_MAX_DEPTH" in problems
+    assert "CIRELAY_API_KEYS" in problems
+    assert "at least 16" in problems
+
+
+def test_repr_shows_no_secret() -> None:
+    env = {**GOOD, "CIRELAY_DATABASE_URL": "postgresql://app:hunter2@db/cirelay"}
+    text = repr(Settings.from_env(env))
+    assert "hunter2" not in text and "a-key" not in text and "callback-key" not in text
+
+
+def test_dev_settings_generate_and_keep_secrets(tmp_path: Path) -> None:
+    first = Settings.dev(tmp_path, environ={})
+    second = Settings.dev(tmp_path, environ={})
+    assert first.api_keys == second.api_keys and first.api_keys[0]
+    assert first.database_url == f"sqlite:///{tmp_path / 'cirelay.db'}"
+    assert (tmp_path / "dev-secrets").stat().st_mode & 0o077 == 0
