@@ -280,7 +280,8 @@ def test_quarantine_writes_an_event(client: FlaskClient, engine: Engine, job_pat
 def test_body_over_the_cap_is_413_and_nothing_is_stored(
     client: FlaskClient, engine: Engine, job_path: str, registry: CollectorRegistry
 ) -> None:
-    big = notification_xml(ci_job_id(1)).replace("<Message/>", "<Message>" + "x" * 2_000_000 + "</Message>")
+    padding = "<Message>" + "x" * 2_000_000 + "</Message>"
+    big = notification_xml(ci_job_id(1)).replace("<Message/>", padding)
     response = client.post(job_path, data=big, headers=XML)
 
     assert response.status_code == 413
