@@ -7,6 +7,7 @@ caller commits. No Flask, no SQL here: storage goes through :mod:`app.store`.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -57,13 +58,10 @@ def _apply_report(
 ) -> ApplyResult:
     job, is_new = _job_for(conn, report, received, now)
     previous = None if is_new else job.state
-    if store.has_notification(conn, job.id, report.digest):
-        return ApplyResult(Outcome.DUPLICATE, job.id, report.ci_job_id, job.state, job.state)
-
-    if is_new or is_transition_allowed(job.state, report.state):
-        outcome = Outcome.ACCEPTED
-    else:
-        outcome = Outcome.STALE
+    moves = is_new or is_transition_allowed(job.state, report.state)
+    outcome = Outcome.ACCEPTED if moves else Outcome.STALE
+    # The unique key (job, content digest) makes a repeated notification a no-op; the job row
+    # is locked, so two copies arriving at once cannot both get past this line.
     recorded = store.insert_notification(
         conn,
         {
@@ -80,23 +78,21 @@ def _apply_report(
             "received_at": now,
         },
     )
-    if not recorded:  # the same content won a race we could not see
+    if not recorded:
         return ApplyResult(Outcome.DUPLICATE, job.id, report.ci_job_id, job.state, job.state)
-
     if outcome is Outcome.STALE:
         store.update_job(conn, job.id, {"last_notified_at": now})
         return ApplyResult(outcome, job.id, report.ci_job_id, job.state, job.state)
 
-    store.update_job(conn, job.id, _job_values(report, now))
-    updated = store.get_job(conn, job.id)
-    assert updated is not None
-    events.record_job_changed(conn, updated, previous, now)
+    moved = _moved(job, report, now)
+    store.update_job(conn, job.id, store.job_values(moved))
+    events.record_job_changed(conn, moved, previous, now)
     return ApplyResult(
         outcome,
         job.id,
         report.ci_job_id,
         previous,
-        report.state.value,
+        moved.state,
         ci_duration_seconds=report.ci_duration_seconds if report.state.is_terminal else None,
     )
 
@@ -146,26 +142,26 @@ def _job_for(conn: Any, report: JobReport, received: Received, now: datetime) ->
     return job, job.state == SUBMITTING
 
 
-def _job_values(report: JobReport, now: datetime) -> dict[str, Any]:
-    return {
-        "ci_job_id": report.ci_job_id,
-        "state": report.state.value,
-        "tag": report.tag,
-        "queue_id": report.queue_id,
-        "code": report.code or None,
-        "message": report.message or None,
-        "user_data": report.user_data,
-        "detail": {
-            "input": report.input,
-            "output": report.output,
-            "result_files": report.result_files,
-            "media_info": report.media_info,
-            "workflow": report.workflow,
-            "template": report.template,
-        },
-        "ci_created_at": report.created_at,
-        "ci_started_at": report.started_at,
-        "ci_ended_at": report.ended_at,
-        "updated_at": now,
-        "last_notified_at": now,
-    }
+def _moved(job: Job, report: JobReport, now: datetime) -> Job:
+    """``job`` as ``report`` says it now is."""
+    return dataclasses.replace(
+        job,
+        ci_job_id=report.ci_job_id,
+        state=report.state.value,
+        tag=report.tag,
+        queue_id=report.queue_id,
+        code=report.code or None,
+        message=report.message or None,
+        user_data=report.user_data,
+        input=report.input,
+        output=report.output,
+        result_files=report.result_files,
+        media_info=report.media_info,
+        workflow=report.workflow,
+        template=report.template,
+        ci_created_at=report.created_at,
+        ci_started_at=report.started_at,
+        ci_ended_at=report.ended_at,
+        updated_at=now,
+        last_notified_at=now,
+    )

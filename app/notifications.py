@@ -82,7 +82,7 @@ def parse_notification(
         )
     return Notification(
         event_name=root.findtext("EventName"),
-        reports=tuple(_report(d) for d in root.iterfind("JobsDetail")),
+        reports=tuple(report_from_detail(d) for d in root.iterfind("JobsDetail")),
         wire_format="json" if kind in JSON_CONTENT_TYPES else "xml",
         body=body,
         content_type=kind,
@@ -238,7 +238,9 @@ def parse_ci_time(text: str | None) -> datetime | None:
     return datetime.strptime(text, CI_TIME_FORMAT)
 
 
-def _report(detail: etree._Element) -> JobReport:
+def report_from_detail(detail: etree._Element) -> JobReport:
+    """What a valid ``JobsDetail`` says about its job. Shared by notifications and by the CI
+    client's answers, so a polled job and a notified job are recorded alike."""
     view: dict[str, Any] = element_to_dict(detail)
     operation = view.get("Operation") or {}
     operation = operation if isinstance(operation, dict) else {}

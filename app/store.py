@@ -207,36 +207,74 @@ def _job(row: sa.Row[Any]) -> Job:
     )
 
 
-def _locked(conn: Connection, query: sa.Select[Any]) -> sa.Select[Any]:
+# Hot-path statements are built once and executed with a parameter dict, so SQLAlchemy
+# compiles each once per dialect instead of once per notification.
+_SELECT_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("ident"))
+_FIND_JOB = sa.select(jobs).where(
+    sa.or_(jobs.c.id == sa.bindparam("ident"), jobs.c.ci_job_id == sa.bindparam("ident"))
+)
+_LOCKED = {q: q.with_for_update() for q in (_SELECT_JOB, _FIND_JOB)}
+_UPDATE_JOB = sa.update(jobs).where(jobs.c.id == sa.bindparam("job_id_"))
+
+
+def _select(conn: Connection, query: sa.Select[Any], ident: str, for_update: bool) -> Job | None:
     # SQLite's BEGIN IMMEDIATE already holds the write lock; PostgreSQL locks the row.
-    return query.with_for_update() if conn.dialect.name == "postgresql" else query
+    if for_update and conn.dialect.name == "postgresql":
+        query = _LOCKED[query]
+    row = conn.execute(query, {"ident": ident}).first()
+    return _job(row) if row else None
 
 
 def get_job(conn: Connection, job_id: str, *, for_update: bool = False) -> Job | None:
-    query = sa.select(jobs).where(jobs.c.id == job_id)
-    row = conn.execute(_locked(conn, query) if for_update else query).first()
-    return _job(row) if row else None
+    return _select(conn, _SELECT_JOB, job_id, for_update)
 
 
 def find_job(conn: Connection, ident: str, *, for_update: bool = False) -> Job | None:
     """A job by cirelay id or CI JobId."""
-    query = sa.select(jobs).where(sa.or_(jobs.c.id == ident, jobs.c.ci_job_id == ident))
-    row = conn.execute(_locked(conn, query) if for_update else query).first()
-    return _job(row) if row else None
+    return _select(conn, _FIND_JOB, ident, for_update)
 
 
 def insert_job(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(sa.insert(jobs).values(**values))
+    conn.execute(sa.insert(jobs), values)
 
 
 def insert_job_if_absent(conn: Connection, values: dict[str, Any]) -> None:
     """Insert a job unless one with the same CI JobId exists (concurrent queue callbacks)."""
-    stmt = _insert(conn, jobs).values(**values).on_conflict_do_nothing(index_elements=["ci_job_id"])
-    conn.execute(stmt)
+    stmt = _insert(conn, jobs).on_conflict_do_nothing(index_elements=["ci_job_id"])
+    conn.execute(stmt, values)
 
 
 def update_job(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
-    conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(**values))
+    conn.execute(_UPDATE_JOB, {**values, "job_id_": job_id})
+
+
+def job_values(job: Job) -> dict[str, Any]:
+    """The columns of ``job``: the inverse of reading a row."""
+    return {
+        "id": job.id,
+        "ci_job_id": job.ci_job_id,
+        "origin": job.origin,
+        "state": job.state,
+        "tag": job.tag,
+        "queue_id": job.queue_id,
+        "code": job.code,
+        "message": job.message,
+        "user_data": job.user_data,
+        "detail": {
+            "input": job.input,
+            "output": job.output,
+            "result_files": job.result_files,
+            "media_info": job.media_info,
+            "workflow": job.workflow,
+            "template": job.template,
+        },
+        "ci_created_at": job.ci_created_at,
+        "ci_started_at": job.ci_started_at,
+        "ci_ended_at": job.ci_ended_at,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "last_notified_at": job.last_notified_at,
+    }
 
 
 def list_jobs(
@@ -272,21 +310,18 @@ def count_jobs_by_state(conn: Connection) -> dict[str, int]:
 # --- notifications ------------------------------------------------------------------------
 
 
+_INSERT_NOTIFICATION = {
+    name: dialect.insert(notifications)
+    .on_conflict_do_nothing(index_elements=["job_id", "digest"])
+    .returning(notifications.c.id)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+
+
 def insert_notification(conn: Connection, values: dict[str, Any]) -> bool:
     """Record a notification; False when the same content was already recorded for the job."""
-    stmt = (
-        _insert(conn, notifications)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["job_id", "digest"])
-    )
-    return bool(conn.execute(stmt).rowcount)
-
-
-def has_notification(conn: Connection, job_id: str, digest: str) -> bool:
-    query = sa.select(notifications.c.id).where(
-        notifications.c.job_id == job_id, notifications.c.digest == digest
-    )
-    return conn.execute(query).first() is not None
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING.
+    return conn.execute(_INSERT_NOTIFICATION[conn.dialect.name], values).first() is not None
 
 
 def list_notifications(conn: Connection, job_id: str) -> list[NotificationRecord]:
@@ -310,8 +345,11 @@ def list_notifications(conn: Connection, job_id: str) -> list[NotificationRecord
 # --- events (the outbox) ------------------------------------------------------------------
 
 
+_INSERT_EVENT = sa.insert(events)
+
+
 def insert_event(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(sa.insert(events).values(**values))
+    conn.execute(_INSERT_EVENT, values)
 
 
 def list_events(conn: Connection, *, after: int = 0, limit: int = 100) -> list[Event]:
