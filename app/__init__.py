@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import store
+from app.commits import GroupCommitter
 from app.config import Settings
 from app.ingest import Receiver
 from app.metrics import DatabaseCollector, Metrics
@@ -59,7 +60,8 @@ def build_services(
 
     collector = DatabaseCollector(quarantine_size)
     registry.register(collector)
-    receiver = Receiver(engine, schemas, metrics, max_depth=settings.max_depth)
+    committer = GroupCommitter(engine)
+    receiver = Receiver(engine, schemas, metrics, committer, max_depth=settings.max_depth)
     return Services(settings, engine, schemas, metrics, collector, receiver, clock)
 
 

@@ -2,6 +2,7 @@
 CI, or out of quarantine:
 
     parse + validate ─▶ ONE transaction: notification row + job update + outbox event ─▶ commit
+    (shared with the other notifications arriving meanwhile: see app/commits.py)
     (malformed or invalid: raw body, headers and every reason go to quarantine, in a
     transaction of their own, and the caller answers 400)
 
@@ -20,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app import events, jobs, store
+from app.commits import GroupCommitter
 from app.errors import (
     BadRequestError,
     InvalidNotificationError,
@@ -41,6 +43,7 @@ class Receiver:
     engine: Engine
     schemas: SchemaSet
     metrics: Metrics
+    committer: GroupCommitter
     max_depth: int = 32
 
     def ingest(
@@ -55,8 +58,10 @@ class Receiver:
             notification = parse_notification(
                 received.body, received.content_type, self.schemas, max_depth=self.max_depth
             )
-            with store.transaction(self.engine) as conn:
-                results = jobs.apply_notification(conn, notification, received, now)
+            key = received.job_id or notification.reports[0].ci_job_id
+            results = self.committer.run(
+                lambda conn: jobs.apply_notification(conn, notification, received, now), key=key
+            )
         except BadRequestError as exc:  # malformed, invalid, or valid but for another job
             if quarantine:
                 self._quarantine(received, exc, now)

@@ -44,6 +44,11 @@ PROCESSING_BUCKETS = (
     2.5,
     5.0,
 )
+#: One HTTP exchange with CI: tens of milliseconds, bounded by the read timeout (10 s).
+CI_REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
+#: ``operation`` and ``outcome`` label values of the CI client's metrics.
+CI_OPERATIONS = ("create", "describe", "list")
+CI_OUTCOMES = ("ok", "rejected", "unavailable", "timeout", "error")
 
 
 class Metrics:
@@ -81,6 +86,24 @@ class Metrics:
             self.processing_seconds.labels(fmt)
         for state in (JobState.SUCCESS, JobState.FAILED, JobState.CANCEL):
             self.ci_job_duration.labels(state.value)
+        # --- the CI client (app.ci.client): one sample per HTTP request to CI ---
+        self.ci_requests = Counter(
+            "cirelay_ci_requests",
+            "HTTP requests to CI, by operation and outcome.",
+            ["operation", "outcome"],
+            registry=registry,
+        )
+        self.ci_request_seconds = Histogram(
+            "cirelay_ci_request_duration_seconds",
+            "Time of one HTTP request to CI, from send to parsed answer or failure.",
+            ["operation"],
+            buckets=CI_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        for operation in CI_OPERATIONS:
+            self.ci_request_seconds.labels(operation)
+            for ci_outcome in CI_OUTCOMES:
+                self.ci_requests.labels(operation, ci_outcome)
 
 
 class DatabaseCollector(Collector):

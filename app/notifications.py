@@ -231,6 +231,24 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def content_digest(view: Any) -> str:
+    """sha256 of what a JobsDetail says, whatever its wire format and element order: keys
+    sorted, empty values dropped (JSON omits the empty elements XML writes as ``<Message/>``).
+    Equal digests are the same notification, recorded once."""
+    return hashlib.sha256(
+        json.dumps(_without_empties(view), sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def _without_empties(value: Any) -> Any:
+    if isinstance(value, dict):
+        kept = {k: _without_empties(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in ("", {}, [])}
+    if isinstance(value, list):
+        return [_without_empties(v) for v in value]
+    return value
+
+
 def parse_ci_time(text: str | None) -> datetime | None:
     """CI's ``2024-03-05T09:41:07+0800``; ``-`` or empty before the job started."""
     if not text or text == "-":
@@ -266,7 +284,7 @@ def report_from_detail(detail: etree._Element) -> JobReport:
         media_info=_media_summary(operation.get("MediaInfo")),
         workflow=view.get("Workflow") or None,
         template=template,
-        digest=hashlib.sha256(etree.tostring(detail, method="c14n")).hexdigest(),
+        digest=content_digest(view),
     )
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -130,10 +132,61 @@ class WrkResult:
     outcomes: str = ""
     generated: list[str] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)
+    cpu: CpuUse | None = None
 
     @property
     def ok_per_second(self) -> float:
         return self.ok / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def server_cpu_ms_per_request(self) -> float:
+        return self.cpu.server * 1e3 / self.responses if self.cpu and self.responses else 0.0
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds: the server's process group, wrk (and our other children), the machine."""
+
+    server: float
+    children: float
+    machine: float
+
+    def __sub__(self, other: CpuUse) -> CpuUse:
+        return CpuUse(
+            self.server - other.server,
+            self.children - other.children,
+            self.machine - other.machine,
+        )
+
+    @property
+    def others(self) -> float:
+        """What processes outside the benchmark used meanwhile: noise in the figures."""
+        return max(self.machine - self.server - self.children, 0.0)
+
+
+def cpu_snapshot(server_pid: int) -> CpuUse:
+    """CPU used so far by the server's process group (live processes, and workers its master
+    has reaped), by this script's reaped children (wrk) and by the whole machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    server = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) != server_pid:  # process group
+            continue
+        server += int(fields[11]) + int(fields[12])  # utime, stime
+        if stat.parent.name == str(server_pid):
+            server += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped workers
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_line = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in cpu_line[:8])
+    return CpuUse(
+        server=server / tick,
+        children=children.ru_utime + children.ru_stime,
+        machine=(user + nice + system + irq + softirq + steal) / tick,
+    )
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
@@ -171,7 +224,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
                 "BENCH_WRAP": "1" if wrap else "0",
                 "BENCH_OUT": str(work / f"{server.name}-{label}"),
             }
+            before = cpu_snapshot(server.pid)
             result = run_wrk(wrk, server.url, args.connections, seconds, lua_env, label)
+            result.cpu = cpu_snapshot(server.pid) - before
             results.append(result)
             print_wrk(server.name, result)
             if label == "warm-up" and (result.non2xx or result.ok == 0):
@@ -359,6 +414,7 @@ class Server:
         self.log_path = work / f"{name}.log"
         self.ready_status = ready_status
         self.process: subprocess.Popen[bytes] | None = None
+        self.pid = 0
 
     def __enter__(self) -> Server:
         print(f"starting {self.name}: {' '.join(self.command)}", flush=True)
@@ -372,6 +428,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: Ctrl-C reaches us, not it
             )
+        self.pid = self.process.pid  # also its process group id
         try:
             self._wait_ready()
         except BaseException:
@@ -592,9 +649,21 @@ def print_machine(args: argparse.Namespace, database_url: str, wrk: str) -> None
         f"load      wrk -t{WRK_THREADS} -c{args.connections}, {WARMUP_SECONDS} s warm-up + "
         f"{args.duration} s, endpoint {args.endpoint}, every request a distinct job, "
         f"{NOTIFICATION.stat().st_size} B XML\n"
-        f"database  {_redacted(database_url)}",
+        f"database  {_redacted(database_url)}\n"
+        f"code      {code_fingerprint()}",
         flush=True,
     )
+
+
+def code_fingerprint() -> str:
+    """Which cirelay was measured: a hash of app/ and the time of its newest file."""
+    digest = hashlib.sha256()
+    newest = 0.0
+    for path in sorted((REPO / "app").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+        newest = max(newest, path.stat().st_mtime)
+    changed = datetime.fromtimestamp(newest, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"app/ sha256 {digest.hexdigest()[:12]}, newest file {changed}"
 
 
 def _redacted(url: str) -> str:
@@ -609,26 +678,43 @@ def print_wrk(name: str, r: WrkResult) -> None:
     extra = f" errors {r.errors}" if r.errors else ""
     extra += f" JOBS EXHAUSTED {r.exhausted}" if r.exhausted else ""
     outcomes = f" outcomes {r.outcomes}" if r.outcomes else ""
+    cpu = ""
+    if r.cpu:
+        cpu = (
+            f"  cpu-s server {r.cpu.server:.1f} wrk {r.cpu.children:.1f} "
+            f"others {r.cpu.others:.1f} of {_capacity(r):.1f}"
+        )
     print(
         f"  {name:8} {r.label:9} {r.ok_per_second:8.1f} 2xx/s  p50 {r.p50_ms:6.2f} ms  "
-        f"p99 {r.p99_ms:7.2f} ms  statuses {r.statuses}{outcomes}{extra}",
+        f"p99 {r.p99_ms:7.2f} ms  statuses {r.statuses}{outcomes}{extra}{cpu}",
         flush=True,
     )
+
+
+def _capacity(r: WrkResult) -> float:
+    return len(os.sched_getaffinity(0)) * r.duration_s
 
 
 def print_table(cirelay: WrkResult, bare: WrkResult) -> None:
     print(
         f"\n{'server':8} {'requests/s':>11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'non-2xx':>8}"
+        f"{'max ms':>8} {'non-2xx':>8} {'server CPU ms/req':>18} {'others CPU %':>13}"
     )
     for name, r in (("cirelay", cirelay), ("bare", bare)):
+        others = 100 * r.cpu.others / _capacity(r) if r.cpu else 0.0
         print(
             f"{name:8} {r.ok_per_second:11.1f} {r.p50_ms:8.2f} {r.p90_ms:8.2f} "
-            f"{r.p99_ms:8.2f} {r.max_ms:8.2f} {r.non2xx:8d}"
+            f"{r.p99_ms:8.2f} {r.max_ms:8.2f} {r.non2xx:8d} "
+            f"{r.server_cpu_ms_per_request:18.3f} {others:13.1f}"
         )
     ratio = cirelay.ok_per_second / bare.ok_per_second if bare.ok_per_second else 0.0
     verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
     print(f"ratio = cirelay/bare = {ratio:.3f}   (target >= {TARGET_RATIO}: {verdict})")
+    if any(r.cpu and r.cpu.others > 0.1 * _capacity(r) for r in (cirelay, bare)):
+        print(
+            "warning: processes outside the benchmark used over 10% of the CPUs during a "
+            "measured run; requests/s are low and the ratio is noisy ('others CPU %')"
+        )
 
 
 if __name__ == "__main__":

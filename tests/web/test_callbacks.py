@@ -324,3 +324,23 @@ def test_answer_lists_every_result(client: FlaskClient, engine: Engine) -> None:
     assert [r["outcome"] for r in response.json["results"]] == ["accepted", "accepted"]
     assert counts(engine)["jobs"] == 2
     assert json.loads(response.data)["results"][0]["state"] == "Success"
+
+
+def test_same_facts_in_json_after_xml_are_a_duplicate(
+    client: FlaskClient, engine: Engine, job_path: str
+) -> None:
+    """One digest for the same content, whatever the wire format and element order."""
+    from lxml import etree
+
+    from app.notifications import element_to_dict
+
+    body = notification_xml(ci_job_id(1))
+    client.post(job_path, data=body, headers=XML)
+    root = etree.fromstring(body.encode(), etree.XMLParser(remove_blank_text=True))
+    document = element_to_dict(root)
+    document["JobsDetail"] = [document["JobsDetail"]]  # the VoiceSeparate JSON shape
+    response = client.post(job_path, json=document)
+
+    assert response.status_code == 200
+    assert response.json["results"][0]["outcome"] == "duplicate"
+    assert counts(engine)["notifications"] == 1
