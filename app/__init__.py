@@ -5,21 +5,25 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import requests
 from flask import Flask
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import store
+from app.ci.client import CIClient
 from app.commits import GroupCommitter
 from app.config import Settings
 from app.ingest import Receiver
 from app.metrics import DatabaseCollector, Metrics
 from app.schemas import SchemaSet
+from app.submission import Submitter
 
 Clock = Callable[[], datetime]
 
@@ -38,6 +42,7 @@ class Services:
     metrics: Metrics
     database_collector: DatabaseCollector
     receiver: Receiver
+    submitter: Submitter
     clock: Clock
 
 
@@ -62,7 +67,37 @@ def build_services(
     registry.register(collector)
     committer = GroupCommitter(engine)
     receiver = Receiver(engine, schemas, metrics, committer, max_depth=settings.max_depth)
-    return Services(settings, engine, schemas, metrics, collector, receiver, clock)
+    submitter = Submitter(
+        engine,
+        ci_clients(settings, metrics=metrics, schemas=schemas, clock=clock),
+        public_url=settings.public_url,
+        callback_keys=settings.callback_keys,
+    )
+    return Services(settings, engine, schemas, metrics, collector, receiver, submitter, clock)
+
+
+def ci_clients(
+    settings: Settings, *, metrics: Metrics | None, schemas: SchemaSet, clock: Clock
+) -> Callable[[str, str], CIClient]:
+    """One CI client per bucket and region (CI's host names both), sharing one connection
+    pool, made on first use."""
+    session = requests.Session()
+    clients: dict[tuple[str, str], CIClient] = {}
+    lock = threading.Lock()
+
+    def client_for(bucket: str, region: str) -> CIClient:
+        with lock:
+            if (bucket, region) not in clients:
+                clients[bucket, region] = CIClient(
+                    settings.with_overrides(ci_bucket=bucket, ci_region=region),
+                    clock=clock,
+                    session=session,
+                    metrics=metrics,
+                    schemas=schemas,
+                )
+            return clients[bucket, region]
+
+    return client_for
 
 
 def create_app(

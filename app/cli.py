@@ -1,16 +1,19 @@
-"""``cirelay`` command line: serve, up, db upgrade, quarantine list|show|replay."""
+"""``cirelay`` command line: up, serve, emulator, worker, submit, db upgrade, quarantine."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from app import build_services, store, utc_now
 from app.config import ConfigError, Settings
@@ -25,9 +28,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = commands.add_parser("up", help="the local stack in the foreground, dev defaults")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8080)
+    up.add_argument("--emulator-port", type=int, default=8081)
     up.add_argument("--data-dir", type=Path, default=Path("var"))
     up.add_argument("--workers", type=int, default=2)
     up.set_defaults(func=cmd_up)
+
+    emulator = commands.add_parser("emulator", help="the local CI emulator alone")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8081)
+    emulator.set_defaults(func=cmd_emulator)
+
+    worker = commands.add_parser("worker", help="the background worker (reconciler)")
+    worker.set_defaults(func=cmd_worker)
+
+    submit = commands.add_parser("submit", help="submit a VoiceSeparate job (POST /v1/jobs)")
+    submit.add_argument("object", help="input object key, e.g. songs/a.wav")
+    submit.add_argument("--url", default=os.environ.get("CIRELAY_URL", "http://127.0.0.1:8080"))
+    submit.add_argument(
+        "--api-key",
+        default=os.environ.get("CIRELAY_API_KEY"),
+        help="default: CIRELAY_API_KEY, else the dev key in var/dev-secrets",
+    )
+    submit.add_argument("--bucket")
+    submit.add_argument("--region")
+    submit.add_argument("--template-id")
+    submit.add_argument("--audio-mode", default="AudioAndBackground")
+    submit.add_argument("--codec", default="mp3")
+    submit.add_argument("--samplerate", default="44100")
+    submit.add_argument("--bitrate", default="128")
+    submit.add_argument("--channels", default="2")
+    submit.add_argument("--output-bucket")
+    submit.add_argument("--output-region")
+    submit.add_argument("--output-object", default="stems/${jobid}/background.${ext}")
+    submit.add_argument("--au-object", default="stems/${jobid}/vocals.${ext}")
+    submit.add_argument("--user-data")
+    submit.add_argument("--job-level", choices=["0", "1", "2"])
+    submit.add_argument("--callback-format", choices=["XML", "JSON"])
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--wait", action="store_true", help="poll until the job finishes")
+    submit.set_defaults(func=cmd_submit)
 
     serve = commands.add_parser("serve", help="the service under gunicorn")
     serve.add_argument("--host", default="127.0.0.1")
@@ -105,36 +144,153 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    """Emulator, service and worker, each a process of its own, in one process group."""
     data_dir = args.data_dir.resolve()
-    settings = Settings.dev(data_dir)
-    _migrate_if_sqlite(settings)
-    env = dict(os.environ)
-    env.update(
-        CIRELAY_DATABASE_URL=settings.database_url,
-        CIRELAY_API_KEYS=",".join(settings.api_keys),
-        CIRELAY_CALLBACK_KEYS=",".join(settings.callback_keys),
-        CIRELAY_QUEUE_CALLBACK_SECRET=settings.queue_callback_secret,
-        CIRELAY_PUBLIC_URL=os.environ.get("CIRELAY_PUBLIC_URL", f"http://{args.host}:{args.port}"),
-        PROMETHEUS_MULTIPROC_DIR=str(data_dir / "prometheus"),
-    )
-    _prepare_metrics_dir(env)
     base = f"http://{args.host}:{args.port}"
+    environ = dict(os.environ)
+    environ.setdefault("CIRELAY_CI_ENDPOINT", f"http://{args.host}:{args.emulator_port}")
+    environ.setdefault("CIRELAY_PUBLIC_URL", base)
+    settings = Settings.dev(data_dir, environ)
+    _migrate_if_sqlite(settings)
+    env = {
+        **environ,
+        "CIRELAY_DATABASE_URL": settings.database_url,
+        "CIRELAY_API_KEYS": ",".join(settings.api_keys),
+        "CIRELAY_CALLBACK_KEYS": ",".join(settings.callback_keys),
+        "CIRELAY_QUEUE_CALLBACK_SECRET": settings.queue_callback_secret,
+        "CIRELAY_CI_SECRET_ID": settings.ci_secret_id,
+        "CIRELAY_CI_SECRET_KEY": settings.ci_secret_key,
+        "CIRELAY_CI_BUCKET": settings.ci_bucket,
+        "CIRELAY_CI_REGION": settings.ci_region,
+        "CIRELAY_CI_ENDPOINT": settings.ci_endpoint or "",
+        "CIRELAY_PUBLIC_URL": settings.public_url,
+        "CIRELAY_RECONCILE_AFTER_SECONDS": str(settings.reconcile_after_seconds),
+        "CIRELAY_RECONCILE_INTERVAL_SECONDS": str(settings.reconcile_interval_seconds),
+        "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus"),
+    }
+    _prepare_metrics_dir(env)
     print(
         f"cirelay up\n"
         f"  service     {base}   (metrics {base}/metrics, health {base}/readyz)\n"
+        f"  emulator    {settings.ci_endpoint}   (CI, bucket {settings.ci_bucket})\n"
+        f"  worker      reconciles jobs silent for {settings.reconcile_after_seconds}s\n"
         f"  database    {settings.database_url}\n"
         f"  API key     {settings.api_keys[0]}\n"
         f"  queue URL   {base}/callbacks/ci/queue/{settings.queue_callback_secret}\n"
         f"  Ctrl-C stops everything.",
         flush=True,
     )
-    command = _gunicorn_command(args.host, args.port, args.workers)
-    process = subprocess.Popen(command, env=env)  # noqa: S603 - our own fixed command
+    me = [sys.executable, "-m", "app.cli"]
+    commands = [
+        [*me, "emulator", "--host", args.host, "--port", str(args.emulator_port)],
+        _gunicorn_command(args.host, args.port, args.workers),
+        [*me, "worker"],
+    ]
+    processes = [subprocess.Popen(c, env=env) for c in commands]  # noqa: S603 - our own
     try:
-        return process.wait()
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        print("cirelay up: a process exited; stopping the others", file=sys.stderr)
     except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+        pass
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from app.emulator import EmulatorConfig, serve
+
+    serve(args.host, args.port, EmulatorConfig.from_env())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app import worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    worker.run(build_services(Settings.from_env()))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import requests
+
+    key = args.api_key or _dev_secret("CIRELAY_API_KEYS")
+    if not key:
+        print("no API key: pass --api-key or set CIRELAY_API_KEY", file=sys.stderr)
+        return 2
+    job: dict[str, object] = {
+        "input": {"object": args.object, "bucket": args.bucket, "region": args.region},
+        "output": {
+            "bucket": args.output_bucket
+            or args.bucket
+            or os.environ.get("CIRELAY_CI_BUCKET")
+            or _dev_default("CIRELAY_CI_BUCKET"),
+            "region": args.output_region
+            or args.region
+            or os.environ.get("CIRELAY_CI_REGION")
+            or _dev_default("CIRELAY_CI_REGION"),
+            "object": args.output_object,
+            "au_object": args.au_object,
+        },
+        "user_data": args.user_data,
+        "job_level": args.job_level,
+        "callback_format": args.callback_format,
+    }
+    if args.template_id:
+        job["template_id"] = args.template_id
+    else:
+        job["voice_separate"] = {
+            "audio_mode": args.audio_mode,
+            "audio_config": {"codec": args.codec, "samplerate": args.samplerate,
+                             "bitrate": args.bitrate, "channels": args.channels},
+        }  # fmt: skip
+    job = _without_none(job)
+    headers = {"Authorization": f"Bearer {key}"}
+    if args.idempotency_key:
+        headers["Idempotency-Key"] = args.idempotency_key
+    response = requests.post(f"{args.url}/v1/jobs", json=job, headers=headers, timeout=30)
+    print(json.dumps(response.json(), indent=2))
+    if response.status_code != 201 or not args.wait:
+        return 0 if response.status_code == 201 else 1
+    job_id = response.json()["id"]
+    while True:
+        time.sleep(1)
+        state = requests.get(f"{args.url}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
+        print(f"{job_id}: {state['state']}", flush=True)
+        if state["state"] in ("Success", "Failed", "Cancel"):
+            return 0 if state["state"] == "Success" else 1
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def _dev_secret(name: str) -> str | None:
+    path = Path("var") / "dev-secrets"
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == name:
+            return value.split(",")[0]
+    return None
+
+
+def _dev_default(name: str) -> str:
+    from app.config import DEV_DEFAULTS
+
+    return DEV_DEFAULTS[name]
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

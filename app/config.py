@@ -15,6 +15,15 @@ from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/cirelay.db"
 
+#: what ``cirelay up`` uses where the environment says nothing
+DEV_DEFAULTS = {
+    "CIRELAY_CI_BUCKET": "media-1250000000",
+    "CIRELAY_CI_REGION": "ap-guangzhou",
+    "CIRELAY_CI_ENDPOINT": "http://127.0.0.1:8081",
+    "CIRELAY_RECONCILE_AFTER_SECONDS": "10",
+    "CIRELAY_RECONCILE_INTERVAL_SECONDS": "2",
+}
+
 
 class ConfigError(Exception):
     """One or more environment variables are missing or malformed."""
@@ -44,6 +53,10 @@ class Settings:
     max_depth: int = 32
     #: trusted proxy hops in front of the service (X-Forwarded-*)
     proxy_hops: int = 0
+    #: a job not finished and silent this long is looked up at CI by the reconciler
+    reconcile_after_seconds: int = 300
+    #: how often the worker looks for such jobs
+    reconcile_interval_seconds: int = 30
 
     def __repr__(self) -> str:  # never print secrets
         return (
@@ -92,6 +105,10 @@ class Settings:
             max_body_bytes=integer("CIRELAY_MAX_BODY_BYTES", 1 << 20, minimum=1024),
             max_depth=integer("CIRELAY_MAX_DEPTH", 32, minimum=8),
             proxy_hops=integer("CIRELAY_PROXY_HOPS", 0),
+            reconcile_after_seconds=integer("CIRELAY_RECONCILE_AFTER_SECONDS", 300, minimum=1),
+            reconcile_interval_seconds=integer(
+                "CIRELAY_RECONCILE_INTERVAL_SECONDS", 30, minimum=1
+            ),
         )
         if not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")
@@ -116,9 +133,20 @@ class Settings:
         data_dir.mkdir(parents=True, exist_ok=True)
         stored = _load_dev_secrets(data_dir / "dev-secrets")
         env.setdefault("CIRELAY_DATABASE_URL", f"sqlite:///{data_dir / 'cirelay.db'}")
-        for name in ("CIRELAY_API_KEYS", "CIRELAY_CALLBACK_KEYS", "CIRELAY_QUEUE_CALLBACK_SECRET"):
+        for name in (
+            "CIRELAY_API_KEYS",
+            "CIRELAY_CALLBACK_KEYS",
+            "CIRELAY_QUEUE_CALLBACK_SECRET",
+            "CIRELAY_CI_SECRET_KEY",
+        ):
             if not env.get(name):
                 env[name] = stored.setdefault(name, secrets.token_urlsafe(24))
+        if not env.get("CIRELAY_CI_SECRET_ID"):
+            env["CIRELAY_CI_SECRET_ID"] = stored.setdefault(
+                "CIRELAY_CI_SECRET_ID", "AKID" + secrets.token_hex(16)
+            )
+        for name, value in DEV_DEFAULTS.items():
+            env.setdefault(name, value)
         _save_dev_secrets(data_dir / "dev-secrets", stored)
         return cls.from_env(env)
 

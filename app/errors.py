@@ -6,9 +6,12 @@
     │   └── InvalidNotificationError      400 invalid_notification    (schema violations)
     ├── UnauthorizedError             401 unauthorized
     ├── NotFoundError                 404 not_found
+    ├── ConflictError                 409 conflict                     (Idempotency-Key reused)
     ├── PayloadTooLargeError          413 payload_too_large
     ├── UnsupportedMediaTypeError     415 unsupported_media_type
-    └── UnavailableError              503 unavailable                  (database down: retry)
+    ├── UnprocessableError            422 invalid_job                  (job rules, every field)
+    ├── UnavailableError              503 unavailable                  (database down: retry)
+    └── CIError (app.ci.errors)       502/504 ci_*                     (CI refused or is down)
 
 One Flask handler (``app.web``) renders any of them as
 ``{"error": code, "message": ..., "details": [...]}``. Only our own faults are 5xx, because
@@ -71,3 +74,15 @@ class UnsupportedMediaTypeError(ServiceError):
 class UnavailableError(ServiceError):
     status_code = 503
     code = "unavailable"
+
+
+class UnprocessableError(ServiceError):
+    """The request is well-formed but breaks the rules of a VoiceSeparate job."""
+
+    status_code = 422
+    code = "invalid_job"
+
+
+class ConflictError(ServiceError):
+    status_code = 409
+    code = "conflict"

@@ -12,6 +12,8 @@ returns or raises. Metrics are counted here, so every path is counted the same w
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +31,15 @@ from app.errors import (
     UnavailableError,
 )
 from app.metrics import Metrics
-from app.models import ApplyResult, Outcome, QuarantinedNotification, Received, Source
+from app.models import (
+    ApplyResult,
+    JobReport,
+    Notification,
+    Outcome,
+    QuarantinedNotification,
+    Received,
+    Source,
+)
 from app.notifications import parse_notification
 from app.schemas import SchemaSet
 
@@ -74,6 +84,27 @@ class Receiver:
         for result in results:
             self._count(result)
         return results
+
+    def ingest_polled(self, job_id: str, report: JobReport, now: datetime) -> ApplyResult:
+        """Apply what asking CI taught us about ``job_id``, through the same rules as a
+        notification, recorded with source ``poll``. Its body is the report as JSON."""
+        body = json.dumps(dataclasses.asdict(report), default=str, sort_keys=True).encode()
+        notification = Notification(
+            event_name=None,
+            reports=(report,),
+            wire_format="poll",
+            body=body,
+            content_type="application/json",
+        )
+        received = Received(
+            body=body, content_type="application/json", headers={}, source=Source.POLL,
+            job_id=job_id,
+        )  # fmt: skip
+        (result,) = self.committer.run(
+            lambda conn: jobs.apply_notification(conn, notification, received, now), key=job_id
+        )
+        self._count(result)
+        return result
 
     def _count(self, result: ApplyResult) -> None:
         self.metrics.notifications.labels(result.outcome.value).inc()

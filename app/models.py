@@ -151,10 +151,16 @@ class Job:
     created_at: datetime
     updated_at: datetime
     last_notified_at: datetime | None
+    #: for jobs submitted through cirelay: the CI request as sent, the client's
+    #: Idempotency-Key and a digest of its request, and CI's error if it refused
+    request: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    request_digest: str | None = None
+    submit_error: dict[str, Any] | None = None
 
     def view(self) -> dict[str, Any]:
         """The public JSON view of a job: the read API's answer and every event's ``data``."""
-        failed = self.state == JobState.FAILED
+        failed = self.state == JobState.FAILED or self.submit_error is not None
         return {
             "id": self.id,
             "ci_job_id": self.ci_job_id,
@@ -166,7 +172,9 @@ class Job:
             "output": self.output,
             "result_files": self.result_files,
             "media_info": self.media_info,
-            "error": {"code": self.code, "message": self.message} if failed else None,
+            "error": (self.submit_error or {"code": self.code, "message": self.message})
+            if failed
+            else None,
             "user_data": self.user_data,
             "workflow": self.workflow,
             "template": self.template,

@@ -75,6 +75,14 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("last_notified_at", UTCDateTime),
+    # submission (jobs cirelay sent to CI): the CI request as sent, the client's
+    # Idempotency-Key with a digest of what it asked for, and CI's error if it refused
+    sa.Column("request", sa.JSON),
+    sa.Column("idempotency_key", sa.String(255), unique=True),
+    sa.Column("request_digest", sa.String(64)),
+    sa.Column("submit_error", sa.JSON),
+    # reconciliation: when CI was last asked about this job
+    sa.Column("last_polled_at", UTCDateTime),
     sa.Index(None, "state", "id"),
     sa.Index(None, "created_at"),
 )
@@ -249,6 +257,10 @@ def _job(row: sa.Row[Any]) -> Job:
         created_at=m["created_at"],
         updated_at=m["updated_at"],
         last_notified_at=m["last_notified_at"],
+        request=m["request"],
+        idempotency_key=m["idempotency_key"],
+        request_digest=m["request_digest"],
+        submit_error=m["submit_error"],
     )
 
 
@@ -277,6 +289,11 @@ def get_job(conn: Connection, job_id: str, *, for_update: bool = False) -> Job |
 def find_job(conn: Connection, ident: str, *, for_update: bool = False) -> Job | None:
     """A job by cirelay id or CI JobId."""
     return _select(conn, _FIND_JOB, ident, for_update)
+
+
+def find_job_by_idempotency_key(conn: Connection, key: str) -> Job | None:
+    row = conn.execute(sa.select(jobs).where(jobs.c.idempotency_key == key)).first()
+    return _job(row) if row else None
 
 
 def insert_job(conn: Connection, values: dict[str, Any]) -> None:
@@ -319,6 +336,10 @@ def job_values(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "last_notified_at": job.last_notified_at,
+        "request": job.request,
+        "idempotency_key": job.idempotency_key,
+        "request_digest": job.request_digest,
+        "submit_error": job.submit_error,
     }
 
 
@@ -345,6 +366,29 @@ def list_jobs(
     if before_id:
         query = query.where(jobs.c.id < before_id)
     return [_job(row) for row in conn.execute(query)]
+
+
+def list_silent_jobs(conn: Connection, *, silent_since: datetime, limit: int) -> list[Job]:
+    """Jobs CI has not told us about since ``silent_since`` and we have not asked about since
+    then either: not finished, with a CI JobId to ask with; the most overdue first."""
+    heard = sa.func.coalesce(jobs.c.last_notified_at, jobs.c.updated_at)
+    asked = sa.func.coalesce(jobs.c.last_polled_at, heard)
+    query = (
+        sa.select(jobs)
+        .where(
+            jobs.c.ci_job_id.is_not(None),
+            jobs.c.state.not_in(["Success", "Failed", "Cancel"]),
+            heard < silent_since,
+            asked < silent_since,
+        )
+        .order_by(asked)
+        .limit(limit)
+    )
+    return [_job(row) for row in conn.execute(query)]
+
+
+def mark_polled(conn: Connection, job_ids: Sequence[str], at: datetime) -> None:
+    conn.execute(sa.update(jobs).where(jobs.c.id.in_(list(job_ids))).values(last_polled_at=at))
 
 
 def count_jobs_by_state(conn: Connection) -> dict[str, int]:

@@ -13,22 +13,20 @@ notification with retries (:mod:`app.emulator.callbacks`), misbehaves on request
 Environment (``from_env``): ``CIRELAY_CI_SECRET_ID`` and ``CIRELAY_CI_SECRET_KEY`` (required:
 the only key pair accepted), and, all optional:
 
-=====================================  ========================================================
-``CIRELAY_EMULATOR_JOB_SECONDS``       a job's life, Submitted to finished (default 2.0)
-``CIRELAY_EMULATOR_CALLBACK_RETRIES``  retry delays in seconds, comma-separated
-                                       (default ``0.5,1,2,4,8,16``; ``none``: no retry)
-``CIRELAY_EMULATOR_CALLBACK_TIMEOUT``  seconds per callback attempt (default 5)
-``CIRELAY_EMULATOR_CALLBACK_JITTER``   ± fraction of each retry delay (default 0.1)
-``CIRELAY_EMULATOR_REGION``            serve only this region's Hosts (default: any)
-``CIRELAY_EMULATOR_QUEUE_IDS``         ``bucket=p<32 hex>,…`` (default: derived from the bucket)
-``CIRELAY_EMULATOR_QUEUE_CALLBACK_URL``  the queue's callback, for jobs without CallBack
-``CIRELAY_EMULATOR_QUEUE_CALLBACK_FORMAT``  ``XML`` (default) or ``JSON``
-``CIRELAY_EMULATOR_FAIL_MARKER``       input keys containing it fail (default ``fail``)
-``CIRELAY_EMULATOR_DATA_DIR``          local buckets for the real-media mode (default: off)
-``CIRELAY_EMULATOR_SEED``              seed of every random draw (default 0)
-``CIRELAY_EMULATOR_FAULTS``            faults at start, JSON as ``POST /_emulator/faults``
-``CIRELAY_EMULATOR_ADMIN``             ``0`` hides the ``/_emulator/*`` admin API (default 1)
-=====================================  ========================================================
+- ``CIRELAY_EMULATOR_JOB_SECONDS``: a job's life, Submitted to finished (default 2.0)
+- ``CIRELAY_EMULATOR_CALLBACK_RETRIES``: retry delays in seconds, comma-separated (default
+  ``0.5,1,2,4,8,16``, i.e. at most 7 attempts; ``none``: a single attempt)
+- ``CIRELAY_EMULATOR_CALLBACK_TIMEOUT``: seconds per callback attempt (default 5)
+- ``CIRELAY_EMULATOR_CALLBACK_JITTER``: ± fraction of each retry delay (default 0.1)
+- ``CIRELAY_EMULATOR_REGION``: serve only this region's Hosts (default: any region)
+- ``CIRELAY_EMULATOR_QUEUE_IDS``: ``bucket=p<32 hex>,…`` (default: derived from the bucket)
+- ``CIRELAY_EMULATOR_QUEUE_CALLBACK_URL``: the queue's callback, for jobs naming no CallBack
+- ``CIRELAY_EMULATOR_QUEUE_CALLBACK_FORMAT``: ``XML`` (default) or ``JSON``
+- ``CIRELAY_EMULATOR_FAIL_MARKER``: input keys containing it end Failed (default ``fail``)
+- ``CIRELAY_EMULATOR_DATA_DIR``: local buckets for the real-media mode (default: off)
+- ``CIRELAY_EMULATOR_SEED``: seed of every random draw (default 0)
+- ``CIRELAY_EMULATOR_FAULTS``: faults at start, JSON as for ``POST /_emulator/faults``
+- ``CIRELAY_EMULATOR_ADMIN``: ``0`` hides the ``/_emulator/*`` admin API (default shown)
 """
 
 from __future__ import annotations

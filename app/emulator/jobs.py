@@ -38,7 +38,6 @@ CHINA = timezone(timedelta(hours=8))
 CI_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 STATES = ("Submitted", "Running", "Success", "Failed", "Pause", "Cancel")
 TERMINAL = frozenset({"Success", "Failed", "Cancel"})
-MAX_OPERATIONS = 6
 
 
 def ci_time(moment: datetime | None) -> str:

@@ -1,20 +1,76 @@
-"""The read API for jobs: ``GET /v1/jobs/<id>`` and ``GET /v1/jobs``."""
+"""Jobs: submit (``POST /v1/jobs``), read (``GET /v1/jobs/<id>``) and list (``GET /v1/jobs``)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app import store
-from app.errors import BadRequestError, NotFoundError
-from app.models import JobState
+from app.ci import wire
+from app.ci.errors import CIDocumentError
+from app.errors import (
+    BadRequestError,
+    NotFoundError,
+    UnprocessableError,
+    UnsupportedMediaTypeError,
+)
+from app.models import Job, JobState
+from app.notifications import XML_CONTENT_TYPES, media_type
+from app.submission import request_from_json
 from app.web import require_api_key, services
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 MAX_PAGE = 200
+
+
+@bp.post("")
+@require_api_key
+def submit_job() -> ResponseReturnValue:
+    """Submit a VoiceSeparate job: cirelay's JSON, or CI's own ``<Request>`` XML."""
+    svc = services()
+    settings = svc.settings
+    kind = media_type(request.content_type)
+    if kind in XML_CONTENT_TYPES:
+        try:
+            ci_request = wire.parse_request(
+                request.get_data(), max_bytes=settings.max_body_bytes, max_depth=settings.max_depth
+            )
+        except CIDocumentError as exc:
+            raise UnprocessableError(exc.message, exc.details) from exc
+        ci_request.pop("CallBack", None)  # cirelay's own URL goes there
+        bucket = request.args.get("bucket") or settings.ci_bucket
+        region = request.args.get("region") or settings.ci_region
+    elif kind == "application/json":
+        ci_request, bucket, region = request_from_json(
+            request.get_json(silent=True),
+            default_bucket=settings.ci_bucket,
+            default_region=settings.ci_region,
+        )
+    else:
+        raise UnsupportedMediaTypeError("send application/json or a CI <Request> as XML")
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and not 1 <= len(key) <= 255:
+        raise BadRequestError("Idempotency-Key must be 1 to 255 characters")
+    job, replayed = svc.submitter.submit(
+        ci_request, bucket, region, svc.clock(), idempotency_key=key
+    )
+    response = jsonify(_job_resource(job))
+    response.status_code = 201
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _job_resource(job: Job) -> dict[str, Any]:
+    view = job.view()
+    if job.origin == "api":
+        view["callback_url"] = services().submitter.callback_url(job.id)
+    return view
 
 
 @bp.get("/<ident>")
@@ -26,7 +82,7 @@ def get_job(ident: str) -> ResponseReturnValue:
         if job is None:
             raise NotFoundError(f"no job {ident!r}")
         notifications = store.list_notifications(conn, job.id)
-    view = job.view()
+    view = _job_resource(job)
     view["notifications"] = [
         {
             "id": n.id,
@@ -68,7 +124,7 @@ def list_jobs() -> ResponseReturnValue:
             limit=int(limit),
         )
     next_cursor = page[-1].id if len(page) == int(limit) else None
-    return jsonify({"jobs": [job.view() for job in page], "next_cursor": next_cursor})
+    return jsonify({"jobs": [_job_resource(job) for job in page], "next_cursor": next_cursor})
 
 
 def _timestamp(name: str, details: list[dict[str, str]]) -> datetime | None:
