@@ -72,6 +72,7 @@ def build_services(
         ci_clients(settings, metrics=metrics, schemas=schemas, clock=clock),
         public_url=settings.public_url,
         callback_keys=settings.callback_keys,
+        metrics=metrics,
     )
     return Services(settings, engine, schemas, metrics, collector, receiver, submitter, clock)
 

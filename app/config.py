@@ -106,9 +106,7 @@ class Settings:
             max_depth=integer("CIRELAY_MAX_DEPTH", 32, minimum=8),
             proxy_hops=integer("CIRELAY_PROXY_HOPS", 0),
             reconcile_after_seconds=integer("CIRELAY_RECONCILE_AFTER_SECONDS", 300, minimum=1),
-            reconcile_interval_seconds=integer(
-                "CIRELAY_RECONCILE_INTERVAL_SECONDS", 30, minimum=1
-            ),
+            reconcile_interval_seconds=integer("CIRELAY_RECONCILE_INTERVAL_SECONDS", 30, minimum=1),
         )
         if not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")

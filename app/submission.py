@@ -31,6 +31,7 @@ from app.ci.client import CIClient
 from app.ci.errors import CIError, CITimeoutError
 from app.errors import ConflictError, UnavailableError, UnprocessableError
 from app.jobs import SUBMITTING, is_transition_allowed
+from app.metrics import Metrics
 from app.models import Job, JobReport, JobState, new_id
 from app.tokens import sign_job
 
@@ -142,7 +143,9 @@ class Submitter:
         *,
         public_url: str,
         callback_keys: tuple[str, ...],
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.engine = engine
         self.client_for = client_for
         self.public_url = public_url.rstrip("/")
@@ -196,7 +199,9 @@ class Submitter:
             exc.details = [*exc.details, {"job_id": job_id}]
             raise
         with store.transaction(self.engine) as conn:
-            job = record_submitted(conn, job_id, result.reports[0], now)
+            job, moved = record_submitted(conn, job_id, result.reports[0], now)
+        if moved and self.metrics:
+            self.metrics.transitions.labels(SUBMITTING, job.state).inc()
         return job, False
 
     def _earlier(self, key: str, digest: str) -> Job | None:
@@ -230,9 +235,11 @@ class Submitter:
             failed = store.get_job(conn, job_id)
             assert failed is not None
             events.record_job_changed(conn, failed, SUBMITTING, now)
+        if self.metrics:
+            self.metrics.transitions.labels(SUBMITTING, JobState.FAILED.value).inc()
 
 
-def record_submitted(conn: Any, job_id: str, report: JobReport, now: datetime) -> Job:
+def record_submitted(conn: Any, job_id: str, report: JobReport, now: datetime) -> tuple[Job, bool]:
     """CI accepted the job: bind its JobId and move Submitting -> Submitted, unless the job's
     first notification got here first (then only the JobId is filled in, if missing)."""
     job = store.get_job(conn, job_id, for_update=True)
@@ -249,7 +256,7 @@ def record_submitted(conn: Any, job_id: str, report: JobReport, now: datetime) -
     assert updated is not None
     if moves:
         events.record_job_changed(conn, updated, SUBMITTING, now)
-    return updated
+    return updated, moves
 
 
 def _new_job_values(

@@ -230,14 +230,18 @@ class _Checker:
             self.audio_matrix(mode, values, f"{path}.AudioConfig")
 
     def audio_config(self, config: Mapping[str, Any], path: str) -> dict[str, str | None] | None:
-        """Single-field checks; the values when all of them pass, else ``None``."""
-        before = len(self.violations)
+        """Single-field checks. Returns the values for the codec matrix, with a field that
+        failed its own check left out of it (so every field is still judged, once), or
+        ``None`` when the codec itself is unusable."""
         values = {key: self.text(config.get(key), f"{path}.{key}") for key in AUDIO_CONFIG_KEYS}
-        self.one_of(values["Codec"], CODECS, f"{path}.Codec")
-        self.one_of(values["Samplerate"], SAMPLERATES, f"{path}.Samplerate")
-        self.one_of(values["Channels"], CHANNELS, f"{path}.Channels")
+        allowed = {"Codec": CODECS, "Samplerate": SAMPLERATES, "Channels": CHANNELS}
+        usable: dict[str, str | None] = {}
+        for key, choices in allowed.items():
+            before = len(self.violations)
+            self.one_of(values[key], choices, f"{path}.{key}")
+            usable[key] = values[key] if len(self.violations) == before else _SKIP
         self.bitrate(values["Bitrate"], f"{path}.Bitrate")
-        return values if len(self.violations) == before else None
+        return None if usable["Codec"] == _SKIP else usable
 
     def bitrate(self, value: str | None, path: str) -> None:
         low, high = BITRATE_RANGE
@@ -257,16 +261,16 @@ class _Checker:
             return
         rates, channels = MATRIX[codec]
         rate = values["Samplerate"]
-        if rate is None and DEFAULT_SAMPLERATE not in rates:
+        if rate is None and DEFAULT_SAMPLERATE not in rates:  # _SKIP: already reported
             self.fail(
                 f"{path}.Samplerate",
                 f"{codec} needs Samplerate {', '.join(rates)}; the default "
                 f"{DEFAULT_SAMPLERATE} is not allowed",
             )
-        elif rate is not None and rate not in rates:
+        elif rate not in (None, _SKIP) and rate not in rates:
             self.fail(f"{path}.Samplerate", f"{codec} allows {', '.join(rates)} (got {rate})")
         channel = values["Channels"]
-        if channel is not None and channel not in channels:
+        if channel not in (None, _SKIP) and channel not in channels:
             self.fail(f"{path}.Channels", f"{codec} allows {', '.join(channels)} (got {channel})")
 
     def output(self, value: Any, path: str) -> None:
@@ -329,6 +333,10 @@ class _Checker:
             return
         for key in ("Region", "InstanceId", "Topic"):
             self.required(kafka, key, f"CallBackKafkaConfig.{key}")
+
+
+#: marks an AudioConfig value that failed its own check: the matrix does not judge it again
+_SKIP = "\x00invalid"
 
 
 def _join(path: str, key: str) -> str:
