@@ -168,11 +168,20 @@ def cmd_up(args: argparse.Namespace) -> int:
         "CIRELAY_RECONCILE_INTERVAL_SECONDS": str(settings.reconcile_interval_seconds),
         "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus"),
     }
+    # jobs that name no CallBack notify the queue URL, as a CI queue's NotifyConfig would;
+    # WAV files under <data-dir>/buckets/<bucket>/ are really split by the emulator
+    env.setdefault(
+        "CIRELAY_EMULATOR_QUEUE_CALLBACK_URL",
+        f"{base}/callbacks/ci/queue/{settings.queue_callback_secret}",
+    )
+    env.setdefault("CIRELAY_EMULATOR_DATA_DIR", str(data_dir / "buckets"))
+    (data_dir / "buckets" / settings.ci_bucket).mkdir(parents=True, exist_ok=True)
     _prepare_metrics_dir(env)
     print(
         f"cirelay up\n"
         f"  service     {base}   (metrics {base}/metrics, health {base}/readyz)\n"
-        f"  emulator    {settings.ci_endpoint}   (CI, bucket {settings.ci_bucket})\n"
+        f"  emulator    {settings.ci_endpoint}   (CI, bucket {settings.ci_bucket};"
+        f" WAV files in {data_dir / 'buckets' / settings.ci_bucket} are really split)\n"
         f"  worker      reconciles jobs silent for {settings.reconcile_after_seconds}s\n"
         f"  database    {settings.database_url}\n"
         f"  API key     {settings.api_keys[0]}\n"
