@@ -71,22 +71,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
     parser.add_argument("--duration", type=int, default=15, help="seconds measured per server")
+    # the service's own defaults (app.gunicorn_conf, which reads the CIRELAY_* variables)
+    from app import gunicorn_conf
+
     parser.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("CIRELAY_WORKERS", "2")),
-        help="gunicorn workers, both servers (CIRELAY_WORKERS, default 2)",
+        default=gunicorn_conf.workers,
+        help=f"gunicorn workers, both servers (default {gunicorn_conf.workers})",
     )
     parser.add_argument(
         "--worker-class",
-        default=os.environ.get("CIRELAY_WORKER_CLASS", "gthread"),
-        help="gunicorn worker class, both servers (CIRELAY_WORKER_CLASS, default gthread)",
+        default=gunicorn_conf.worker_class,
+        help=f"gunicorn worker class, both servers (default {gunicorn_conf.worker_class})",
     )
     parser.add_argument(
         "--threads",
         type=int,
-        default=int(os.environ.get("CIRELAY_THREADS", "4")),
-        help="threads per gthread worker, both servers (CIRELAY_THREADS, default 4)",
+        default=gunicorn_conf.threads,
+        help=f"threads per gthread worker, both servers (default {gunicorn_conf.threads})",
     )
     parser.add_argument(
         "--database-url",
@@ -100,6 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"distinct jobs prepared (default {ESTIMATED_RATE}/s x (warm-up + duration))",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args(argv)
     if args.connections < WRK_THREADS:
         parser.error(f"--connections must be at least {WRK_THREADS} (wrk threads)")
@@ -205,8 +209,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
     body_file.write_text(notification_template())
     started = time.monotonic()
     prepare_database(database_url, args.endpoint, args.jobs, keys, jobs_file)
-    what = "jobs in state Submitted" if args.endpoint == "job" else "JobIds (queue endpoint)"
-    print(f"prepared {args.jobs} {what} in {time.monotonic() - started:.1f} s", flush=True)
+    if args.endpoint == "job":
+        print(f"prepared {args.jobs} jobs in state Submitted in {time.monotonic() - started:.1f} s")
+    else:
+        print(f"queue endpoint: wrk makes up to {args.jobs} fresh JobIds (no jobs prepared)")
 
     def load(server: Server, wrap: bool) -> tuple[WrkResult, WrkResult]:
         results = []
@@ -225,12 +231,19 @@ def run(args: argparse.Namespace, work: Path) -> int:
                 "BENCH_OUT": str(work / f"{server.name}-{label}"),
             }
             before = cpu_snapshot(server.pid)
-            result = run_wrk(wrk, server.url, args.connections, seconds, lua_env, label)
+            result = run_wrk(
+                wrk, server.url, args.connections, seconds, lua_env, label, args.verbose
+            )
             result.cpu = cpu_snapshot(server.pid) - before
             results.append(result)
             print_wrk(server.name, result)
             if label == "warm-up" and (result.non2xx or result.ok == 0):
-                raise BenchError(f"{server.name} failed the warm-up:\n{server.log_tail()}")
+                why = (
+                    f"ran out of jobs ({result.exhausted}), raise --jobs"
+                    if result.exhausted
+                    else ""
+                )
+                raise BenchError(f"{server.name} failed the warm-up {why}:\n{server.log_tail()}")
         return results[0], results[1]
 
     with Server("cirelay", cirelay_command(args), env, work, ready_status=200) as cirelay:
@@ -485,7 +498,13 @@ _BENCH_LINE = re.compile(r"^BENCH (.*)$", re.MULTILINE)
 
 
 def run_wrk(
-    wrk: str, url: str, connections: int, seconds: int, lua_env: dict[str, str], label: str
+    wrk: str,
+    url: str,
+    connections: int,
+    seconds: int,
+    lua_env: dict[str, str],
+    label: str,
+    verbose: bool = False,
 ) -> WrkResult:
     command = [
         wrk,
@@ -516,6 +535,8 @@ def run_wrk(
         if process.poll() is None:
             process.kill()
             process.wait()
+    if verbose:
+        print("    " + output.strip().replace("\n", "\n    "), flush=True)
     match = _BENCH_LINE.search(output)
     if process.returncode != 0 or not match:
         raise BenchError(f"wrk failed (exit {process.returncode}):\n{output}")
