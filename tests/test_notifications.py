@@ -206,9 +206,7 @@ def test_load_json_refuses_non_json_constants(constant: bytes) -> None:
         load_json(b'{"a": ' + constant + b"}", 32)
 
 
-@pytest.mark.parametrize(
-    "body", [b"", b"{", b'{"a": 1,}', b"{'a': 1}", b'{"a": "\xff"}'], ids=repr
-)
+@pytest.mark.parametrize("body", [b"", b"{", b'{"a": 1,}', b"{'a': 1}", b'{"a": "\xff"}'], ids=repr)
 def test_load_json_refuses_what_is_no_json(body: bytes) -> None:
     with pytest.raises(MalformedNotificationError):
         load_json(body, 32)
@@ -284,9 +282,7 @@ def test_xml_that_is_not_utf8_is_refused(body: bytes) -> None:
         parse_xml(body, 32)
 
 
-@pytest.mark.parametrize(
-    "encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"]
-)
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"])
 def test_xml_declared_in_another_encoding_is_refused_although_its_bytes_are_utf8(
     encoding: str,
 ) -> None:
@@ -546,7 +542,9 @@ def test_failed_job_not_started(schemas: SchemaSet) -> None:
 
 
 def test_ci_duration_is_none_without_an_end(schemas: SchemaSet) -> None:
-    text = SUCCESS_XML.replace("<EndTime>2024-11-18T21:05:02+0800</EndTime>", "<EndTime>-</EndTime>")
+    text = SUCCESS_XML.replace(
+        "<EndTime>2024-11-18T21:05:02+0800</EndTime>", "<EndTime>-</EndTime>"
+    )
     text = text.replace("<State>Success</State>", "<State>Running</State>")
     (report,) = parse_notification(text.encode(), "application/xml", schemas).reports
     assert report.ended_at is None and report.ci_duration_seconds is None

@@ -180,6 +180,7 @@ class CIClient:
         order_by_time: str | None = None,
         start_creation_time: datetime | None = None,
         end_creation_time: datetime | None = None,
+        input_object: str | None = None,
     ) -> tuple[list[JobReport], str | None]:
         """``GET /jobs?tag=...``: one page of jobs and the token of the next (or ``None``).
 
@@ -195,6 +196,7 @@ class CIClient:
             order_by_time=order_by_time,
             start_creation_time=start_creation_time,
             end_creation_time=end_creation_time,
+            input_object=input_object,
         )
         result, _ = self._call(
             "list",
@@ -414,6 +416,7 @@ def _list_params(
     order_by_time: str | None,
     start_creation_time: datetime | None,
     end_creation_time: datetime | None,
+    input_object: str | None = None,
 ) -> dict[str, str]:
     """The query of ``GET /jobs`` (spec §4.2 names), only the parameters given."""
     if size is not None and not 1 <= size <= MAX_LIST_SIZE:
@@ -432,6 +435,7 @@ def _list_params(
         "orderByTime": order_by_time,
         "startCreationTime": _ci_time(start_creation_time),
         "endCreationTime": _ci_time(end_creation_time),
+        "inputObject": input_object,
     }
     return {k: v for k, v in candidates.items() if v is not None}
 

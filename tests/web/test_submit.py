@@ -239,7 +239,8 @@ def test_ci_timeout_is_504_and_the_job_waits_for_its_callback(
     job_id = next(d["job_id"] for d in response.json["details"] if "job_id" in d)
     job = client.get(f"/v1/jobs/{job_id}", headers=auth).json
     assert job["state"] == "Submitting"
-    assert job["error"]["ambiguous"] is True
+    assert job["error"] is None
+    assert job["submit_error"]["ambiguous"] is True
 
 
 def _with_read_timeout(ci_client: Any, seconds: float) -> Any:
