@@ -138,7 +138,7 @@ class Settings:
             "CIRELAY_CI_SECRET_KEY",
         ):
             if not env.get(name):
-                env[name] = stored.setdefault(name, secrets.token_urlsafe(24))
+                env[name] = stored.setdefault(name, secrets.token_hex(20))  # no leading "-"
         if not env.get("CIRELAY_CI_SECRET_ID"):
             env["CIRELAY_CI_SECRET_ID"] = stored.setdefault(
                 "CIRELAY_CI_SECRET_ID", "AKID" + secrets.token_hex(16)

@@ -408,7 +408,7 @@ def test_a_job_submitted_to_cirelay_up_reaches_success_and_ctrl_c_stops_all(
             f"http://127.0.0.1:{emulator_port}/_emulator/health", up))  # fmt: skip
 
         submitted = subprocess.run(
-            [*CIRELAY, "submit", "songs/a.wav", "--url", base, "--api-key", key.group(1),
+            [*CIRELAY, "submit", "songs/a.wav", "--url", base, f"--api-key={key.group(1)}",
              "--wait"],
             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90, check=False,
         )  # fmt: skip
