@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import store
+from app import jobs, store
 from app.ci.client import CIClient
 from app.commits import GroupCommitter
 from app.config import Settings
@@ -65,7 +65,7 @@ def build_services(
 
     collector = DatabaseCollector(quarantine_size)
     registry.register(collector)
-    committer = GroupCommitter(engine)
+    committer = GroupCommitter(engine, jobs.apply_batch)
     receiver = Receiver(engine, schemas, metrics, committer, max_depth=settings.max_depth)
     submitter = Submitter(
         engine,

@@ -1,4 +1,4 @@
-"""Group commit: many threads' units of work, one transaction, one fsync.
+"""Group commit: many threads' notifications, one transaction, one fsync.
 
 A notification is answered only after it is durably committed. On SQLite with
 ``synchronous=FULL`` the commit waits for an fsync (1-4 ms on this kind of disk), and only one
@@ -6,14 +6,14 @@ writer may hold the database at a time, so one transaction per notification caps
 few hundred notifications per second however many cores it has. Databases solve this with
 group commit; this is the same idea one level up:
 
-    request threads ──run(work)──▶ queue ──▶ committer thread:
-        take everything queued (up to ``max_batch``), ONE transaction, run each unit of work,
+    request threads ──run(item)──▶ queue ──▶ committer thread:
+        take everything queued (up to ``max_batch``), ONE transaction,
+        ``apply_batch(conn, items)`` (a handful of statements for the whole batch),
         COMMIT (one fsync), then hand each caller its own result or exception.
 
-Each caller still gets all-or-nothing for its own work: if a unit of work raises, the batch is
-rolled back, that caller gets the exception, and the others are run again without it. Units of
-work are sorted by a caller-supplied key first, so two processes' batches take row locks in
-the same order (no deadlocks on PostgreSQL).
+``apply_batch`` answers per item: a result, or the exception that rejects that item alone
+(having written nothing of it). If it raises instead, the batch is rolled back and each item
+is run again in a transaction of its own, so one bad item cannot fail the others.
 """
 
 from __future__ import annotations
@@ -21,42 +21,42 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
 from app import store
 
-T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - the item type
+R = TypeVar("R")
 
 
-@dataclass(order=True)
-class _Unit(Generic[T]):
-    key: str
-    work: Callable[[Connection], T] = field(compare=False)
-    future: Future[T] = field(compare=False, default_factory=Future)
-
-
-class GroupCommitter:
-    def __init__(self, engine: Engine, *, max_batch: int = 64) -> None:
+class GroupCommitter(Generic[I, R]):
+    def __init__(
+        self,
+        engine: Engine,
+        apply_batch: Callable[[Connection, Sequence[I]], Sequence[R | Exception]],
+        *,
+        max_batch: int = 64,
+    ) -> None:
         self.engine = engine
+        self.apply_batch = apply_batch
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Unit[Any]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[I, Future[R]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pid = 0
-        #: sizes of the batches committed, for the metrics and the tests
+        #: batches committed and items in them, for the tests and for tuning
         self.batches = 0
-        self.units = 0
+        self.items = 0
 
-    def run(self, work: Callable[[Connection], T], *, key: str = "") -> T:
-        """Run ``work(conn)`` in a shared transaction; return once it is committed."""
+    def run(self, item: I) -> R:
+        """Apply ``item`` in a shared transaction; return its result once committed."""
         self._ensure_thread()
-        unit: _Unit[T] = _Unit(key, work)
-        self._queue.put(unit)
-        return unit.future.result()
+        future: Future[R] = Future()
+        self._queue.put((item, future))
+        return future.result()
 
     def _ensure_thread(self) -> None:
         # Started lazily, and again in a forked gunicorn worker (threads do not survive fork).
@@ -76,35 +76,23 @@ class GroupCommitter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(sorted(batch))
+            self._commit(batch)
 
-    def _commit(self, batch: list[_Unit[Any]]) -> None:
-        while batch:
-            results: list[Any] = []
-            failed: _Unit[Any] | None = None
-            try:
-                with store.transaction(self.engine) as conn:
-                    for unit in batch:
-                        try:
-                            results.append(unit.work(conn))
-                        except Exception as exc:  # handed to its caller
-                            failed = unit
-                            failed.future.set_exception(exc)
-                            raise _RollBack from exc
-            except _RollBack:
-                assert failed is not None
-                batch = [u for u in batch if u is not failed]  # run the others again
-                continue
-            except Exception as exc:  # the commit itself failed
+    def _commit(self, batch: list[tuple[I, Future[R]]]) -> None:
+        try:
+            with store.transaction(self.engine) as conn:
+                results = self.apply_batch(conn, [item for item, _ in batch])
+        except Exception as exc:  # rolled back: find the culprit by running each alone
+            if len(batch) == 1:
+                batch[0][1].set_exception(exc)
+            else:
                 for unit in batch:
-                    unit.future.set_exception(exc)
-                return
-            self.batches += 1
-            self.units += len(batch)
-            for unit, result in zip(batch, results, strict=True):
-                unit.future.set_result(result)
+                    self._commit([unit])
             return
-
-
-class _RollBack(Exception):
-    """Raised inside the transaction to roll it back after a unit of work failed."""
+        self.batches += 1
+        self.items += len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

@@ -30,21 +30,23 @@ def event_source(job: Job) -> str:
     return f"https://{bucket}.ci.{region}.myqcloud.com/queues/{queue}"
 
 
-def record_job_changed(conn: Any, job: Job, previous: str | None, now: datetime) -> None:
+def job_changed_event(job: Job, previous: str | None, now: datetime) -> dict[str, Any]:
+    """The outbox row announcing that ``job`` moved from ``previous`` to its state."""
     data = job.view()
     data["previous_state"] = previous
-    store.insert_event(
-        conn,
-        {
-            "id": new_id("evt", now),
-            "type": job_event_type(job.state),
-            "source": event_source(job),
-            "subject": job.ci_job_id,
-            "job_id": job.id,
-            "time": now,
-            "data": data,
-        },
-    )
+    return {
+        "id": new_id("evt", now),
+        "type": job_event_type(job.state),
+        "source": event_source(job),
+        "subject": job.ci_job_id,
+        "job_id": job.id,
+        "time": now,
+        "data": data,
+    }
+
+
+def record_job_changed(conn: Any, job: Job, previous: str | None, now: datetime) -> None:
+    store.insert_event(conn, job_changed_event(job, previous, now))
 
 
 def record_quarantined(conn: Any, item: QuarantinedNotification, now: datetime) -> None:

@@ -53,7 +53,7 @@ class Receiver:
     engine: Engine
     schemas: SchemaSet
     metrics: Metrics
-    committer: GroupCommitter
+    committer: GroupCommitter[jobs.Pending, list[ApplyResult]]
     max_depth: int = 32
 
     def ingest(
@@ -68,10 +68,7 @@ class Receiver:
             notification = parse_notification(
                 received.body, received.content_type, self.schemas, max_depth=self.max_depth
             )
-            key = received.job_id or notification.reports[0].ci_job_id
-            results = self.committer.run(
-                lambda conn: jobs.apply_notification(conn, notification, received, now), key=key
-            )
+            results = self.committer.run(jobs.Pending(notification, received, now))
         except BadRequestError as exc:  # malformed, invalid, or valid but for another job
             if quarantine:
                 self._quarantine(received, exc, now)
@@ -100,9 +97,7 @@ class Receiver:
             body=body, content_type="application/json", headers={}, source=Source.POLL,
             job_id=job_id,
         )  # fmt: skip
-        (result,) = self.committer.run(
-            lambda conn: jobs.apply_notification(conn, notification, received, now), key=job_id
-        )
+        (result,) = self.committer.run(jobs.Pending(notification, received, now))
         self._count(result)
         return result
 

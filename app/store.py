@@ -13,7 +13,7 @@ import fcntl
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -300,12 +300,6 @@ def insert_job(conn: Connection, values: dict[str, Any]) -> None:
     conn.execute(sa.insert(jobs), values)
 
 
-def insert_job_if_absent(conn: Connection, values: dict[str, Any]) -> None:
-    """Insert a job unless one with the same CI JobId exists (concurrent queue callbacks)."""
-    stmt = _insert(conn, jobs).on_conflict_do_nothing(index_elements=["ci_job_id"])
-    conn.execute(stmt, values)
-
-
 def update_job(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
     conn.execute(_UPDATE_JOB, {**values, "job_id_": job_id})
 
@@ -341,6 +335,61 @@ def job_values(job: Job) -> dict[str, Any]:
         "request_digest": job.request_digest,
         "submit_error": job.submit_error,
     }
+
+
+_LOCK_JOBS = (
+    sa.select(jobs)
+    .where(
+        sa.or_(
+            jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
+            jobs.c.ci_job_id.in_(sa.bindparam("ci_ids", expanding=True)),
+        )
+    )
+    .order_by(jobs.c.id)
+)
+_LOCK_JOBS_FOR_UPDATE = _LOCK_JOBS.with_for_update()
+_DIGESTS = sa.select(notifications.c.job_id, notifications.c.digest).where(
+    notifications.c.job_id.in_(sa.bindparam("ids", expanding=True))
+)
+_UPDATE_JOBS = sa.update(jobs).where(jobs.c.id == sa.bindparam("job_id_"))
+
+
+def lock_jobs(conn: Connection, *, ids: Iterable[str], ci_job_ids: Iterable[str]) -> list[Job]:
+    """The jobs with these ids or CI JobIds; on PostgreSQL locked for the transaction, in id
+    order so that concurrent batches cannot deadlock (SQLite's writer lock serialises)."""
+    query = _LOCK_JOBS_FOR_UPDATE if conn.dialect.name == "postgresql" else _LOCK_JOBS
+    rows = conn.execute(query, {"ids": sorted(ids), "ci_ids": sorted(ci_job_ids)})
+    return [_job(row) for row in rows]
+
+
+def notification_digests(conn: Connection, job_ids: list[str]) -> set[tuple[str, str]]:
+    """(job id, content digest) of every notification recorded for these jobs."""
+    if not job_ids:
+        return set()
+    return {(j, d) for j, d in conn.execute(_DIGESTS, {"ids": job_ids})}
+
+
+def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(sa.insert(jobs), rows)
+
+
+def update_jobs(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Rewrite these jobs (rows as :func:`job_values` makes them)."""
+    if rows:
+        conn.execute(_UPDATE_JOBS, [{**row, "job_id_": row["id"]} for row in rows])
+
+
+def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Record notifications; a repeated (job, digest) violates the unique key: the caller
+    has deduplicated already, so that only happens in a race the caller then retries."""
+    if rows:
+        conn.execute(sa.insert(notifications), rows)
+
+
+def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(_INSERT_EVENT, rows)
 
 
 def list_jobs(
@@ -412,24 +461,10 @@ def mark_polled(conn: Connection, job_ids: Sequence[str], at: datetime) -> None:
 
 def count_jobs_by_state(conn: Connection) -> dict[str, int]:
     query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
-    return {state: n for state, n in conn.execute(query).tuples()}
+    return {state: n for state, n in conn.execute(query)}
 
 
 # --- notifications ------------------------------------------------------------------------
-
-
-_INSERT_NOTIFICATION = {
-    name: dialect.insert(notifications)
-    .on_conflict_do_nothing(index_elements=["job_id", "digest"])
-    .returning(notifications.c.id)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
-
-
-def insert_notification(conn: Connection, values: dict[str, Any]) -> bool:
-    """Record a notification; False when the same content was already recorded for the job."""
-    # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT DO NOTHING.
-    return conn.execute(_INSERT_NOTIFICATION[conn.dialect.name], values).first() is not None
 
 
 def list_notifications(conn: Connection, job_id: str) -> list[NotificationRecord]:

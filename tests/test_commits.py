@@ -1,8 +1,9 @@
-"""Group commit: shared transactions, per-caller all-or-nothing."""
+"""Group commit: shared transactions, each caller all-or-nothing."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,82 +15,102 @@ from app.commits import GroupCommitter
 from tests.conftest import Clock
 
 
-def _insert_event(n: int, clock: Clock):  # type: ignore[no-untyped-def]
-    def work(conn: Connection) -> int:
-        store.insert_event(
-            conn,
-            {"id": f"evt_{n}", "type": "t", "source": "s", "time": clock.now, "data": {}},
-        )
-        return n
-
-    return work
-
-
-def _event_ids(engine: Engine) -> set[str]:
+def event_ids(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         return set(conn.execute(sa.select(store.events.c.id)).scalars())
 
 
-def test_work_queued_while_a_commit_runs_shares_the_next_transaction(
+class Recorder:
+    """An ``apply_batch`` that writes one event per item; ``"block"`` waits for a gate,
+    ``"bad"`` is rejected alone, ``"boom"`` raises (the whole batch is rolled back)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.started, self.gate = threading.Event(), threading.Event()
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, conn: Connection, items: Sequence[str]) -> list[str | Exception]:
+        self.batch_sizes.append(len(items))
+        results: list[str | Exception] = []
+        for item in items:
+            if item == "block":
+                self.started.set()
+                self.gate.wait(10)
+            if item == "bad":
+                results.append(ValueError("rejected"))
+                continue
+            store.insert_event(conn, {"id": f"evt_{item}", "type": "t", "source": "s",
+                                      "time": self.clock.now, "data": {}})  # fmt: skip
+            if item == "boom":
+                raise RuntimeError("boom")
+            results.append(item)
+        return results
+
+
+def run_while_blocked(
+    committer: GroupCommitter[str, str], recorder: Recorder, items: list[str]
+) -> list[str | BaseException]:
+    """Queue ``items`` while the committer is inside a first transaction, then release it:
+    they all land in the next batch."""
+    with ThreadPoolExecutor(max_workers=len(items) + 1) as pool:
+        first = pool.submit(committer.run, "block")
+        assert recorder.started.wait(10)
+        futures = [pool.submit(committer.run, item) for item in items]
+        while committer._queue.qsize() < len(items):
+            threading.Event().wait(0.01)
+        recorder.gate.set()
+        assert first.result() == "block"
+        return [f.exception() or f.result() for f in futures]
+
+
+def test_items_queued_during_a_commit_share_the_next_transaction(
     engine: Engine, clock: Clock
 ) -> None:
-    committer = GroupCommitter(engine)
-    started, gate = threading.Event(), threading.Event()
+    recorder = Recorder(clock)
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, recorder)
 
-    def blocker(conn: Connection) -> str:
-        started.set()
-        gate.wait(10)
-        return "first"
+    results = run_while_blocked(committer, recorder, [str(n) for n in range(10)])
 
-    with ThreadPoolExecutor(max_workers=12) as pool:
-        first = pool.submit(committer.run, blocker)
-        assert started.wait(10)  # the committer is inside the first transaction
-        rest = [pool.submit(committer.run, _insert_event(n, clock)) for n in range(10)]
-        while committer._queue.qsize() < 10:
-            threading.Event().wait(0.01)
-        gate.set()
-        assert first.result() == "first"
-        assert sorted(f.result() for f in rest) == list(range(10))
-
-    assert committer.units == 11
-    assert committer.batches == 2
-    assert _event_ids(engine) == {f"evt_{n}" for n in range(10)}
+    assert results == [str(n) for n in range(10)]
+    assert recorder.batch_sizes == [1, 10]
+    assert committer.batches == 2 and committer.items == 11
+    assert event_ids(engine) == {"evt_block"} | {f"evt_{n}" for n in range(10)}
 
 
-def test_a_failing_unit_is_rolled_back_alone(engine: Engine, clock: Clock) -> None:
-    committer = GroupCommitter(engine)
-    started, gate = threading.Event(), threading.Event()
+def test_a_rejected_item_fails_alone(engine: Engine, clock: Clock) -> None:
+    recorder = Recorder(clock)
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, recorder)
 
-    def block(conn: Connection) -> None:
-        started.set()
-        gate.wait(10)
+    results = run_while_blocked(committer, recorder, ["1", "bad", "3"])
 
-    def failing(conn: Connection) -> None:
-        _insert_event(99, clock)(conn)  # written, then rolled back
-        raise ValueError("bad notification")
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        first = pool.submit(committer.run, block)
-        assert started.wait(10)
-        futures = [pool.submit(committer.run, _insert_event(n, clock), key=str(n)) for n in (1, 3)]
-        bad = pool.submit(committer.run, failing, key="2")
-        while committer._queue.qsize() < 3:
-            threading.Event().wait(0.01)
-        gate.set()
-        first.result()
-        with pytest.raises(ValueError, match="bad notification"):
-            bad.result()
-        assert [f.result() for f in futures] == [1, 3]
-
-    assert _event_ids(engine) == {"evt_1", "evt_3"}
+    assert results[0] == "1" and results[2] == "3"
+    assert isinstance(results[1], ValueError)
+    assert recorder.batch_sizes == [1, 3]
 
 
-def test_a_failed_commit_reaches_every_caller(engine: Engine) -> None:
-    committer = GroupCommitter(engine)
+def test_an_exception_rolls_the_batch_back_and_each_item_is_retried_alone(
+    engine: Engine, clock: Clock
+) -> None:
+    recorder = Recorder(clock)
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, recorder)
 
-    def violates_not_null(conn: Connection) -> None:
-        conn.execute(sa.insert(store.events).values(id="x"))
+    results = run_while_blocked(committer, recorder, ["1", "boom", "3"])
 
+    assert results[0] == "1" and results[2] == "3"
+    assert isinstance(results[1], RuntimeError)
+    assert recorder.batch_sizes == [1, 3, 1, 1, 1]
+    assert event_ids(engine) == {"evt_block", "evt_1", "evt_3"}
+
+
+def test_a_failed_commit_reaches_its_caller_and_the_committer_goes_on(
+    engine: Engine, clock: Clock
+) -> None:
+    def violates_not_null(conn: Connection, items: Sequence[str]) -> list[str]:
+        if items == ["bad"]:
+            conn.execute(sa.insert(store.events).values(id="x"))
+        return list(items)
+
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, violates_not_null)
     with pytest.raises(sa.exc.IntegrityError):
-        committer.run(violates_not_null)
-    assert committer.run(lambda conn: 42) == 42
+        committer.run("bad")
+    assert committer.run("good") == "good"

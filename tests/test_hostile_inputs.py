@@ -1037,7 +1037,7 @@ def test_worst_bodies_stay_within_a_memory_bound(
 # --- bodies that make many schema violations (isolated: a child process, a CPU guard) ------
 
 #: CPU seconds one request may use in the child before it is killed as a hang
-CPU_GUARD = 15
+CPU_GUARD = 20
 
 _CHILD = r"""
 import json, resource, sys, tracemalloc

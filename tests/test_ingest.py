@@ -32,7 +32,7 @@ def test_a_failure_inside_the_transaction_leaves_nothing_written(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(events, "record_job_changed", broken)
+    monkeypatch.setattr(events, "job_changed_event", broken)
     with pytest.raises(RuntimeError):
         services.receiver.ingest(received(notification_xml(ci_job_id(1)), "job_01"), clock.now)
 
