@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import threading
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,9 @@ _PARSER_OPTIONS: dict[str, Any] = {
     "remove_pis": True,
 }
 _local = threading.local()
+_DECLARED_ENCODING = re.compile(
+    rb"""(?:\xef\xbb\xbf)?<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:-]+)["']"""
+)
 
 
 def _parser() -> etree.XMLParser:
@@ -92,6 +96,12 @@ def parse_notification(
 def parse_xml(body: bytes, max_depth: int) -> etree._Element:
     """Parse untrusted XML: UTF-8 only, no DTD, bounded depth."""
     _require_utf8(body)
+    declared = _DECLARED_ENCODING.match(body)
+    if declared and declared.group(1).lower() not in (b"utf-8", b"utf8", b"us-ascii"):
+        # libxml2 would decode by the declaration: the bytes we checked are not what it reads
+        raise MalformedNotificationError(
+            f"encoding {declared.group(1).decode('ascii', 'replace')!r} is not accepted; send UTF-8"
+        )
     try:
         tree = etree.fromstring(body, _parser()).getroottree()
     except etree.XMLSyntaxError as exc:
@@ -106,9 +116,9 @@ def parse_xml(body: bytes, max_depth: int) -> etree._Element:
 
 def load_json(body: bytes, max_depth: int) -> Any:
     """Decode untrusted JSON: UTF-8 only, no duplicate keys, bounded depth."""
-    _require_utf8(body)
+    text = _require_utf8(body)
     try:
-        value = json.loads(body, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
     except RecursionError as exc:
         raise MalformedNotificationError(f"JSON nested deeper than {max_depth} levels") from exc
     except ValueError as exc:
@@ -182,11 +192,16 @@ def _json_depth(value: Any, limit: int, depth: int = 1) -> int:
     return max((_json_depth(c, limit, depth + 1) for c in children), default=depth)
 
 
-def _require_utf8(body: bytes) -> None:
+def _require_utf8(body: bytes) -> str:
+    """The body as text: strict UTF-8, and no NUL (UTF-16/32 text without a BOM is valid
+    UTF-8 byte for byte, NULs and all; neither XML nor JSON text may contain NUL)."""
     try:
-        body.decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedNotificationError(f"body is not UTF-8 (byte {exc.start})") from exc
+    if "\x00" in text:
+        raise MalformedNotificationError("body is not UTF-8 text (it contains NUL bytes)")
+    return text
 
 
 def _require_depth(root: etree._Element, max_depth: int) -> None:
@@ -250,16 +265,34 @@ def _without_empties(value: Any) -> Any:
 
 
 def parse_ci_time(text: str | None) -> datetime | None:
-    """CI's ``2024-03-05T09:41:07+0800``; ``-`` or empty before the job started."""
+    """CI's ``2024-03-05T09:41:07+0800``; ``-`` or empty before the job started.
+
+    The XSD has already checked the exact shape, so the fast ISO parser is enough (and about
+    twenty times quicker than ``strptime(CI_TIME_FORMAT)``)."""
     if not text or text == "-":
         return None
-    return datetime.strptime(text, CI_TIME_FORMAT)
+    return datetime.fromisoformat(text)
+
+
+def _times(view: dict[str, Any]) -> dict[str, datetime | None]:
+    """CreationTime, StartTime, EndTime; the XSD pattern admits 2024-02-30, this does not."""
+    times: dict[str, datetime | None] = {}
+    for name in ("CreationTime", "StartTime", "EndTime"):
+        try:
+            times[name] = parse_ci_time(view.get(name))
+        except ValueError as exc:
+            raise InvalidNotificationError(
+                "notification violates the schema (1 problem(s))",
+                [{"path": f"/Response/JobsDetail/{name}", "reason": f"not a calendar time: {exc}"}],
+            ) from exc
+    return times
 
 
 def report_from_detail(detail: etree._Element) -> JobReport:
     """What a valid ``JobsDetail`` says about its job. Shared by notifications and by the CI
     client's answers, so a polled job and a notified job are recorded alike."""
     view: dict[str, Any] = element_to_dict(detail)
+    times = _times(view)
     operation = view.get("Operation") or {}
     operation = operation if isinstance(operation, dict) else {}
     template = (
@@ -274,9 +307,9 @@ def report_from_detail(detail: etree._Element) -> JobReport:
         code=view.get("Code", ""),
         message=view.get("Message", ""),
         queue_id=view.get("QueueId") or None,
-        created_at=parse_ci_time(view.get("CreationTime")),
-        started_at=parse_ci_time(view.get("StartTime")),
-        ended_at=parse_ci_time(view.get("EndTime")),
+        created_at=times["CreationTime"],
+        started_at=times["StartTime"],
+        ended_at=times["EndTime"],
         user_data=operation.get("UserData"),
         input=_input(view.get("Input")),
         output=_output(operation.get("Output")),
