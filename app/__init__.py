@@ -112,7 +112,9 @@ def create_app(
     if services is None:
         services = build_services(settings or Settings.from_env(), registry=registry)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = services.settings.max_body_bytes
+    # One byte above the cap: werkzeug raises on any read once at its limit, so the callback
+    # view can read the cap, then one more byte, and tell "exactly the cap" from "more".
+    app.config["MAX_CONTENT_LENGTH"] = services.settings.max_body_bytes + 1
     app.extensions["cirelay"] = services
     if services.settings.proxy_hops:
         hops = services.settings.proxy_hops

@@ -165,10 +165,6 @@ def deep_json(depth: int, kind: str = "object") -> bytes:
     return b'{"a":' * depth + b'"x"' + b"}" * depth
 
 
-def corpus(relative: str) -> bytes:
-    return (CORPUS / relative).read_bytes()
-
-
 def first_valid(document: str) -> bytes:
     return sorted((CORPUS / document / "valid").glob("*.xml"))[0].read_bytes()
 
@@ -408,7 +404,7 @@ XML_CASES = [
         XML,
         400,
         MALFORMED,
-        r"0x0",
+        r"0x0|NUL",
     ),
     case("nul-character-reference", _const(valid_with("&#0;").encode()), XML, 400, MALFORMED),
     case(

@@ -8,18 +8,26 @@ the status: an unknown job and a wrong token are the same 404.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from app.errors import NotFoundError, PayloadTooLargeError, ServiceError, UnsupportedMediaTypeError
+from app.errors import (
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceError,
+    UnsupportedMediaTypeError,
+)
 from app.models import Outcome, Received, Source
 from app.notifications import CONTENT_TYPES, media_type
 from app.tokens import is_valid_secret, is_valid_token
 from app.web import services
 
+log = logging.getLogger(__name__)
 bp = Blueprint("callbacks", __name__, url_prefix="/callbacks/ci")
 
 #: request headers never stored with a notification
@@ -60,10 +68,14 @@ def _receive(source: Source, job_id: str | None, started: float) -> ResponseRetu
     if request.content_length is not None and request.content_length > cap:
         return _reject(_too_large(cap), Outcome.TOO_LARGE)
     try:
-        body = request.stream.read(cap + 1)
+        body = request.stream.read(cap)
+        over = request.stream.read(1)  # werkzeug stops at the cap and raises on the next read
     except RequestEntityTooLarge:  # a chunked body werkzeug cut off at MAX_CONTENT_LENGTH
         return _reject(_too_large(cap), Outcome.TOO_LARGE)
-    if len(body) > cap:
+    except Exception as exc:  # broken chunked framing, a client gone mid-body, …
+        log.info("unreadable request body: %s", exc)
+        return _reject(BadRequestError("the request body could not be read"), Outcome.MALFORMED)
+    if over:
         return _reject(_too_large(cap), Outcome.TOO_LARGE)
 
     received = Received(
