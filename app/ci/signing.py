@@ -61,7 +61,8 @@ SIGNED_HEADERS = frozenset(
 )
 _SIGNED_PREFIXES = ("x-cos-", "x-ci-")
 _SAFE = "-_.~"
-_AUTH_FIELDS = (
+#: the fields of an Authorization value (also the query parameters of a signed URL)
+AUTH_FIELDS = (
     "q-sign-algorithm",
     "q-ak",
     "q-sign-time",
@@ -149,7 +150,7 @@ def parse_authorization(authorization: str) -> ParsedAuthorization:
         if not sep or key in fields:
             raise _invalid("malformed Authorization: every field once, as key=value")
         fields[key] = value
-    missing = [name for name in _AUTH_FIELDS if name not in fields]
+    missing = [name for name in AUTH_FIELDS if name not in fields]
     if missing:
         raise _invalid(f"Authorization lacks {', '.join(missing)}")
     if fields["q-sign-algorithm"] != "sha1":

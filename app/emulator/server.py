@@ -40,7 +40,7 @@ from werkzeug.exceptions import HTTPException
 from app.ci import wire
 from app.ci.errors import CIDocumentError, SignatureError
 from app.ci.rules import check_request
-from app.ci.signing import verify_request
+from app.ci.signing import AUTH_FIELDS, verify_request
 from app.emulator import jobs
 from app.emulator.callbacks import Notifier, Outgoing
 from app.emulator.faults import Faults, FaultSettingsError
@@ -60,15 +60,6 @@ HOST = re.compile(
 MAX_DESCRIBE_IDS = 10
 MAX_LIST_SIZE = 100
 LIST_STATES = frozenset(jobs.STATES)
-_AUTH_PARAMS = (
-    "q-sign-algorithm",
-    "q-ak",
-    "q-sign-time",
-    "q-key-time",
-    "q-header-list",
-    "q-url-param-list",
-    "q-signature",
-)
 
 
 class CIAnswer(Exception):
@@ -197,7 +188,7 @@ def _authenticate() -> None:
     params = {k: v for k, v in request.args.items()}
     authorization = request.headers.get("Authorization")
     if not authorization and "q-sign-algorithm" in params:  # signature in the query string
-        authorization = "&".join(f"{k}={params.pop(k, '')}" for k in _AUTH_PARAMS)
+        authorization = "&".join(f"{k}={params.pop(k, '')}" for k in AUTH_FIELDS)
     config = emulator().config
     try:
         verify_request(
