@@ -3,7 +3,7 @@
 Every value can be overridden on gunicorn's command line or with the ``CIRELAY_*`` variables
 read below. Worker class and counts were chosen with ``bench/ingest.py`` (README, "Speed"):
 ``gthread`` because a notification waits for its group commit (an fsync) with the GIL
-released, so more requests in flight per process make larger batches; 2 workers × 16 threads
+released, so more requests in flight per process make larger batches; 2 workers x 16 threads
 gave the highest throughput on 2 cores; sync workers (one request per process) the lowest.
 """
 
@@ -26,6 +26,8 @@ graceful_timeout = 30
 timeout = 60
 keepalive = 5
 accesslog = os.environ.get("CIRELAY_ACCESS_LOG") or None
+# No URL in the access log: callback paths carry per-job tokens and the queue secret.
+access_log_format = '%(h)s "%(m)s" %(s)s %(b)s %(M)sms "%(a)s"'
 errorlog = "-"
 loglevel = os.environ.get("CIRELAY_LOG_LEVEL", "info")
 proc_name = "cirelay"
