@@ -63,16 +63,6 @@ class Pending:
     now: datetime
 
 
-def apply_notification(
-    conn: Any, notification: Notification, received: Received, now: datetime
-) -> list[ApplyResult]:
-    """Record one notification and move its job(s); one result per ``JobsDetail``."""
-    (result,) = apply_batch(conn, [Pending(notification, received, now)])
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
 def apply_batch(conn: Any, items: Sequence[Pending]) -> list[list[ApplyResult] | ServiceError]:
     """Apply ``items`` in order. Per item: its results, or the error that rejects it (an
     unknown job, a JobId that is not the URL's job), in which case nothing of it is written.

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from app.models import Event, Job, NotificationRecord, QuarantinedNotification
@@ -224,14 +223,6 @@ def ping(engine: Engine) -> None:
         conn.execute(sa.text("SELECT 1"))
 
 
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    """A dialect insert, so ``on_conflict_do_nothing`` is available on both backends."""
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
-
-
-# --- jobs ---------------------------------------------------------------------------------
-
-
 def _job(row: sa.Row[Any]) -> Job:
     m = row._mapping
     detail = m["detail"] or {}
@@ -351,7 +342,6 @@ _LOCK_JOBS_FOR_UPDATE = _LOCK_JOBS.with_for_update()
 _DIGESTS = sa.select(notifications.c.job_id, notifications.c.digest).where(
     notifications.c.job_id.in_(sa.bindparam("ids", expanding=True))
 )
-_UPDATE_JOBS = sa.update(jobs).where(jobs.c.id == sa.bindparam("job_id_"))
 
 
 def lock_jobs(conn: Connection, *, ids: Iterable[str], ci_job_ids: Iterable[str]) -> list[Job]:
@@ -377,7 +367,7 @@ def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def update_jobs(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Rewrite these jobs (rows as :func:`job_values` makes them)."""
     if rows:
-        conn.execute(_UPDATE_JOBS, [{**row, "job_id_": row["id"]} for row in rows])
+        conn.execute(_UPDATE_JOB, [{**row, "job_id_": row["id"]} for row in rows])
 
 
 def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -457,14 +447,6 @@ def list_unbound_jobs(conn: Connection, *, created_before: datetime, limit: int)
 
 def mark_polled(conn: Connection, job_ids: Sequence[str], at: datetime) -> None:
     conn.execute(sa.update(jobs).where(jobs.c.id.in_(list(job_ids))).values(last_polled_at=at))
-
-
-def count_jobs_by_state(conn: Connection) -> dict[str, int]:
-    query = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
-    return {state: n for state, n in conn.execute(query)}
-
-
-# --- notifications ------------------------------------------------------------------------
 
 
 def list_notifications(conn: Connection, job_id: str) -> list[NotificationRecord]:
