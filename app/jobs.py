@@ -200,7 +200,10 @@ class _Batch:
         """Everything the batch decided, one statement per table."""
         store.insert_jobs(self.conn, [store.job_values(j) for j in self.created.values()])
         store.insert_notifications(self.conn, self.notifications)
-        store.update_jobs(self.conn, [store.job_values(j) for j in self.changed.values()])
+        store.update_jobs(
+            self.conn,
+            [store.job_values(j, only=store.NOTIFIED_COLUMNS) for j in self.changed.values()],
+        )
         store.insert_events(self.conn, self.events)
 
 

@@ -295,9 +295,16 @@ def update_job(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
     conn.execute(_UPDATE_JOB, {**values, "job_id_": job_id})
 
 
-def job_values(job: Job) -> dict[str, Any]:
-    """The columns of ``job``: the inverse of reading a row."""
-    return {
+#: the columns a notification can change (not the submission's, not the creation's)
+NOTIFIED_COLUMNS = frozenset(
+    {"ci_job_id", "state", "tag", "queue_id", "code", "message", "user_data", "detail",
+     "ci_created_at", "ci_started_at", "ci_ended_at", "updated_at", "last_notified_at", "id"}
+)  # fmt: skip
+
+
+def job_values(job: Job, *, only: frozenset[str] | None = None) -> dict[str, Any]:
+    """The columns of ``job`` (the inverse of reading a row), or only those named."""
+    values = {
         "id": job.id,
         "ci_job_id": job.ci_job_id,
         "origin": job.origin,
@@ -326,6 +333,7 @@ def job_values(job: Job) -> dict[str, Any]:
         "request_digest": job.request_digest,
         "submit_error": job.submit_error,
     }
+    return values if only is None else {k: v for k, v in values.items() if k in only}
 
 
 _LOCK_JOBS = (
