@@ -95,6 +95,7 @@ def ci_clients(
                     session=session,
                     metrics=metrics,
                     schemas=schemas,
+                    read_timeout=settings.ci_timeout_seconds,
                 )
             return clients[bucket, region]
 

@@ -53,6 +53,8 @@ class Settings:
     max_depth: int = 32
     #: trusted proxy hops in front of the service (X-Forwarded-*)
     proxy_hops: int = 0
+    #: how long cirelay waits for CI's answer to one request
+    ci_timeout_seconds: float = 10.0
     #: a job not finished and silent this long is looked up at CI by the reconciler
     reconcile_after_seconds: int = 300
     #: how often the worker looks for such jobs
@@ -105,6 +107,7 @@ class Settings:
             max_body_bytes=integer("CIRELAY_MAX_BODY_BYTES", 1 << 20, minimum=1024),
             max_depth=integer("CIRELAY_MAX_DEPTH", 32, minimum=8),
             proxy_hops=integer("CIRELAY_PROXY_HOPS", 0),
+            ci_timeout_seconds=integer("CIRELAY_CI_TIMEOUT_SECONDS", 10, minimum=1),
             reconcile_after_seconds=integer("CIRELAY_RECONCILE_AFTER_SECONDS", 300, minimum=1),
             reconcile_interval_seconds=integer("CIRELAY_RECONCILE_INTERVAL_SECONDS", 30, minimum=1),
         )

@@ -151,6 +151,7 @@ def stack_env(directory: Path, service_port: int, emulator_port: int) -> dict[st
         "CIRELAY_EMULATOR_JOB_SECONDS": "0.5",
         "CIRELAY_EMULATOR_CALLBACK_RETRIES": "0.2,0.4,0.8,1.6",
         "CIRELAY_RECONCILE_AFTER_SECONDS": "2",
+        "CIRELAY_CI_TIMEOUT_SECONDS": "2",
         "CIRELAY_RECONCILE_INTERVAL_SECONDS": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(directory / "prometheus"),
     }

@@ -289,13 +289,13 @@ def test_ci_unavailable_at_create_is_502_and_the_job_failed(stack: Stack) -> Non
 
 
 def test_ci_timeout_at_create_is_504_and_the_jobs_own_callback_binds_it(stack: Stack) -> None:
-    """cirelay's CI read timeout is 10 s (not configurable), so this test takes ~14 s: CI
-    creates the job but answers only after 11 s; its callback is held back (delay) until
+    """The stack's CI read timeout is 2 s (CIRELAY_CI_TIMEOUT_SECONDS): CI creates the job
+    but answers only after 3 s; its callback is held back (delay) until
     after cirelay has answered 504, then binds the job."""
     before = {j["job_id"] for j in stack.ci_jobs()}
     stack.faults({
-        "create_timeout": {"next": 1, "seconds": 11.0, "creates_job": True},
-        "delay": {"next": 1, "seconds": 13.0},
+        "create_timeout": {"next": 1, "seconds": 3.0, "creates_job": True},
+        "delay": {"next": 1, "seconds": 5.0},
     })  # fmt: skip
 
     response = stack.post_job(job_json(), timeout=60)
@@ -305,7 +305,7 @@ def test_ci_timeout_at_create_is_504_and_the_jobs_own_callback_binds_it(stack: S
     job_id = next(d["job_id"] for d in response.json()["details"] if "job_id" in d)
     waiting = stack.job(job_id)
     assert waiting["submit_error"]["ambiguous"] is True
-    # the job was created 11 s ago, past the reconciler's 2 s: it may already be bound
+    # the job was created 3 s ago, past the reconciler's 2 s: it may already be bound
     assert waiting["state"] in ("Submitting", "Success")
 
     done = stack.wait_final(job_id)
@@ -326,7 +326,7 @@ def test_a_timed_out_create_whose_callback_is_dropped_still_reaches_its_final_st
     """§4 (drop: every job still reaches its final state) with the create answer lost too."""
     before = {j["job_id"] for j in stack.ci_jobs()}
     stack.faults({
-        "create_timeout": {"next": 1, "seconds": 10.5, "creates_job": True},
+        "create_timeout": {"next": 1, "seconds": 2.5, "creates_job": True},
         "drop": {"next": 1},
     })  # fmt: skip
 
