@@ -98,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--endpoint", choices=("job", "queue"), default="job")
     parser.add_argument(
+        "--baseline",
+        default="bench.bare_app:application",
+        help="the WSGI app cirelay is compared with (default: the bare app); "
+        "bench.floor_app:application with FLOOR_MODE=parse|commit measures floors",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         help=f"distinct jobs prepared (default {ESTIMATED_RATE}/s x (warm-up + duration))",
@@ -391,7 +397,7 @@ def bare_command(args: argparse.Namespace) -> list[str]:
         f"{HOST}:{{port}}",
         "--workers",
         str(args.workers),
-        "bench.bare_app:application",
+        args.baseline,
     ]
 
 
