@@ -173,6 +173,10 @@ class Submitter:
         digest = request_digest(request, bucket, region)
         if idempotency_key and (earlier := self._earlier(idempotency_key, digest)):
             return earlier, True
+        try:
+            client = self.client_for(bucket, region)
+        except ValueError as exc:  # no CI credentials: an operator's problem, nothing stored
+            raise UnavailableError("job submission is not configured (CIRELAY_CI_*)") from exc
 
         job_id = new_id("job", now)
         sent = {**request, "CallBack": self.callback_url(job_id), "CallBackType": "Url"}
@@ -188,10 +192,6 @@ class Submitter:
                 return earlier, True
             raise
 
-        try:
-            client = self.client_for(bucket, region)
-        except ValueError as exc:  # no CI credentials: an operator's problem
-            raise UnavailableError("job submission is not configured (CIRELAY_CI_*)") from exc
         try:
             result = client.create_job(sent)
         except CIError as exc:

@@ -277,3 +277,4 @@ def test_app_without_ci_credentials_answers_503_not_500(
     response = app.test_client().post("/v1/jobs", json=body, headers=auth)
     assert response.status_code == 503
     assert "CIRELAY_CI" in response.json["message"]
+    assert counts(engine)["jobs"] == 0  # nothing half-written
