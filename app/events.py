@@ -11,11 +11,31 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from cloudevents.v1.conversion import to_dict
+from cloudevents.v1.http import CloudEvent
+
 from app import store
-from app.models import Job, JobState, QuarantinedNotification, new_id
+from app.models import Event, Job, JobState, QuarantinedNotification, new_id
 
 TYPE_PREFIX = "com.cirelay"
 QUARANTINED = f"{TYPE_PREFIX}.notification.quarantined"
+
+
+def to_cloudevent(event: Event) -> dict[str, Any]:
+    """The event as a CloudEvents 1.0 JSON structured-mode document, built with the SDK.
+    ``sequence`` (the CloudEvents sequence extension) is the outbox position, the cursor."""
+    attributes = {
+        "id": event.id,
+        "type": event.type,
+        "source": event.source,
+        "time": event.time.isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "sequence": str(event.seq),
+    }
+    if event.subject:
+        attributes["subject"] = event.subject
+    document: dict[str, Any] = to_dict(CloudEvent(attributes, event.data))
+    return document
 
 
 def job_event_type(state: str) -> str:

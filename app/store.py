@@ -387,7 +387,24 @@ def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
+        _serialise_event_writers(conn)
         conn.execute(_INSERT_EVENT, rows)
+
+
+#: any constant: the advisory lock that orders event writers on PostgreSQL
+_EVENTS_LOCK = 0x636972656C6179  # "cirelay"
+
+
+def _serialise_event_writers(conn: Connection) -> None:
+    """Events become visible in sequence order, so a reader resuming "after N" never skips one.
+
+    A PostgreSQL sequence hands out numbers at INSERT, but transactions commit in any order:
+    seq 8 could become visible before seq 7, and a cursor at 8 would never see 7. Holding a
+    transaction-level advisory lock from the first event insert to the commit makes commit
+    order equal sequence order. SQLite has one writer at a time already.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENTS_LOCK})
 
 
 def list_jobs(
@@ -482,11 +499,27 @@ _INSERT_EVENT = sa.insert(events)
 
 
 def insert_event(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(_INSERT_EVENT, values)
+    insert_events(conn, [values])
 
 
-def list_events(conn: Connection, *, after: int = 0, limit: int = 100) -> list[Event]:
+def list_events(
+    conn: Connection,
+    *,
+    after: int = 0,
+    limit: int = 100,
+    types: Sequence[str] = (),
+    type_prefixes: Sequence[str] = (),
+) -> list[Event]:
+    """Events after sequence number ``after``, oldest first; when ``types`` or
+    ``type_prefixes`` are given, only events of one of those types or prefixes."""
     query = sa.select(events).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
+    if types or type_prefixes:
+        query = query.where(
+            sa.or_(
+                events.c.type.in_(list(types)),
+                *(events.c.type.startswith(p, autoescape=True) for p in type_prefixes),
+            )
+        )
     return [Event(**dict(m)) for m in conn.execute(query).mappings()]
 
 
