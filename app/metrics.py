@@ -17,6 +17,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -79,6 +80,12 @@ class Metrics:
             ["state"],
             buckets=JOB_DURATION_BUCKETS,
             registry=registry,
+        )
+        self.sse_clients = Gauge(
+            "cirelay_sse_clients",
+            "Clients connected to GET /v1/events/stream.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         for outcome in Outcome:
             self.notifications.labels(outcome.value)

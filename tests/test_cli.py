@@ -205,3 +205,20 @@ def test_up_prints_the_api_key_serves_and_stops_on_ctrl_c(tmp_path: Path) -> Non
             process.stdout.close()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base}/healthz", timeout=2)
+
+
+@pytest.mark.slow
+def test_event_stream_works_under_gunicorn(server: str) -> None:
+    requests.post(
+        f"{server}{queue_path()}", data=notification_xml(ci_job_id(5)), headers=XML, timeout=5
+    )
+    with requests.get(
+        f"{server}/v1/events/stream",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        stream=True,
+        timeout=10,
+    ) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        lines = response.iter_lines(decode_unicode=True)
+        event = next(line for line in lines if line and line.startswith("event:"))
+    assert event == "event: com.cirelay.job.succeeded"

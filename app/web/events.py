@@ -1,4 +1,5 @@
-"""The event log for consumers who pull: ``GET /v1/events?after=<seq>&limit=&type=``.
+"""The event log for consumers who pull: ``GET /v1/events?after=<seq>&limit=&type=`` and the
+same as Server-Sent Events, ``GET /v1/events/stream``.
 
 Each entry is a CloudEvents 1.0 document (JSON structured mode) whose ``sequence`` extension
 is its position; ``next_after`` is the cursor for the next call. Events become visible in
@@ -8,12 +9,18 @@ misses nothing and repeats nothing.
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app import store
 from app.errors import BadRequestError
 from app.events import to_cloudevent
+from app.models import Event
 from app.web import require_api_key, services
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events")
@@ -21,32 +28,96 @@ bp = Blueprint("events", __name__, url_prefix="/v1/events")
 MAX_PAGE = 500
 
 
-@bp.get("")
-@require_api_key
-def list_events() -> ResponseReturnValue:
-    """``after`` (default 0), ``limit`` (1 to 500, default 100), ``type`` (repeat or
-    comma-separate; ``com.cirelay.job.*`` for every job event)."""
+#: how often a stream looks for new events, and how long it may stay silent
+STREAM_POLL_SECONDS = 0.25
+STREAM_KEEPALIVE_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class _Query:
+    after: int
+    limit: int
+    types: list[str]
+    prefixes: list[str]
+
+    def page(self, after: int) -> list[Event]:
+        with services().engine.connect() as conn:
+            return store.list_events(
+                conn, after=after, limit=self.limit, types=self.types, type_prefixes=self.prefixes
+            )
+
+
+def _query(after: str) -> _Query:
+    """``after`` (a sequence number), ``limit`` (1 to 500, default 100), ``type`` (repeat or
+    comma-separate; ``com.cirelay.job.*`` for every job event; ``*`` for all)."""
     details = []
-    after, limit = request.args.get("after", "0"), request.args.get("limit", "100")
+    limit = request.args.get("limit", "100")
     if not after.isdigit():
         details.append({"field": "after", "reason": "a sequence number (0 or more)"})
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
         details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
-    patterns = [t for raw in request.args.getlist("type") for t in raw.split(",") if t]
     if details:
         raise BadRequestError("invalid query parameters", details)
+    patterns = [t for raw in request.args.getlist("type") for t in raw.split(",") if t]
     everything = not patterns or "*" in patterns
-    with services().engine.connect() as conn:
-        page = store.list_events(
-            conn,
-            after=int(after),
-            limit=int(limit),
-            types=[] if everything else [p for p in patterns if not p.endswith(".*")],
-            type_prefixes=[] if everything else [p[:-1] for p in patterns if p.endswith(".*")],
-        )
+    return _Query(
+        after=int(after),
+        limit=int(limit),
+        types=[] if everything else [p for p in patterns if not p.endswith(".*")],
+        prefixes=[] if everything else [p[:-1] for p in patterns if p.endswith(".*")],
+    )
+
+
+@bp.get("")
+@require_api_key
+def list_events() -> ResponseReturnValue:
+    """One page of events after ``after``; ``next_after`` is the cursor."""
+    query = _query(request.args.get("after", "0"))
+    page = query.page(query.after)
     return jsonify(
         {
             "events": [to_cloudevent(event) for event in page],
-            "next_after": page[-1].seq if page else int(after),
+            "next_after": page[-1].seq if page else query.after,
         }
+    )
+
+
+@bp.get("/stream")
+@require_api_key
+def stream_events() -> ResponseReturnValue:
+    """Server-Sent Events: each event once, in order, ``id:`` = its sequence number; resume
+    with ``Last-Event-ID`` (or ``?after=``); a comment line keeps idle connections open.
+
+    Each client holds one gunicorn thread while connected (gthread workers)."""
+    query = _query(request.headers.get("Last-Event-ID") or request.args.get("after", "0"))
+    metrics = services().metrics
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+    def generate() -> Iterator[str]:
+        metrics.sse_clients.inc()
+        try:
+            yield "retry: 2000\n\n"
+            after, silent = query.after, 0.0
+            while True:
+                with app.app_context():
+                    page = query.page(after)
+                for event in page:
+                    document = json.dumps(to_cloudevent(event), separators=(",", ":"))
+                    yield f"id: {event.seq}\nevent: {event.type}\ndata: {document}\n\n"
+                    after = event.seq
+                if page:
+                    silent = 0.0
+                    continue
+                time.sleep(STREAM_POLL_SECONDS)
+                silent += STREAM_POLL_SECONDS
+                if silent >= STREAM_KEEPALIVE_SECONDS:
+                    yield ": keep-alive\n\n"
+                    silent = 0.0
+        finally:
+            metrics.sse_clients.dec()
+
+    return Response(
+        generate(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
