@@ -256,3 +256,34 @@ def new_id(prefix: str, now: datetime) -> str:
     value = (int(now.timestamp() * 1000) << 80) | secrets.randbits(80)
     chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
     return f"{prefix}_{''.join(chars)}"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """Where events go: a URL, which event types, and the Standard Webhooks secret(s)."""
+
+    id: str
+    url: str
+    event_types: list[str]
+    description: str
+    enabled: bool
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    def view(self) -> dict[str, Any]:
+        """The public view: never the secrets."""
+        return {
+            "id": self.id,
+            "url": self.url,
+            "event_types": self.event_types,
+            "description": self.description,
+            "enabled": self.enabled,
+            "disabled_reason": self.disabled_reason,
+            "previous_secret_expires_at": _iso(self.previous_secret_expires_at),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+        }

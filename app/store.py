@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from app.models import Event, Job, NotificationRecord, QuarantinedNotification
+from app.models import Event, Job, NotificationRecord, QuarantinedNotification, Subscription
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -132,6 +132,23 @@ quarantined_notifications = sa.Table(
     sa.Column("reasons", sa.JSON, nullable=False),
     sa.Column("replayed_at", UTCDateTime),
     sa.Column("replay_outcome", sa.String(32)),
+)
+
+
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("event_types", sa.JSON, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("previous_secret", sa.String(128)),
+    sa.Column("previous_secret_expires_at", UTCDateTime),
+    sa.Column("disabled_reason", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 
@@ -575,3 +592,31 @@ def count_quarantined(conn: Connection) -> int:
         )
     )
     return int(conn.execute(query).scalar_one())
+
+
+# --- subscriptions ------------------------------------------------------------------------
+
+
+def insert_subscription(conn: Connection, item: Subscription) -> None:
+    conn.execute(sa.insert(subscriptions).values(**dataclasses.asdict(item)))
+
+
+def get_subscription(conn: Connection, ident: str) -> Subscription | None:
+    row = conn.execute(sa.select(subscriptions).where(subscriptions.c.id == ident)).mappings()
+    found = row.first()
+    return Subscription(**dict(found)) if found else None
+
+
+def list_subscriptions(conn: Connection) -> list[Subscription]:
+    rows = conn.execute(sa.select(subscriptions).order_by(subscriptions.c.id)).mappings()
+    return [Subscription(**dict(m)) for m in rows]
+
+
+def update_subscription(conn: Connection, ident: str, values: dict[str, Any]) -> bool:
+    query = sa.update(subscriptions).where(subscriptions.c.id == ident).values(**values)
+    return bool(conn.execute(query).rowcount)
+
+
+def delete_subscription(conn: Connection, ident: str) -> bool:
+    query = sa.delete(subscriptions).where(subscriptions.c.id == ident)
+    return bool(conn.execute(query).rowcount)

@@ -193,7 +193,8 @@ def test_up_prints_the_api_key_serves_and_stops_on_ctrl_c(tmp_path: Path) -> Non
         key = re.search(rb"API key\s+(\S+)", banner)
         assert key
         response = requests.get(
-            f"{base}/v1/jobs", headers={"Authorization": f"Bearer {key.group(1).decode()}"},
+            f"{base}/v1/jobs",
+            headers={"Authorization": f"Bearer {key.group(1).decode()}"},
             timeout=5,
         )
         assert response.status_code == 200

@@ -56,11 +56,12 @@ def _render_http_error(exc: HTTPException) -> ResponseReturnValue:
 
 
 def init_app(app: Flask) -> None:
-    from app.web import callbacks, events, health, jobs
+    from app.web import callbacks, events, health, jobs, subscriptions
 
     app.register_error_handler(ServiceError, _render_service_error)
     app.register_error_handler(HTTPException, _render_http_error)
     app.register_blueprint(callbacks.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(subscriptions.bp)
     app.register_blueprint(health.bp)

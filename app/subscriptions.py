@@ -1,0 +1,115 @@
+"""Webhook subscriptions: who gets which events, at which URL, signed with which secret.
+
+A subscription's URL is checked when it is saved (and again by the deliverer when it
+connects, so DNS rebinding does not get through): the host must resolve only to public
+addresses — not loopback, private, link-local (cloud metadata lives there), multicast,
+reserved or unspecified — unless ``CIRELAY_DELIVERY_ALLOWED_NETWORKS`` permits the network.
+Secrets are in Standard Webhooks form (``whsec_`` + base64 of 24 random bytes), returned once;
+rotating keeps the previous secret valid (and signing) for a grace period.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+import secrets
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+from app.errors import UnprocessableError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+
+_TYPE = re.compile(r"\*|[a-z0-9]+(\.[a-z0-9_]+)*(\.\*)?")
+MAX_EVENT_TYPES = 50
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (the system resolver)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def is_forbidden(address: IPAddress, allowed: Sequence[str]) -> bool:
+    """Whether connecting to ``address`` would reach something inside rather than the public
+    internet — unless an allowed network covers it."""
+    if any(address in ipaddress.ip_network(net, strict=False) for net in allowed):
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return is_forbidden(address.ipv4_mapped, allowed)
+    # not is_global covers loopback, private, link-local (metadata), shared (CGNAT),
+    # reserved and unspecified; multicast is "global" for some ranges, so refuse it too
+    return not address.is_global or address.is_multicast
+
+
+def check_url(
+    url: Any, allowed: Sequence[str], resolver: Resolver = resolve
+) -> list[dict[str, str]]:
+    """Problems with a subscriber URL (``[]`` when it may be used)."""
+    if not isinstance(url, str) or not url:
+        return [{"field": "url", "message": "required: an http(s) URL"}]
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [{"field": "url", "message": "must be an absolute http(s) URL"}]
+    if parts.username or parts.password:
+        return [{"field": "url", "message": "must not carry credentials"}]
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        addresses = resolver(parts.hostname, port)
+    except (OSError, ValueError) as exc:
+        return [{"field": "url", "message": f"host does not resolve: {exc}"}]
+    bad = [a for a in addresses if is_forbidden(ipaddress.ip_address(a), allowed)]
+    if bad or not addresses:
+        message = (
+            "resolves to an address that is not public (loopback, private, link-local or "
+            "metadata); see CIRELAY_DELIVERY_ALLOWED_NETWORKS"
+        )
+        return [{"field": "url", "message": message}]
+    return []
+
+
+def check_event_types(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value or len(value) > MAX_EVENT_TYPES:
+        return [{"field": "event_types", "message": f"a list of 1 to {MAX_EVENT_TYPES} types"}]
+    return [
+        {"field": f"event_types[{i}]", "message": "a type, a prefix ending in .*, or *"}
+        for i, t in enumerate(value)
+        if not isinstance(t, str) or not _TYPE.fullmatch(t)
+    ]
+
+
+def parse(
+    body: Any, allowed: Sequence[str], *, partial: bool = False, resolver: Resolver = resolve
+) -> dict[str, Any]:
+    """The fields of a subscription from a JSON body; every problem in one 422."""
+    if not isinstance(body, dict):
+        raise UnprocessableError("a subscription is a JSON object")
+    known = {"url", "event_types", "description", "enabled"}
+    problems = [{"field": k, "message": "unknown field"} for k in sorted(set(body) - known)]
+    values: dict[str, Any] = {}
+    if "url" in body or not partial:
+        problems += check_url(body.get("url"), allowed, resolver)
+        values["url"] = body.get("url")
+    if "event_types" in body or not partial:
+        types = body.get("event_types", ["*"])
+        problems += check_event_types(types)
+        values["event_types"] = types
+    if "description" in body:
+        if not isinstance(body["description"], str) or len(body["description"]) > 1024:
+            problems.append({"field": "description", "message": "a string of at most 1024"})
+        values["description"] = body["description"]
+    if "enabled" in body:
+        if not isinstance(body["enabled"], bool):
+            problems.append({"field": "enabled", "message": "true or false"})
+        values["enabled"] = body["enabled"]
+    if problems:
+        raise UnprocessableError("the subscription is not valid", problems)
+    return values
