@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -112,7 +113,6 @@ class Received:
     headers: dict[str, str]
     source: Source
     job_id: str | None = None  # the cirelay job named by the URL, for per-job callbacks
-    received_at: datetime | None = None
 
 
 @dataclass
@@ -251,8 +251,6 @@ def new_id(prefix: str, now: datetime) -> str:
 
     Ids sort by creation time, so they double as pagination cursors.
     """
-    import secrets
-
     value = (int(now.timestamp() * 1000) << 80) | secrets.randbits(80)
     chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
     return f"{prefix}_{''.join(chars)}"

@@ -149,6 +149,27 @@ def notification_xml(ci_job_id: str = SAMPLE_JOB_ID, state: str = "Success", **f
     return text
 
 
+def job_json(**changes: object) -> dict[str, object]:
+    """A VoiceSeparate job in cirelay's JSON, as POST /v1/jobs takes it."""
+    job: dict[str, object] = {
+        "input": {"object": "songs/a.wav"},
+        "voice_separate": {
+            "audio_mode": "AudioAndBackground",
+            "audio_config": {"codec": "mp3", "samplerate": 44100, "bitrate": 128, "channels": 2},
+        },
+        "output": {
+            "region": "ap-guangzhou",
+            "bucket": "media-1250000000",
+            "object": "stems/${jobid}/bgm.${ext}",
+            "au_object": "stems/${jobid}/vocal.${ext}",
+        },
+        "user_data": "order-1",
+        "job_level": 1,
+    }
+    job.update(changes)
+    return job
+
+
 def ci_job_id(n: int) -> str:
     return f"j{n:032x}"
 

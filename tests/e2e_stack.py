@@ -68,27 +68,6 @@ def poll(
         time.sleep(every)
 
 
-def job_json(**changes: Any) -> dict[str, Any]:
-    """A VoiceSeparate job in cirelay's JSON (as tests/web/test_submit.py sends it)."""
-    job: dict[str, Any] = {
-        "input": {"object": "songs/a.wav"},
-        "voice_separate": {
-            "audio_mode": "AudioAndBackground",
-            "audio_config": {"codec": "mp3", "samplerate": 44100, "bitrate": 128, "channels": 2},
-        },
-        "output": {
-            "region": REGION,
-            "bucket": BUCKET,
-            "object": "stems/${jobid}/bgm.${ext}",
-            "au_object": "stems/${jobid}/vocal.${ext}",
-        },
-        "user_data": "order-1",
-        "job_level": 1,
-    }
-    job.update(changes)
-    return job
-
-
 @dataclass
 class Process:
     name: str

@@ -23,14 +23,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e_stack import (
-    CIRELAY,
-    Stack,
-    free_port,
-    job_json,
-    poll,
-    spawn,
-)
+from tests.conftest import job_json
+from tests.e2e_stack import CIRELAY, Stack, free_port, poll, spawn
 
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import NoReturn
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -40,7 +41,7 @@ def queue_notification(secret: str) -> ResponseReturnValue:
     """Notifications for jobs nobody submitted through cirelay (queue or workflow jobs)."""
     started = time.perf_counter()
     if not is_valid_secret(secret, services().settings.queue_callback_secret):
-        return _reject(NotFoundError("no such callback"), Outcome.UNAUTHENTICATED)
+        _reject(NotFoundError("no such callback"), Outcome.UNAUTHENTICATED)
     return _receive(Source.QUEUE, None, started)
 
 
@@ -49,7 +50,7 @@ def job_notification(job_id: str, token: str) -> ResponseReturnValue:
     """The CallBack URL cirelay gave one job when it submitted it."""
     started = time.perf_counter()
     if not is_valid_token(job_id, token, services().settings.callback_keys):
-        return _reject(NotFoundError("no such callback"), Outcome.UNAUTHENTICATED)
+        _reject(NotFoundError("no such callback"), Outcome.UNAUTHENTICATED)
     return _receive(Source.CALLBACK, job_id, started)
 
 
@@ -57,7 +58,7 @@ def _receive(source: Source, job_id: str | None, started: float) -> ResponseRetu
     svc = services()
     content_type = media_type(request.content_type)
     if content_type not in CONTENT_TYPES:
-        return _reject(
+        _reject(
             UnsupportedMediaTypeError(
                 f"content type {content_type or '(none)'!r} is not accepted; "
                 "send application/xml, text/xml or application/json"
@@ -66,17 +67,17 @@ def _receive(source: Source, job_id: str | None, started: float) -> ResponseRetu
         )
     cap = svc.settings.max_body_bytes
     if request.content_length is not None and request.content_length > cap:
-        return _reject(_too_large(cap), Outcome.TOO_LARGE)
+        _reject(_too_large(cap), Outcome.TOO_LARGE)
     try:
         body = request.stream.read(cap)
         over = request.stream.read(1)  # werkzeug stops at the cap and raises on the next read
     except RequestEntityTooLarge:  # a chunked body werkzeug cut off at MAX_CONTENT_LENGTH
-        return _reject(_too_large(cap), Outcome.TOO_LARGE)
+        _reject(_too_large(cap), Outcome.TOO_LARGE)
     except Exception as exc:  # broken chunked framing, a client gone mid-body, …
         log.info("unreadable request body: %s", exc)
-        return _reject(BadRequestError("the request body could not be read"), Outcome.MALFORMED)
+        _reject(BadRequestError("the request body could not be read"), Outcome.MALFORMED)
     if over:
-        return _reject(_too_large(cap), Outcome.TOO_LARGE)
+        _reject(_too_large(cap), Outcome.TOO_LARGE)
 
     received = Received(
         body=body,
@@ -107,7 +108,8 @@ def _too_large(cap: int) -> PayloadTooLargeError:
     return PayloadTooLargeError(f"notification larger than {cap} bytes")
 
 
-def _reject(error: ServiceError, outcome: Outcome) -> ResponseReturnValue:
+def _reject(error: ServiceError, outcome: Outcome) -> NoReturn:
+    """Count the rejection under its outcome, then raise it (rendered by the error handler)."""
     services().metrics.notifications.labels(outcome.value).inc()
     raise error
 

@@ -19,7 +19,7 @@ from app import Services, build_services, create_app, store
 from app.config import Settings
 from app.emulator import EmulatorConfig, create_emulator_app, emulator_of
 from app.schemas import SchemaSet
-from tests.conftest import Clock, counts
+from tests.conftest import Clock, counts, job_json
 
 SECRET_ID = "AKIDtest0123456789abcdef0123456789"
 SECRET_KEY = "test-secret-key-0123456789abcdef"
@@ -63,26 +63,6 @@ def services(  # the CI settings point at the emulator
         ci_region="ap-guangzhou",
     )
     return build_services(ci, registry=registry, engine=engine, schemas=schemas)
-
-
-def job_json(**changes: Any) -> dict[str, Any]:
-    job: dict[str, Any] = {
-        "input": {"object": "songs/a.wav"},
-        "voice_separate": {
-            "audio_mode": "AudioAndBackground",
-            "audio_config": {"codec": "mp3", "samplerate": 44100, "bitrate": 128, "channels": 2},
-        },
-        "output": {
-            "region": "ap-guangzhou",
-            "bucket": "media-1250000000",
-            "object": "stems/${jobid}/bgm.${ext}",
-            "au_object": "stems/${jobid}/vocal.${ext}",
-        },
-        "user_data": "order-1",
-        "job_level": 1,
-    }
-    job.update(changes)
-    return job
 
 
 def ci_jobs(emulator: tuple[str, Flask]) -> list[Any]:
