@@ -22,6 +22,7 @@ from app.commits import GroupCommitter
 from app.config import Settings
 from app.ingest import Receiver
 from app.metrics import DatabaseCollector, Metrics
+from app.models import Figures
 from app.schemas import SchemaSet
 from app.submission import Submitter
 
@@ -59,11 +60,11 @@ def build_services(
     schemas = schemas or SchemaSet.load(settings.schema_dir)
     metrics = Metrics(registry)
 
-    def quarantine_size() -> int:
+    def figures() -> Figures:
         with engine.connect() as conn:
-            return store.count_quarantined(conn)
+            return store.figures(conn, clock())
 
-    collector = DatabaseCollector(quarantine_size)
+    collector = DatabaseCollector(figures)
     registry.register(collector)
     committer = GroupCommitter(engine, jobs.apply_batch)
     receiver = Receiver(engine, schemas, metrics, committer, max_depth=settings.max_depth)

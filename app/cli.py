@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     q_replay = q_commands.add_parser("replay", help="send them through ingest again")
     q_replay.add_argument("ids", type=int, nargs="*", help="default: all not yet replayed")
     q_replay.set_defaults(func=cmd_quarantine_replay)
+
+    subs = commands.add_parser("subscriptions", help="webhook subscriptions")
+    s_commands = subs.add_subparsers(dest="s_command", required=True)
+    s_commands.add_parser("list", help="list subscriptions").set_defaults(
+        func=cmd_subscriptions_list
+    )
+    s_replay = s_commands.add_parser(
+        "replay", help="deliver events again (one, or all since a time), with a progress bar"
+    )
+    s_replay.add_argument("id", help="the subscription id")
+    which = s_replay.add_mutually_exclusive_group(required=True)
+    which.add_argument("--event", help="one event id")
+    which.add_argument("--since", help="every matching event since, e.g. 2026-11-25T08:00:00Z")
+    s_replay.add_argument(
+        "--no-wait", action="store_true", help="enqueue and return; the worker delivers"
+    )
+    s_replay.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
+    s_replay.set_defaults(func=cmd_subscriptions_replay)
 
     args = parser.parse_args(argv)
     try:
@@ -373,6 +392,59 @@ def cmd_quarantine_replay(args: argparse.Namespace) -> int:
         print(f"{ident:>6}  {outcome}")
     print(f"replayed {len(ids)}, {len(ids) - failures} recorded, {failures} still invalid")
     return 1 if failures else 0
+
+
+def cmd_subscriptions_list(args: argparse.Namespace) -> int:
+    services = build_services(Settings.from_env())
+    with services.engine.connect() as conn:
+        items = store.list_subscriptions(conn)
+    for item in items:
+        state = "enabled" if item.enabled else f"disabled ({item.disabled_reason or 'by hand'})"
+        print(f"{item.id}  {state:<10}  {','.join(item.event_types):<24}  {item.url}")
+    return 0
+
+
+def cmd_subscriptions_replay(args: argparse.Namespace) -> int:
+    """Enqueue a replay, then follow its deliveries (done by ``cirelay worker``) on a bar."""
+    from tqdm import tqdm
+
+    from app import delivery
+
+    services = build_services(Settings.from_env())
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            since = None
+        if since is None or since.tzinfo is None:
+            print("--since: an RFC 3339 time with offset, e.g. 2026-11-25T08:00:00Z",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    try:
+        replay = delivery.enqueue_replay(
+            services.engine, args.id, now=utc_now(), event_id=args.event, since=since
+        )
+    except ServiceError as exc:
+        print(f"{exc.code}: {exc}", file=sys.stderr)
+        return 1
+    print(f"replay {replay.id}: {replay.deliveries} deliveries to {replay.subscription_id}")
+    if args.no_wait or not replay.deliveries:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    with tqdm(total=replay.deliveries, unit="event", desc="delivered") as bar:
+        while True:
+            counts = delivery.replay_progress(services.engine, replay)
+            finished = counts.get("succeeded", 0) + counts.get("failed", 0)
+            bar.update(finished - bar.n)
+            bar.set_postfix(failed=counts.get("failed", 0), refresh=False)
+            if finished >= replay.deliveries or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    failed = counts.get("failed", 0)
+    pending = replay.deliveries - finished
+    print(f"delivered {counts.get('succeeded', 0)}, failed {failed}, still pending {pending}")
+    return 1 if failed or pending else 0
 
 
 if __name__ == "__main__":

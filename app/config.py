@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/cirelay.db"
+#: seconds between delivery attempts: 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 2 h, 4 h, 8 h
+DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
 
 #: what ``cirelay up`` uses where the environment says nothing
 DEV_DEFAULTS = {
@@ -59,6 +61,17 @@ class Settings:
     reconcile_after_seconds: int = 300
     #: how often the worker looks for such jobs
     reconcile_interval_seconds: int = 30
+    #: seconds before each retry of a failed webhook delivery (jitter added); after the last
+    #: one the delivery is given up. The default spreads 9 retries over about 16 hours.
+    delivery_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    #: a subscription whose deliveries have kept failing this long is disabled (5 days)
+    delivery_disable_after_seconds: int = 5 * 24 * 3600
+    #: the longest one delivery attempt may take, connect to last byte read
+    delivery_timeout_seconds: float = 15.0
+    #: deliveries in flight at once per worker process
+    delivery_concurrency: int = 16
+    #: how often an idle worker looks for new events and due retries
+    delivery_poll_seconds: float = 0.01
 
     def __repr__(self) -> str:  # never print secrets
         return (
@@ -91,6 +104,34 @@ class Settings:
                 problems.append(f"{name}: must be >= {minimum}")
             return value
 
+        def number(name: str, default: float, minimum: float) -> float:
+            raw = env.get(name)
+            if raw is None or not raw.strip():
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"{name}: not a number")
+                return default
+            if not minimum <= value < float("inf"):
+                problems.append(f"{name}: must be >= {minimum:g}")
+                return default
+            return value
+
+        def schedule(name: str) -> tuple[float, ...]:
+            raw = csv(name)
+            if not raw:
+                return DEFAULT_RETRY_SCHEDULE
+            try:
+                values = tuple(float(p) for p in raw)
+            except ValueError:
+                problems.append(f"{name}: comma-separated seconds, e.g. 5,30,120")
+                return DEFAULT_RETRY_SCHEDULE
+            if any(not 0 <= v < float("inf") for v in values):
+                problems.append(f"{name}: every delay must be a number of seconds >= 0")
+                return DEFAULT_RETRY_SCHEDULE
+            return values
+
         settings = cls(
             database_url=text("CIRELAY_DATABASE_URL", DEFAULT_DATABASE_URL),
             public_url=text("CIRELAY_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
@@ -110,6 +151,13 @@ class Settings:
             ci_timeout_seconds=integer("CIRELAY_CI_TIMEOUT_SECONDS", 10, minimum=1),
             reconcile_after_seconds=integer("CIRELAY_RECONCILE_AFTER_SECONDS", 300, minimum=1),
             reconcile_interval_seconds=integer("CIRELAY_RECONCILE_INTERVAL_SECONDS", 30, minimum=1),
+            delivery_retry_schedule=schedule("CIRELAY_DELIVERY_RETRY_SCHEDULE"),
+            delivery_disable_after_seconds=integer(
+                "CIRELAY_DELIVERY_DISABLE_AFTER_SECONDS", 5 * 24 * 3600, minimum=1
+            ),
+            delivery_timeout_seconds=number("CIRELAY_DELIVERY_TIMEOUT_SECONDS", 15.0, 0.1),
+            delivery_concurrency=integer("CIRELAY_DELIVERY_CONCURRENCY", 16, minimum=1),
+            delivery_poll_seconds=number("CIRELAY_DELIVERY_POLL_SECONDS", 0.01, 0.001),
         )
         if not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")

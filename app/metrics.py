@@ -25,7 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.models import JobState, Outcome
+from app.models import AttemptResult, Figures, JobState, Outcome
 
 #: Media jobs take seconds to hours.
 JOB_DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
@@ -50,6 +50,15 @@ CI_REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15
 #: ``operation`` and ``outcome`` label values of the CI client's metrics.
 CI_OPERATIONS = ("create", "describe", "list")
 CI_OUTCOMES = ("ok", "rejected", "unavailable", "timeout", "error")
+#: From a state change's commit to the subscriber's 2xx: milliseconds when all is well, hours
+#: when a subscriber was down and retries brought it the event.
+DELIVERY_LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 14400,
+    43200,
+)  # fmt: skip
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15)
+#: ``outcome`` label values of cirelay_deliveries_total
+DELIVERY_OUTCOMES = ("delivered", "given_up", "subscription_disabled")
 
 
 class Metrics:
@@ -87,6 +96,36 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        # --- webhook delivery (app.delivery, in the worker) ---
+        self.deliveries = Counter(
+            "cirelay_deliveries",
+            "Webhook deliveries finished, by outcome (delivered, given_up), and subscriptions"
+            " disabled (subscription_disabled).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.delivery_attempts = Counter(
+            "cirelay_delivery_attempts",
+            "Webhook delivery attempts, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.attempts_per_delivery = Histogram(
+            "cirelay_delivery_attempts_per_delivery",
+            "Attempts a finished delivery took.",
+            buckets=ATTEMPT_BUCKETS,
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            "cirelay_delivery_latency_seconds",
+            "From the state change's commit to the subscriber's 2xx (replays excluded).",
+            buckets=DELIVERY_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        for name in DELIVERY_OUTCOMES:
+            self.deliveries.labels(name)
+        for result in AttemptResult:
+            self.delivery_attempts.labels(result.value)
         for outcome in Outcome:
             self.notifications.labels(outcome.value)
         for fmt in ("xml", "json"):
@@ -114,20 +153,36 @@ class Metrics:
 
 
 class DatabaseCollector(Collector):
-    """Gauges read from the database at scrape time."""
+    """Gauges read from the database at scrape time, so every worker and replica reports the
+    same truth. While the database is down they are left out (readiness reports that)."""
 
-    def __init__(self, quarantine_size: Callable[[], int]) -> None:
-        self._quarantine_size = quarantine_size
+    def __init__(self, read: Callable[[], Figures]) -> None:
+        self._read = read
 
     def collect(self) -> Iterable[Metric]:
         try:
-            size = self._quarantine_size()
+            figures = self._read()
         except Exception:
             return
         yield GaugeMetricFamily(
             "cirelay_quarantine_size",
             "Quarantined notifications not yet replayed successfully.",
-            value=size,
+            value=figures.quarantine_size,
+        )
+        yield GaugeMetricFamily(
+            "cirelay_delivery_backlog",
+            "Webhook deliveries pending (first attempt or retry) for enabled subscriptions.",
+            value=figures.delivery_backlog,
+        )
+        yield GaugeMetricFamily(
+            "cirelay_delivery_backlog_oldest_age_seconds",
+            "Age of the oldest pending webhook delivery of an enabled subscription (0: none).",
+            value=figures.delivery_backlog_oldest_seconds,
+        )
+        yield GaugeMetricFamily(
+            "cirelay_subscriptions_disabled",
+            "Webhook subscriptions disabled, by hand or for failing.",
+            value=figures.subscriptions_disabled,
         )
 
 

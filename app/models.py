@@ -257,6 +257,45 @@ def new_id(prefix: str, now: datetime) -> str:
 
 
 @dataclass(frozen=True)
+class Figures:
+    """What the metrics read from the database at scrape time."""
+
+    quarantine_size: int
+    delivery_backlog: int
+    delivery_backlog_oldest_seconds: float
+    subscriptions_disabled: int
+
+
+@dataclass(frozen=True)
+class TypeFilter:
+    """Event-type patterns (``com.cirelay.job.succeeded``, ``com.cirelay.job.*``, ``*``) as
+    exact types and prefixes; no patterns or ``*`` means every type."""
+
+    types: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_patterns(cls, patterns: list[str]) -> TypeFilter:
+        if not patterns or "*" in patterns:
+            return cls()
+        return cls(
+            types=tuple(p for p in patterns if not p.endswith(".*")),
+            prefixes=tuple(p[:-1] for p in patterns if p.endswith(".*")),
+        )
+
+    @property
+    def everything(self) -> bool:
+        return not self.types and not self.prefixes
+
+    def matches(self, event_type: str) -> bool:
+        return (
+            self.everything
+            or event_type in self.types
+            or any(event_type.startswith(p) for p in self.prefixes)
+        )
+
+
+@dataclass(frozen=True)
 class Subscription:
     """Where events go: a URL, which event types, and the Standard Webhooks secret(s)."""
 
@@ -271,6 +310,12 @@ class Subscription:
     disabled_reason: str | None
     created_at: datetime
     updated_at: datetime
+    #: the last event sequence number considered for this subscription (the fan-out cursor)
+    fanout_seq: int = 0
+    #: since when its deliveries have kept failing (``None`` while healthy)
+    failing_since: datetime | None = None
+    last_failure_at: datetime | None = None
+    successes_in_a_row: int = 0
 
     def view(self) -> dict[str, Any]:
         """The public view: never the secrets."""
@@ -281,7 +326,110 @@ class Subscription:
             "description": self.description,
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
+            "failing_since": _iso(self.failing_since),
             "previous_secret_expires_at": _iso(self.previous_secret_expires_at),
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets a delivery is signed with now: the current one, and the previous one
+        during its grace period after a rotation."""
+        if (
+            self.previous_secret
+            and self.previous_secret_expires_at
+            and (now < self.previous_secret_expires_at)
+        ):
+            return [self.secret, self.previous_secret]
+        return [self.secret]
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"  # waiting for its first attempt, a retry, or an earlier event of its job
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # given up: retries exhausted, or the subscriber answered 410 Gone
+
+
+class AttemptResult(enum.StrEnum):
+    """What one delivery attempt came to; also the ``result`` label of the metrics."""
+
+    SUCCESS = "success"  # 2xx
+    HTTP_ERROR = "http_error"  # any other status, redirects included (never followed)
+    GONE = "gone"  # 410: the subscriber asks us to stop
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    FORBIDDEN_ADDRESS = "forbidden_address"  # resolved to a non-public address at connect
+
+
+@dataclass(frozen=True)
+class DeliveryAttempt:
+    delivery_id: int
+    attempt: int
+    started_at: datetime
+    duration_ms: float
+    result: str
+    status_code: int | None
+    error: str | None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "started_at": _iso(self.started_at),
+            "duration_ms": round(self.duration_ms, 3),
+            "result": self.result,
+            "status_code": self.status_code,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event on its way to one subscription."""
+
+    id: int
+    subscription_id: str
+    event_seq: int
+    event_id: str
+    event_type: str
+    order_key: str | None
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    origin: str
+    created_at: datetime
+    completed_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    history: list[DeliveryAttempt] = field(default_factory=list)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "subscription_id": self.subscription_id,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "sequence": self.event_seq,
+            "state": self.state,
+            "attempts": self.attempts,
+            "next_attempt_at": _iso(self.next_attempt_at)
+            if self.state == DeliveryState.PENDING
+            else None,
+            "origin": self.origin,
+            "created_at": _iso(self.created_at),
+            "completed_at": _iso(self.completed_at),
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "history": [a.view() for a in self.history],
+        }
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery a worker has leased for one attempt: everything the attempt needs."""
+
+    delivery_id: int
+    attempt: int
+    lease_owner: str
+    origin: str
+    subscription: Subscription
+    event: Event

@@ -21,7 +21,19 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from app.models import Event, Job, NotificationRecord, QuarantinedNotification, Subscription
+from app.models import (
+    Claim,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryState,
+    Event,
+    Figures,
+    Job,
+    NotificationRecord,
+    QuarantinedNotification,
+    Subscription,
+    TypeFilter,
+)
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -149,6 +161,58 @@ subscriptions = sa.Table(
     sa.Column("disabled_reason", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("fanout_seq", BigId, nullable=False, server_default="0"),
+    sa.Column("failing_since", UTCDateTime),
+    sa.Column("last_failure_at", UTCDateTime),
+    sa.Column("successes_in_a_row", sa.Integer, nullable=False, server_default="0"),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "subscription_id",
+        sa.String(40),
+        sa.ForeignKey("subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("event_seq", BigId, sa.ForeignKey("events.seq"), nullable=False),
+    # one job's deliveries to one subscription go out in event order
+    sa.Column("order_key", sa.String(40)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    # a claimed delivery belongs to one worker until its lease ends (a dead worker's lapses)
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_until", UTCDateTime),
+    sa.Column("origin", sa.String(40), nullable=False),  # "fanout" or "replay_<id>"
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("last_status_code", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Index(None, "state", "next_attempt_at"),
+    sa.Index(None, "subscription_id", "order_key", "event_seq"),
+    sa.Index(None, "origin"),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "delivery_id",
+        BigId,
+        sa.ForeignKey("deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=False),
+    sa.Column("result", sa.String(24), nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("error", sa.Text),
 )
 
 
@@ -530,14 +594,27 @@ def list_events(
     """Events after sequence number ``after``, oldest first; when ``types`` or
     ``type_prefixes`` are given, only events of one of those types or prefixes."""
     query = sa.select(events).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
-    if types or type_prefixes:
-        query = query.where(
-            sa.or_(
-                events.c.type.in_(list(types)),
-                *(events.c.type.startswith(p, autoescape=True) for p in type_prefixes),
-            )
-        )
+    query = query.where(_of_types(TypeFilter(tuple(types), tuple(type_prefixes))))
     return [Event(**dict(m)) for m in conn.execute(query).mappings()]
+
+
+def _of_types(wanted: TypeFilter) -> sa.ColumnElement[bool]:
+    if wanted.everything:
+        return sa.true()
+    return sa.or_(
+        events.c.type.in_(list(wanted.types)),
+        *(events.c.type.startswith(p, autoescape=True) for p in wanted.prefixes),
+    )
+
+
+def events_head(conn: Connection) -> int:
+    """The sequence number of the newest event (0 when there is none)."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0))).scalar_one())
+
+
+def find_event(conn: Connection, event_id: str) -> Event | None:
+    row = conn.execute(sa.select(events).where(events.c.id == event_id)).mappings().first()
+    return Event(**dict(row)) if row else None
 
 
 # --- quarantine ---------------------------------------------------------------------------
@@ -620,3 +697,315 @@ def update_subscription(conn: Connection, ident: str, values: dict[str, Any]) ->
 def delete_subscription(conn: Connection, ident: str) -> bool:
     query = sa.delete(subscriptions).where(subscriptions.c.id == ident)
     return bool(conn.execute(query).rowcount)
+
+
+def subscriptions_to_fan_out(conn: Connection, head: int) -> list[Subscription]:
+    """Enabled subscriptions whose fan-out cursor is behind ``head``, locked for this
+    transaction; on PostgreSQL, those another worker holds are skipped."""
+    query = (
+        sa.select(subscriptions)
+        .where(subscriptions.c.enabled, subscriptions.c.fanout_seq < head)
+        .order_by(subscriptions.c.id)
+        .with_for_update(skip_locked=True)
+    )
+    return [Subscription(**dict(m)) for m in conn.execute(query).mappings()]
+
+
+def fan_out(
+    conn: Connection, subscription: Subscription, *, limit: int, now: datetime
+) -> tuple[int, int]:
+    """Create the deliveries of the next (at most ``limit``) events after the subscription's
+    cursor that match its types, and move the cursor past them. Returns (created, cursor)."""
+    after = subscription.fanout_seq
+    window = (
+        sa.select(events.c.seq).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
+    ).subquery()
+    last = conn.execute(sa.select(sa.func.max(window.c.seq))).scalar_one()
+    if last is None:
+        return 0, after
+    created = _insert_deliveries(
+        conn,
+        subscription.id,
+        sa.and_(
+            events.c.seq > after,
+            events.c.seq <= last,
+            _of_types(TypeFilter.from_patterns(subscription.event_types)),
+        ),
+        origin="fanout",
+        now=now,
+    )
+    conn.execute(
+        sa.update(subscriptions)
+        .where(subscriptions.c.id == subscription.id)
+        .values(fanout_seq=int(last))
+    )
+    return created, int(last)
+
+
+def _insert_deliveries(
+    conn: Connection, subscription_id: str, which: sa.ColumnElement[bool], *, origin: str,
+    now: datetime,
+) -> int:  # fmt: skip
+    chosen = sa.select(
+        sa.literal(subscription_id, sa.String(40)),
+        events.c.seq,
+        events.c.job_id,
+        sa.literal(DeliveryState.PENDING.value, sa.String(16)),
+        sa.literal(0, sa.Integer),
+        sa.literal(now, UTCDateTime),
+        sa.literal(origin, sa.String(40)),
+        sa.literal(now, UTCDateTime),
+    ).where(which)
+    insert = sa.insert(deliveries).from_select(
+        ["subscription_id", "event_seq", "order_key", "state", "attempts", "next_attempt_at",
+         "origin", "created_at"],
+        chosen,
+    )  # fmt: skip
+    return len(conn.execute(insert.returning(deliveries.c.id)).all())
+
+
+def enqueue_replay(
+    conn: Connection,
+    subscription: Subscription,
+    *,
+    origin: str,
+    now: datetime,
+    event_seq: int | None = None,
+    since: datetime | None = None,
+) -> int:
+    """New deliveries of one event (``event_seq``) or of every matching event since a time."""
+    if event_seq is not None:
+        which = events.c.seq == event_seq
+    else:
+        assert since is not None
+        which = sa.and_(
+            events.c.time >= since, _of_types(TypeFilter.from_patterns(subscription.event_types))
+        )
+    return _insert_deliveries(conn, subscription.id, which, origin=origin, now=now)
+
+
+def progress(conn: Connection, origin: str) -> dict[str, int]:
+    """How many deliveries of one origin (a replay) are in each state."""
+    query = (
+        sa.select(deliveries.c.state, sa.func.count())
+        .where(deliveries.c.origin == origin)
+        .group_by(deliveries.c.state)
+    )
+    return {str(state): int(n) for state, n in conn.execute(query)}
+
+
+def _claimable(now: datetime) -> sa.ColumnElement[bool]:
+    """Due, not leased by a live worker, of an enabled subscription, and not behind an
+    unfinished earlier delivery of the same job to the same subscription."""
+    earlier = deliveries.alias("earlier")
+    return sa.and_(
+        deliveries.c.state == DeliveryState.PENDING.value,
+        deliveries.c.next_attempt_at <= now,
+        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+        sa.select(subscriptions.c.enabled)
+        .where(subscriptions.c.id == deliveries.c.subscription_id)
+        .scalar_subquery(),
+        ~sa.exists().where(
+            earlier.c.subscription_id == deliveries.c.subscription_id,
+            earlier.c.order_key == deliveries.c.order_key,
+            earlier.c.state == DeliveryState.PENDING.value,
+            sa.or_(
+                earlier.c.event_seq < deliveries.c.event_seq,
+                sa.and_(
+                    earlier.c.event_seq == deliveries.c.event_seq, earlier.c.id < deliveries.c.id
+                ),
+            ),
+        ),
+    )
+
+
+def has_claimable(conn: Connection, now: datetime) -> bool:
+    query = sa.select(deliveries.c.id).where(_claimable(now)).limit(1)
+    return conn.execute(query).first() is not None
+
+
+def claim_deliveries(
+    conn: Connection, *, now: datetime, owner: str, lease_until: datetime, limit: int
+) -> list[Claim]:
+    """Lease up to ``limit`` claimable deliveries to ``owner``; rows another worker is
+    claiming at the same moment are skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
+    SQLite has one writer at a time)."""
+    ids = [
+        int(i)
+        for i in conn.execute(
+            sa.select(deliveries.c.id)
+            .where(_claimable(now))
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=deliveries)
+        ).scalars()
+    ]
+    if not ids:
+        return []
+    conn.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.id.in_(ids))
+        .values(lease_owner=owner, lease_until=lease_until)
+    )
+    query = (
+        sa.select(
+            deliveries.c.id.label("delivery_id"),
+            deliveries.c.attempts,
+            deliveries.c.origin,
+            *(c.label(f"s_{c.name}") for c in subscriptions.c),
+            *(c.label(f"e_{c.name}") for c in events.c),
+        )
+        .join(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
+        .join(events, events.c.seq == deliveries.c.event_seq)
+        .where(deliveries.c.id.in_(ids))
+        .order_by(deliveries.c.id)
+    )
+    claims = []
+    for m in conn.execute(query).mappings():
+        claims.append(
+            Claim(
+                delivery_id=int(m["delivery_id"]),
+                attempt=int(m["attempts"]) + 1,
+                lease_owner=owner,
+                origin=m["origin"],
+                subscription=Subscription(**{c.name: m[f"s_{c.name}"] for c in subscriptions.c}),
+                event=Event(**{c.name: m[f"e_{c.name}"] for c in events.c}),
+            )
+        )
+    return claims
+
+
+def finish_attempts(
+    conn: Connection, updates: list[dict[str, Any]], attempts: list[dict[str, Any]]
+) -> set[int]:
+    """Record attempts and move their deliveries on. Each update names ``id`` and
+    ``lease_owner`` and only applies while that worker still holds the lease; returns the
+    ids whose update applied."""
+    if attempts:
+        conn.execute(sa.insert(delivery_attempts), attempts)
+    applied = set()
+    for update in updates:
+        values = {k: v for k, v in update.items() if k not in ("id", "lease_owner")}
+        result = conn.execute(
+            sa.update(deliveries)
+            .where(
+                deliveries.c.id == update["id"],
+                deliveries.c.lease_owner == update["lease_owner"],
+                deliveries.c.state == DeliveryState.PENDING.value,
+            )
+            .values(**values, lease_owner=None, lease_until=None)
+        )
+        if result.rowcount:
+            applied.add(int(update["id"]))
+    return applied
+
+
+def record_failure(conn: Connection, subscription_id: str, now: datetime) -> datetime | None:
+    """Note a failed attempt; returns since when the subscription has been failing (``None``
+    when it is gone)."""
+    conn.execute(
+        sa.update(subscriptions)
+        .where(subscriptions.c.id == subscription_id)
+        .values(
+            failing_since=sa.func.coalesce(subscriptions.c.failing_since, now),
+            last_failure_at=now,
+            successes_in_a_row=0,
+        )
+    )
+    query = sa.select(subscriptions.c.failing_since).where(subscriptions.c.id == subscription_id)
+    value: datetime | None = conn.execute(query).scalar_one_or_none()
+    return value
+
+
+def record_success(
+    conn: Connection, subscription_id: str, now: datetime, *, streak: int, quiet_since: datetime
+) -> None:
+    """Note a 2xx; a failing subscription is healthy again after ``streak`` in a row, or when
+    its last failure was before ``quiet_since``."""
+    row = subscriptions.c
+    conn.execute(
+        sa.update(subscriptions)
+        .where(row.id == subscription_id)
+        .values(successes_in_a_row=row.successes_in_a_row + 1)
+    )
+    conn.execute(
+        sa.update(subscriptions)
+        .where(
+            row.id == subscription_id,
+            row.failing_since.is_not(None),
+            sa.or_(row.successes_in_a_row >= streak, row.last_failure_at < quiet_since),
+        )
+        .values(failing_since=None)
+    )
+
+
+def disable_subscription(
+    conn: Connection, subscription_id: str, reason: str, now: datetime
+) -> bool:
+    """Disable an enabled subscription; False when it was not enabled (or is gone)."""
+    result = conn.execute(
+        sa.update(subscriptions)
+        .where(subscriptions.c.id == subscription_id, subscriptions.c.enabled)
+        .values(enabled=False, disabled_reason=reason, updated_at=now)
+    )
+    return bool(result.rowcount)
+
+
+def list_deliveries(
+    conn: Connection,
+    subscription_id: str,
+    *,
+    states: Sequence[str] = (),
+    before: int | None = None,
+    limit: int = 50,
+) -> list[Delivery]:
+    """A subscription's deliveries, newest first, each with its attempts."""
+    query = (
+        sa.select(deliveries, events.c.id.label("event_id"), events.c.type.label("event_type"))
+        .join(events, events.c.seq == deliveries.c.event_seq)
+        .where(deliveries.c.subscription_id == subscription_id)
+        .order_by(deliveries.c.id.desc())
+        .limit(limit)
+    )
+    if states:
+        query = query.where(deliveries.c.state.in_(list(states)))
+    if before is not None:
+        query = query.where(deliveries.c.id < before)
+    rows = list(conn.execute(query).mappings())
+    history: dict[int, list[DeliveryAttempt]] = {}
+    if rows:
+        attempts_query = (
+            sa.select(delivery_attempts)
+            .where(delivery_attempts.c.delivery_id.in_([r["id"] for r in rows]))
+            .order_by(delivery_attempts.c.id)
+        )
+        for a in conn.execute(attempts_query).mappings():
+            values = {k: v for k, v in a.items() if k != "id"}
+            history.setdefault(int(a["delivery_id"]), []).append(DeliveryAttempt(**values))
+    fields = {f.name for f in dataclasses.fields(Delivery)} - {"history"}
+    return [
+        Delivery(**{k: r[k] for k in fields}, history=history.get(int(r["id"]), [])) for r in rows
+    ]
+
+
+def figures(conn: Connection, now: datetime) -> Figures:
+    pending = sa.select(
+        sa.func.count(), sa.func.min(deliveries.c.created_at)
+    ).where(
+        deliveries.c.state == DeliveryState.PENDING.value,
+        deliveries.c.subscription_id.in_(
+            sa.select(subscriptions.c.id).where(subscriptions.c.enabled)
+        ),
+    )  # fmt: skip
+    count, oldest = conn.execute(pending).one()
+    if isinstance(oldest, str):  # SQLite's min() loses the column type
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    disabled = conn.execute(sa.select(sa.func.count()).where(~subscriptions.c.enabled)).scalar_one()
+    return Figures(
+        quarantine_size=count_quarantined(conn),
+        delivery_backlog=int(count),
+        delivery_backlog_oldest_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        subscriptions_disabled=int(disabled),
+    )

@@ -1,5 +1,11 @@
-"""``cirelay worker``: the background loop. Today it runs the reconciler; event delivery
-joins it later. Stops cleanly on SIGTERM/SIGINT between two rounds."""
+"""``cirelay worker``: webhook delivery (:mod:`app.delivery`) and the reconciler
+(:mod:`app.reconciler`), each on a thread of its own. Stops cleanly on SIGTERM/SIGINT: the
+deliveries in flight finish and are recorded first.
+
+Several workers (on several replicas) may run against one PostgreSQL database: deliveries are
+claimed with ``FOR UPDATE SKIP LOCKED`` and leased, so none is sent by two at once. On SQLite
+one worker is enough (it has one writer at a time anyway); more are safe but gain nothing.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from datetime import timedelta
 from types import FrameType
 
 from app import Services, ci_clients
+from app.delivery import build_deliverer
 from app.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -26,15 +33,7 @@ def build_reconciler(services: Services) -> Reconciler:
     )  # fmt: skip
 
 
-def run(services: Services, stop: threading.Event | None = None) -> None:
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+def reconcile(services: Services, stop: threading.Event) -> None:
     reconciler = build_reconciler(services)
     interval = services.settings.reconcile_interval_seconds
     log.info(
@@ -54,3 +53,22 @@ def run(services: Services, stop: threading.Event | None = None) -> None:
                     report.asked, report.moved, len(report.missing), report.failed_batches,
                 )  # fmt: skip
         stop.wait(interval)
+
+
+def run(services: Services, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    reconciler = threading.Thread(
+        target=reconcile, args=(services, stop), name="reconciler", daemon=True
+    )
+    reconciler.start()
+    settings = services.settings
+    deliverer = build_deliverer(settings, services.engine, services.metrics, services.clock)
+    deliverer.run(stop, poll_seconds=settings.delivery_poll_seconds)
+    reconciler.join(timeout=settings.ci_timeout_seconds + 5)

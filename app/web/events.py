@@ -20,7 +20,7 @@ from flask.typing import ResponseReturnValue
 from app import store
 from app.errors import BadRequestError
 from app.events import to_cloudevent
-from app.models import Event
+from app.models import Event, TypeFilter
 from app.web import require_api_key, services
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events")
@@ -59,12 +59,9 @@ def _query(after: str) -> _Query:
     if details:
         raise BadRequestError("invalid query parameters", details)
     patterns = [t for raw in request.args.getlist("type") for t in raw.split(",") if t]
-    everything = not patterns or "*" in patterns
+    wanted = TypeFilter.from_patterns(patterns)
     return _Query(
-        after=int(after),
-        limit=int(limit),
-        types=[] if everything else [p for p in patterns if not p.endswith(".*")],
-        prefixes=[] if everything else [p[:-1] for p in patterns if p.endswith(".*")],
+        after=int(after), limit=int(limit), types=list(wanted.types), prefixes=list(wanted.prefixes)
     )
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app import store, subscriptions
-from app.errors import NotFoundError, UnprocessableError
-from app.models import Subscription, new_id
+from app import delivery, store, subscriptions
+from app.errors import BadRequestError, NotFoundError, UnprocessableError
+from app.models import DeliveryState, Subscription, new_id
 from app.web import require_api_key, services
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
@@ -43,6 +43,8 @@ def create() -> ResponseReturnValue:
         updated_at=now,
     )
     with store.transaction(svc.engine) as conn:
+        # deliveries start with the events after this moment
+        item = dataclasses.replace(item, fanout_seq=store.events_head(conn))
         store.insert_subscription(conn, item)
     response = jsonify(item.view() | {"secret": item.secret})
     response.status_code = 201
@@ -71,11 +73,16 @@ def update(ident: str) -> ResponseReturnValue:
     values = subscriptions.parse(
         request.get_json(silent=True), svc.settings.delivery_allowed_networks, partial=True
     )
-    if values.get("enabled") is True:
-        values["disabled_reason"] = None  # re-enabled by hand
     with store.transaction(svc.engine) as conn:
-        if not store.update_subscription(conn, ident, values | {"updated_at": svc.clock()}):
+        current = store.get_subscription(conn, ident)
+        if current is None:
             raise NotFoundError(f"no subscription {ident!r}")
+        if values.get("enabled") is True and not current.enabled:
+            # re-enabled by hand: pending deliveries resume; events of the disabled period
+            # are not sent (a replay since a time brings them)
+            values |= {"disabled_reason": None, "failing_since": None, "successes_in_a_row": 0}
+            values["fanout_seq"] = store.events_head(conn)
+        store.update_subscription(conn, ident, values | {"updated_at": svc.clock()})
     return jsonify(_get(ident).view())
 
 
@@ -126,6 +133,83 @@ def rotate_secret(ident: str) -> ResponseReturnValue:
             },
         )
     return jsonify(rotated.view() | {"secret": rotated.secret})
+
+
+@bp.post("/<ident>/replay")
+@require_api_key
+def replay(ident: str) -> ResponseReturnValue:
+    """Deliver events again, with their original ``webhook-id``: ``{"event_id": "evt_…"}``
+    for one event, or ``{"since": "2026-11-25T08:00:00Z"}`` for every event since then that
+    matches the subscription's types. 202 with the replay's id and how many deliveries."""
+    svc = services()
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) - {"event_id", "since"}:
+        raise UnprocessableError(
+            "a replay is a JSON object with event_id or since",
+            [{"field": "body", "message": 'e.g. {"since": "2026-11-25T08:00:00Z"}'}],
+        )
+    event_id = body.get("event_id")
+    if event_id is not None and not isinstance(event_id, str):
+        raise UnprocessableError(
+            "invalid event_id", [{"field": "event_id", "message": "an event id"}]
+        )
+    since = _parse_time(body["since"]) if "since" in body else None
+    done = delivery.enqueue_replay(
+        svc.engine, ident, now=svc.clock(), event_id=event_id, since=since
+    )
+    response = jsonify(
+        {"replay_id": done.id, "subscription_id": ident, "deliveries": done.deliveries}
+    )
+    response.status_code = 202
+    return response
+
+
+@bp.get("/<ident>/deliveries")
+@require_api_key
+def list_deliveries(ident: str) -> ResponseReturnValue:
+    """The subscription's deliveries, newest first, each with every attempt (result, status
+    code, latency, an excerpt of the error). ``state`` filters; ``before`` (an id) pages."""
+    _get(ident)
+    states = [s for raw in request.args.getlist("state") for s in raw.split(",") if s]
+    bad = [s for s in states if s not in set(DeliveryState)]
+    limit = request.args.get("limit", "50")
+    before = request.args.get("before")
+    problems = []
+    if bad:
+        problems.append({"field": "state", "reason": f"one of {sorted(DeliveryState)}"})
+    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+        problems.append({"field": "limit", "reason": "an integer from 1 to 200"})
+    if before is not None and not before.isdigit():
+        problems.append({"field": "before", "reason": "a delivery id"})
+    if problems:
+        raise BadRequestError("invalid query parameters", problems)
+    with services().engine.connect() as conn:
+        items = store.list_deliveries(
+            conn,
+            ident,
+            states=states,
+            before=int(before) if before is not None else None,
+            limit=int(limit),
+        )
+    return jsonify(
+        {
+            "deliveries": [d.view() for d in items],
+            "next_before": items[-1].id if len(items) == int(limit) else None,
+        }
+    )
+
+
+def _parse_time(value: object) -> datetime:
+    problem = [{"field": "since", "message": "an RFC 3339 time with offset, e.g. …T08:00:00Z"}]
+    if not isinstance(value, str):
+        raise UnprocessableError("invalid since", problem)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UnprocessableError("invalid since", problem) from None
+    if parsed.tzinfo is None:
+        raise UnprocessableError("invalid since", problem)
+    return parsed.astimezone(UTC)
 
 
 def _get(ident: str) -> Subscription:

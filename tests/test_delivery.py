@@ -1,0 +1,640 @@
+"""Webhook delivery against real subscriber servers on loopback, on SQLite and PostgreSQL.
+
+Events come from the real callback endpoint; the deliverer is the worker's own, driven round by
+round (``wait_idle``) with the test's clock, so retries come due when the test moves time on.
+What subscribers receive is checked with the ``standardwebhooks`` verifier and parsed with the
+``cloudevents`` SDK.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+from sqlalchemy.engine import Engine
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from app import Services, build_services, store
+from app.config import Settings
+from app.delivery import SUBSCRIPTION_DISABLED, Deliverer, Policy, Sender
+from app.schemas import SchemaSet
+from tests.conftest import Clock, ci_job_id, make_job, notification_xml
+from tests.subscriber import Answer, Subscriber
+
+LOOPBACK = ("127.0.0.0/8",)
+XML = {"Content-Type": "application/xml"}
+
+
+@pytest.fixture
+def services(
+    settings: Settings, engine: Engine, schemas: SchemaSet, registry: CollectorRegistry,
+    clock: Clock,
+) -> Services:  # fmt: skip
+    allowed = replace(settings, delivery_allowed_networks=LOOPBACK)
+    return build_services(allowed, registry=registry, engine=engine, schemas=schemas, clock=clock)
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return Policy(schedule=(10.0, 20.0, 40.0), disable_after=timedelta(hours=1), timeout=2.0)
+
+
+@pytest.fixture
+def deliverer(services: Services, clock: Clock, policy: Policy) -> Iterator[Deliverer]:
+    sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
+    d = Deliverer(services.engine, policy, sender, services.metrics, clock=clock, concurrency=4,
+                  rng=random.Random(7))  # fmt: skip
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Subscriber]:
+    with Subscriber() as subscriber:
+        yield subscriber
+
+
+def subscribe(client: FlaskClient, auth: dict[str, str], url: str, **body: Any) -> dict[str, Any]:
+    response = client.post("/v1/subscriptions", json={"url": url, **body}, headers=auth)
+    assert response.status_code == 201, response.json
+    return dict(response.json)
+
+
+def notify(client: FlaskClient, engine: Engine, clock: Clock, n: int, *states: str) -> None:
+    """Job number ``n`` (made on first use) reports ``states`` in turn."""
+    job_id, ci_id = f"job_{n:04d}", ci_job_id(n)
+    with engine.connect() as conn:
+        exists = store.get_job(conn, job_id) is not None
+    path = make_job(engine, job_id, clock(), ci_id) if not exists else None
+    path = path or f"/callbacks/ci/{job_id}/" + _token(job_id)
+    for state in states:
+        response = client.post(path, data=notification_xml(ci_id, state), headers=XML)
+        assert response.status_code == 200, response.json
+
+
+def _token(job_id: str) -> str:
+    from tests.conftest import callback_path
+
+    return callback_path(job_id).rsplit("/", 1)[1]
+
+
+def deliveries(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(store.deliveries).order_by(store.deliveries.c.id))
+        return [dict(r) for r in rows.mappings()]
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+# --- a delivery, as the subscriber sees it ----------------------------------------------------
+
+
+def test_each_event_is_delivered_signed_as_a_cloudevent(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber, registry: CollectorRegistry,
+) -> None:  # fmt: skip
+    sub = subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running", "Success")
+
+    deliverer.wait_idle()
+
+    requests = hook.accepted()
+    assert [r.headers["content-type"] for r in requests] == ["application/cloudevents+json"] * 2
+    events = hook.verified(sub["secret"])
+    assert [e["type"] for e in events] == ["com.cirelay.job.running", "com.cirelay.job.succeeded"]
+    assert all(e["subject"] == ci_job_id(1) for e in events)
+    assert [r.webhook_id for r in requests] == [e["id"] for e in events]
+    assert events[1].data["state"] == "Success" and events[1].data["previous_state"] == "Running"
+    assert [d["state"] for d in deliveries(engine)] == ["succeeded", "succeeded"]
+    assert sample(registry, "cirelay_deliveries_total", outcome="delivered") == 2
+    assert sample(registry, "cirelay_delivery_attempts_total", result="success") == 2
+    assert sample(registry, "cirelay_delivery_latency_seconds_count") == 2
+    assert sample(registry, "cirelay_delivery_attempts_per_delivery_sum") == 2
+
+
+def test_only_events_of_the_subscribed_types_and_only_after_subscribing(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    notify(client, engine, clock, 1, "Running")  # before the subscription: not sent
+    subscribe(client, auth, hook.url(), event_types=["com.cirelay.job.succeeded"])
+    notify(client, engine, clock, 1, "Success")
+    notify(client, engine, clock, 2, "Running")
+
+    deliverer.wait_idle()
+
+    assert [r.event()["type"] for r in hook.received()] == ["com.cirelay.job.succeeded"]
+
+
+def test_during_a_rotation_deliveries_carry_both_signatures(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    sub = subscribe(client, auth, hook.url())
+    path = f"/v1/subscriptions/{sub['id']}/rotate-secret"
+    new = client.post(path, json={"grace_seconds": 3600}, headers=auth).json["secret"]
+
+    notify(client, engine, clock, 1, "Running")
+    deliverer.wait_idle()
+    clock.now += timedelta(hours=2)  # the grace period is over
+    notify(client, engine, clock, 1, "Success")
+    deliverer.wait_idle()
+
+    during, after = hook.received()
+    assert len(during.headers["webhook-signature"].split(" ")) == 2
+    assert len(after.headers["webhook-signature"].split(" ")) == 1
+    # the old secret verifies during the grace period only; the new one always
+    Webhook(sub["secret"]).verify(during.body, during.headers)
+    for request in (during, after):
+        Webhook(new).verify(request.body, request.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(sub["secret"]).verify(after.body, after.headers)
+
+
+# --- failures and retries -----------------------------------------------------------------
+
+
+def test_failures_are_retried_on_the_schedule_and_every_attempt_is_recorded(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber, registry: CollectorRegistry,
+) -> None:  # fmt: skip
+    hook.answer = lambda n, req: Answer(500, body=b"db down") if n < 2 else Answer(200)
+    sub = subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    start = clock()
+
+    deliverer.wait_idle()
+    (row,) = deliveries(engine)
+    assert row["state"] == "pending" and row["attempts"] == 1
+    # 10 s +- 20 % jitter after the first failure
+    assert 8 <= (row["next_attempt_at"] - start).total_seconds() <= 12
+    clock.now += timedelta(seconds=13)
+    deliverer.wait_idle()
+    clock.now += timedelta(seconds=25)
+    deliverer.wait_idle()
+
+    assert [r.status for r in hook.received()] == [500, 500, 200]
+    assert len({r.webhook_id for r in hook.received()}) == 1
+    listed = client.get(f"/v1/subscriptions/{sub['id']}/deliveries", headers=auth).json
+    (delivery,) = listed["deliveries"]
+    assert delivery["state"] == "succeeded" and delivery["attempts"] == 3
+    history = delivery["history"]
+    assert [a["status_code"] for a in history] == [500, 500, 200]
+    assert [a["result"] for a in history] == ["http_error", "http_error", "success"]
+    assert history[0]["error"] == "HTTP 500: db down"
+    assert all(a["duration_ms"] > 0 for a in history)
+    assert sample(registry, "cirelay_delivery_attempts_per_delivery_sum") == 3
+    assert sample(registry, "cirelay_delivery_attempts_total", result="http_error") == 2
+
+
+def test_after_the_last_retry_a_delivery_is_given_up_and_the_next_of_its_job_goes(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber, registry: CollectorRegistry,
+) -> None:  # fmt: skip
+    hook.answer = lambda n, req: Answer(200 if req.event()["type"].endswith("succeeded") else 500)
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running", "Success")
+
+    for _ in range(3):  # the first attempt and two retries
+        deliverer.wait_idle()
+        assert [r.event()["type"] for r in hook.accepted()] == []  # Success waits its turn
+        clock.now += timedelta(seconds=60)
+    deliverer.wait_idle()  # the third retry fails: given up; Success goes
+
+    kinds = [r.event()["type"].rsplit(".", 1)[1] for r in hook.received()]
+    assert kinds == ["running"] * 4 + ["succeeded"]
+    assert [d["state"] for d in deliveries(engine)] == ["failed", "succeeded"]
+    assert sample(registry, "cirelay_deliveries_total", outcome="given_up") == 1
+
+
+def test_retry_after_on_429_and_503_is_honoured(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    hook.answer = lambda n, req: Answer(429, {"Retry-After": "33"}) if n == 0 else (
+        Answer(503, {"Retry-After": "7"}) if n == 1 else Answer()
+    )
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    start = clock()
+
+    deliverer.wait_idle()
+    assert deliveries(engine)[0]["next_attempt_at"] == start + timedelta(seconds=33)
+    clock.now += timedelta(seconds=33)
+    deliverer.wait_idle()
+    assert deliveries(engine)[0]["next_attempt_at"] == clock.now + timedelta(seconds=7)
+    clock.now += timedelta(seconds=7)
+    deliverer.wait_idle()
+    assert [r.status for r in hook.received()] == [429, 503, 204]
+
+
+def test_redirects_are_not_followed(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    with Subscriber() as elsewhere:
+        hook.answer = lambda n, req: Answer(307, {"Location": elsewhere.url()})
+        sub = subscribe(client, auth, hook.url())
+        notify(client, engine, clock, 1, "Running")
+        deliverer.wait_idle()
+        assert elsewhere.received() == []
+    (delivery,) = client.get(f"/v1/subscriptions/{sub['id']}/deliveries", headers=auth).json[
+        "deliveries"
+    ]
+    assert delivery["state"] == "pending" and delivery["last_status_code"] == 307
+    assert "not followed" in delivery["last_error"]
+
+
+def test_a_subscriber_slower_than_the_timeout_is_a_timeout(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, hook: Subscriber, registry: CollectorRegistry,
+) -> None:  # fmt: skip
+    policy = Policy(schedule=(10.0,), disable_after=timedelta(hours=1), timeout=0.3)
+    sender = Sender(allowed_networks=LOOPBACK, timeout=0.3)
+    deliverer = Deliverer(services.engine, policy, sender, services.metrics, clock=clock)
+    hook.answer = lambda n, req: Answer(delay=1.0)
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    try:
+        deliverer.wait_idle()
+    finally:
+        deliverer.close()
+    assert deliveries(engine)[0]["last_error"] == "no answer within 0.3 s"
+    assert sample(registry, "cirelay_delivery_attempts_total", result="timeout") == 1
+
+
+def test_a_subscriber_that_is_down_gets_connection_errors_then_everything(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    sub = subscribe(client, auth, hook.url())
+    hook.stop()
+    for n in range(3):
+        notify(client, engine, clock, n, "Running", "Success")
+    deliverer.wait_idle()
+    assert {d["state"] for d in deliveries(engine)} == {"pending"}
+    assert "Connection refused" in (deliveries(engine)[0]["last_error"] or "")
+
+    hook.start()
+    for _ in range(3):
+        clock.now += timedelta(seconds=60)
+        deliverer.wait_idle()
+
+    events = hook.verified(sub["secret"])
+    assert len(events) == 6
+    for n in range(3):  # in order per job
+        kinds = [e["type"] for e in events if e["subject"] == ci_job_id(n)]
+        assert kinds == ["com.cirelay.job.running", "com.cirelay.job.succeeded"]
+
+
+# --- per-job order ------------------------------------------------------------------------
+
+
+def test_a_jobs_later_event_waits_for_the_earlier_one_other_jobs_do_not(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    failed_once: set[str] = set()
+
+    def answer(n: int, req: Any) -> Answer:
+        event = req.event()
+        first_try = event["id"] not in failed_once
+        if event["subject"] == ci_job_id(1) and event["type"].endswith("running") and first_try:
+            failed_once.add(event["id"])
+            return Answer(503)
+        return Answer()
+
+    hook.answer = answer
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running", "Success")
+    notify(client, engine, clock, 2, "Running", "Success")
+
+    deliverer.wait_idle()
+    got = [(r.event()["subject"], r.event()["type"]) for r in hook.accepted()]
+    assert got == [(ci_job_id(2), "com.cirelay.job.running"),
+                   (ci_job_id(2), "com.cirelay.job.succeeded")]  # fmt: skip
+    clock.now += timedelta(seconds=15)
+    deliverer.wait_idle()
+    job1 = [r.event()["type"] for r in hook.accepted() if r.event()["subject"] == ci_job_id(1)]
+    assert job1 == ["com.cirelay.job.running", "com.cirelay.job.succeeded"]
+
+
+# --- disabling ----------------------------------------------------------------------------
+
+
+def test_410_gone_disables_the_subscription_and_emits_the_operator_event(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber, registry: CollectorRegistry,
+) -> None:  # fmt: skip
+    with Subscriber() as operator:
+        ops = subscribe(client, auth, operator.url(), event_types=["com.cirelay.subscription.*"])
+        hook.answer = lambda n, req: Answer(410)
+        sub = subscribe(client, auth, hook.url(), event_types=["com.cirelay.job.*"])
+        notify(client, engine, clock, 1, "Running", "Success")
+
+        deliverer.wait_idle()
+
+        fetched = client.get(f"/v1/subscriptions/{sub['id']}", headers=auth).json
+        assert fetched["enabled"] is False and "410 Gone" in fetched["disabled_reason"]
+        assert len(hook.received()) == 1  # nothing more after the 410
+        (event,) = operator.verified(ops["secret"])
+    assert event["type"] == SUBSCRIPTION_DISABLED and event["subject"] == sub["id"]
+    assert event.data["url"] == hook.url()
+    assert sample(registry, "cirelay_subscriptions_disabled") == 1
+    assert sample(registry, "cirelay_deliveries_total", outcome="subscription_disabled") == 1
+    # the operator event is in the cursor API too
+    listed = client.get("/v1/events?type=com.cirelay.subscription.disabled", headers=auth).json
+    assert [e["subject"] for e in listed["events"]] == [sub["id"]]
+
+
+def test_a_flapping_subscriber_is_disabled_after_the_failing_period(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, hook: Subscriber,
+) -> None:  # fmt: skip
+    """Up for one request in three: deliveries keep needing retries, so the subscription
+    counts as failing from the first failure until the period ends, and is disabled."""
+    policy = Policy(schedule=(5.0,) * 20, disable_after=timedelta(minutes=10), timeout=2.0)
+    sender = Sender(allowed_networks=LOOPBACK, timeout=2.0)
+    deliverer = Deliverer(services.engine, policy, sender, services.metrics, clock=clock,
+                          rng=random.Random(3))  # fmt: skip
+    hook.answer = lambda n, req: Answer(200 if n % 3 == 2 else 503)
+    sub = subscribe(client, auth, hook.url())
+    try:
+        for minute in range(15):
+            notify(client, engine, clock, minute, "Running")
+            deliverer.wait_idle()
+            clock.now += timedelta(seconds=30)
+            deliverer.wait_idle()
+            clock.now += timedelta(seconds=30)
+            fetched = client.get(f"/v1/subscriptions/{sub['id']}", headers=auth).json
+            if not fetched["enabled"]:
+                break
+    finally:
+        deliverer.close()
+    assert not fetched["enabled"], "a flapping subscriber must be disabled"
+    assert 10 <= minute <= 12
+    assert fetched["disabled_reason"].startswith("deliveries failing since")
+    assert len(hook.accepted()) >= 5  # it did receive some meanwhile
+    events = client.get("/v1/events?type=com.cirelay.subscription.*", headers=auth).json
+    assert [e["subject"] for e in events["events"]] == [sub["id"]]
+
+
+def test_a_subscriber_that_recovers_is_healthy_again(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    hook.answer = lambda n, req: Answer(503 if n == 0 else 200)
+    sub = subscribe(client, auth, hook.url())
+    path = f"/v1/subscriptions/{sub['id']}"
+    notify(client, engine, clock, 0, "Running")
+    deliverer.wait_idle()
+    assert client.get(path, headers=auth).json["failing_since"] is not None
+    clock.now += timedelta(seconds=15)
+    for n in range(1, 9):  # the retry and 8 more: 9 in a row
+        notify(client, engine, clock, n, "Running")
+        deliverer.wait_idle()
+    assert client.get(path, headers=auth).json["failing_since"] is not None
+    notify(client, engine, clock, 9, "Running")  # the 10th
+    deliverer.wait_idle()
+    assert client.get(path, headers=auth).json["failing_since"] is None
+
+
+def test_a_subscriber_with_few_events_is_healthy_after_a_quiet_period(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber, policy: Policy,
+) -> None:  # fmt: skip
+    hook.answer = lambda n, req: Answer(503 if n == 0 else 200)
+    sub = subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 0, "Running")
+    deliverer.wait_idle()
+    clock.now += policy.disable_after / 4 + timedelta(seconds=1)
+    deliverer.wait_idle()  # the retry succeeds, long after the failure
+    fetched = client.get(f"/v1/subscriptions/{sub['id']}", headers=auth).json
+    assert fetched["failing_since"] is None and fetched["enabled"]
+
+
+def test_re_enabling_resumes_pending_deliveries(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    hook.answer = lambda n, req: Answer(410 if n == 0 else 200)
+    sub = subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running", "Success")
+    deliverer.wait_idle()
+    assert deliveries(engine)[1]["state"] == "pending"  # waits while disabled
+
+    path = f"/v1/subscriptions/{sub['id']}"
+    assert client.patch(path, json={"enabled": True}, headers=auth).json["enabled"]
+    deliverer.wait_idle()
+    assert [r.event()["type"] for r in hook.accepted()] == ["com.cirelay.job.succeeded"]
+
+
+# --- SSRF at connect ----------------------------------------------------------------------
+
+
+def test_the_address_is_checked_again_when_connecting() -> None:
+    """DNS rebinding: the name resolved to a public address when the URL was saved and to
+    loopback now. The sender refuses without connecting."""
+    with Subscriber() as hook:
+        sender = Sender(
+            allowed_networks=(), timeout=1.0, resolver=lambda host, port: ["127.0.0.1"]
+        )
+        outcome = sender.post(f"http://hooks.example.com:{hook.port}/", b"{}", {})
+        assert outcome.result == "forbidden_address"
+        assert "127.0.0.1" in (outcome.error or "")
+        assert hook.received() == []
+
+        for address in ("169.254.169.254", "10.0.0.5", "::1", "::ffff:127.0.0.1", "0.0.0.0"):
+            sender = Sender(allowed_networks=(), timeout=1.0,
+                            resolver=lambda host, port, a=address: [a])  # fmt: skip
+            assert sender.post("http://x.example/", b"{}", {}).result == "forbidden_address"
+
+        # every address the name resolves to must be allowed, not just the first
+        sender = Sender(allowed_networks=(), timeout=1.0,
+                        resolver=lambda host, port: ["93.184.216.34", "127.0.0.1"])  # fmt: skip
+        assert sender.post("http://x.example/", b"{}", {}).result == "forbidden_address"
+
+        # an allowed network lets it through, to the address that was checked
+        sender = Sender(allowed_networks=LOOPBACK, timeout=1.0,
+                        resolver=lambda host, port: ["127.0.0.1"])  # fmt: skip
+        outcome = sender.post(f"http://hooks.example.com:{hook.port}/p?q=1", b"{}", {})
+        assert outcome.result == "success"
+        (request,) = hook.received()
+        assert request.headers["host"] == f"hooks.example.com:{hook.port}"
+        assert request.path == "/p?q=1"
+
+
+# --- several workers ----------------------------------------------------------------------
+
+
+@pytest.mark.postgresql
+def test_two_workers_share_the_work_and_send_nothing_twice(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, policy: Policy, hook: Subscriber,
+) -> None:  # fmt: skip
+    if engine.dialect.name != "postgresql":
+        pytest.skip("FOR UPDATE SKIP LOCKED: PostgreSQL")
+    hook.answer = lambda n, req: Answer(delay=0.01)
+    sub = subscribe(client, auth, hook.url())
+    for n in range(40):
+        notify(client, engine, clock, n, "Running", "Success")
+    sender = Sender(allowed_networks=LOOPBACK, timeout=2.0)
+    workers = [
+        Deliverer(services.engine, policy, sender, services.metrics, clock=clock, owner=f"w{i}")
+        for i in range(2)
+    ]
+    import threading
+
+    def drive(worker: Deliverer) -> None:
+        worker.wait_idle(timeout=60)
+
+    threads = [threading.Thread(target=drive, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for w in workers:
+        w.close()
+
+    ids = [r.webhook_id for r in hook.received()]
+    assert len(ids) == 80 and len(set(ids)) == 80
+    events = hook.verified(sub["secret"])
+    for n in range(40):
+        kinds = [e["type"] for e in events if e["subject"] == ci_job_id(n)]
+        assert kinds == ["com.cirelay.job.running", "com.cirelay.job.succeeded"]
+    with engine.connect() as conn:
+        owners = conn.execute(sa.select(store.delivery_attempts.c.delivery_id)).scalars().all()
+    assert len(owners) == 80
+
+
+def test_a_lapsed_lease_lets_another_worker_deliver_with_the_same_webhook_id(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, policy: Policy, hook: Subscriber,
+) -> None:  # fmt: skip
+    """A worker that claimed a delivery and died: after the lease, another one sends it."""
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    sender = Sender(allowed_networks=LOOPBACK, timeout=2.0)
+    dead = Deliverer(services.engine, policy, sender, services.metrics, clock=clock, owner="dead")
+    dead.fan_out()
+    (claim,) = dead.claim(1)
+    dead.send(claim, clock())  # it got as far as sending, then died before recording
+    dead.close(wait=False)
+
+    alive = Deliverer(services.engine, policy, sender, services.metrics, clock=clock)
+    alive.wait_idle()
+    assert len(hook.received()) == 1  # the lease still holds
+    clock.now += policy.lease + timedelta(seconds=1)
+    alive.wait_idle()
+    alive.close()
+    first, second = hook.received()
+    assert first.webhook_id == second.webhook_id
+    assert deliveries(engine)[0]["state"] == "succeeded"
+
+
+# --- replay -------------------------------------------------------------------------------
+
+
+def test_replay_one_event_or_everything_since_a_time(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    sub = subscribe(client, auth, hook.url(), event_types=["com.cirelay.job.*"])
+    notify(client, engine, clock, 1, "Running")
+    since = clock()
+    clock.now += timedelta(minutes=1)
+    notify(client, engine, clock, 1, "Success")
+    notify(client, engine, clock, 2, "Running")
+    deliverer.wait_idle()
+    first = hook.received()
+    assert len(first) == 3
+
+    path = f"/v1/subscriptions/{sub['id']}/replay"
+    one = client.post(path, json={"event_id": first[0].webhook_id}, headers=auth)
+    assert one.status_code == 202 and one.json["deliveries"] == 1
+    deliverer.wait_idle()
+    assert hook.received()[3].webhook_id == first[0].webhook_id
+
+    stamp = (since + timedelta(seconds=30)).isoformat()
+    many = client.post(path, json={"since": stamp}, headers=auth)
+    assert many.status_code == 202 and many.json["deliveries"] == 2
+    deliverer.wait_idle()
+    later = [r.webhook_id for r in first if r.event()["time"] > stamp]
+    assert len(later) == 2
+    assert sorted(r.webhook_id for r in hook.received()[4:]) == sorted(later)
+    hook.verified(sub["secret"])  # each replay signed afresh
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({}, 422),
+        ({"event_id": "evt_x", "since": "2024-01-01T00:00:00Z"}, 422),
+        ({"since": "yesterday"}, 422),
+        ({"since": "2024-01-01T00:00:00"}, 422),  # no offset
+        ({"event_id": 5}, 422),
+        ({"event_id": "evt_nope"}, 404),
+        ({"until": "x"}, 422),
+        ([], 422),
+    ],
+)
+def test_replay_refuses_what_it_cannot_do(
+    client: FlaskClient, auth: dict[str, str], hook: Subscriber, body: Any, status: int
+) -> None:
+    sub = subscribe(client, auth, hook.url())
+    response = client.post(f"/v1/subscriptions/{sub['id']}/replay", json=body, headers=auth)
+    assert response.status_code == status, response.json
+    assert response.json["error"]
+
+
+def test_replay_of_a_disabled_or_unknown_subscription(
+    client: FlaskClient, auth: dict[str, str], hook: Subscriber
+) -> None:
+    sub = subscribe(client, auth, hook.url(), enabled=False)
+    body = {"since": "2024-01-01T00:00:00Z"}
+    assert client.post(f"/v1/subscriptions/{sub['id']}/replay", json=body,
+                       headers=auth).status_code == 409  # fmt: skip
+    assert client.post("/v1/subscriptions/sub_x/replay", json=body,
+                       headers=auth).status_code == 404  # fmt: skip
+    assert client.post(f"/v1/subscriptions/{sub['id']}/replay", json=body).status_code == 401
+
+
+def test_deliveries_listing_validates_its_query(
+    client: FlaskClient, auth: dict[str, str], hook: Subscriber
+) -> None:
+    sub = subscribe(client, auth, hook.url())
+    path = f"/v1/subscriptions/{sub['id']}/deliveries"
+    assert client.get(path + "?state=lost", headers=auth).status_code == 400
+    assert client.get(path + "?limit=0", headers=auth).status_code == 400
+    assert client.get(path + "?before=x", headers=auth).status_code == 400
+    assert client.get(path + "?state=pending&limit=5", headers=auth).json["deliveries"] == []
+    assert client.get("/v1/subscriptions/sub_x/deliveries", headers=auth).status_code == 404
+
+
+# --- metrics from the database --------------------------------------------------------------
+
+
+def test_backlog_size_and_age_are_read_from_the_database(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber, registry: CollectorRegistry,
+) -> None:  # fmt: skip
+    hook.answer = lambda n, req: Answer(500)
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running", "Success")
+    deliverer.wait_idle()
+    clock.now += timedelta(seconds=42)
+
+    assert sample(registry, "cirelay_delivery_backlog") == 2
+    assert sample(registry, "cirelay_delivery_backlog_oldest_age_seconds") == 42
+    text = client.get("/metrics").text
+    assert "cirelay_delivery_backlog 2.0" in text
+    assert "cirelay_subscriptions_disabled 0.0" in text
