@@ -14,6 +14,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+# Debian packages the tests run for real: promtool and a Prometheus server (the metrics and
+# alert-rule tests), nginx (the load-balancer test).
+SYSTEM_TOOLS := promtool:prometheus prometheus:prometheus nginx:nginx
+
+.PHONY: system-deps
+system-deps: ## install the Debian packages the tests use (prometheus, nginx) when missing
+	@missing=$$(for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin command -v $${pair%%:*} >/dev/null 2>&1 || echo $${pair##*:}; \
+	done | sort -u); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $$missing"; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 .PHONY: help
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,7 +41,7 @@ run: $(STAMP) ## run the local stack (cirelay up): service on 127.0.0.1:8080, SQ
 	$(BIN)/cirelay up
 
 .PHONY: test
-test: $(STAMP) lint ## lint, then run every test (PostgreSQL too when CIRELAY_TEST_DATABASE_URL is set)
+test: $(STAMP) system-deps lint ## lint, then run every test (PostgreSQL too when CIRELAY_TEST_DATABASE_URL is set)
 	$(BIN)/pytest
 
 .PHONY: lint

@@ -39,7 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     emulator.add_argument("--port", type=int, default=8081)
     emulator.set_defaults(func=cmd_emulator)
 
-    worker = commands.add_parser("worker", help="the background worker (reconciler)")
+    worker = commands.add_parser("worker", help="webhook delivery and the reconciler")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("CIRELAY_WORKER_METRICS_PORT") or 0),
+        help="serve this worker's /metrics on the port (default CIRELAY_WORKER_METRICS_PORT;"
+        " 0: off)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     submit = commands.add_parser("submit", help="submit a VoiceSeparate job (POST /v1/jobs)")
@@ -244,7 +251,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from app import worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    worker.run(build_services(Settings.from_env()))
+    services = build_services(Settings.from_env())
+    if args.metrics_port:
+        worker.serve_metrics(services, args.metrics_port)
+    worker.run(services)
     return 0
 
 

@@ -274,7 +274,7 @@ class Policy:
     @property
     def lease(self) -> timedelta:
         """How long a claim stays with its worker: one attempt's timeout, plus room."""
-        return timedelta(seconds=self.timeout + 10)
+        return timedelta(seconds=self.timeout + 5)
 
     def retry_delay(
         self, attempt: int, retry_after: float | None, rng: random.Random

@@ -55,6 +55,16 @@ def reconcile(services: Services, stop: threading.Event) -> None:
         stop.wait(interval)
 
 
+def serve_metrics(services: Services, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
+    """``/metrics`` of this worker on ``port`` (its Deployment has no other HTTP port). Under
+    ``cirelay up`` the worker shares the service's multiprocess directory instead, and the
+    service's ``/metrics`` shows its counters."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, host, registry=services.metrics.registry)
+    log.info("worker: metrics on http://%s:%d/metrics", host, port)
+
+
 def run(services: Services, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -162,10 +162,11 @@ class Stack:
 
     @classmethod
     @contextmanager
-    def start(cls, directory: Path) -> Iterator[Stack]:
+    def start(cls, directory: Path, env: dict[str, str] | None = None) -> Iterator[Stack]:
         directory.mkdir(parents=True, exist_ok=True)
         service, emulator = free_port(), free_port()
-        stack = cls(directory, service, emulator, stack_env(directory, service, emulator))
+        environment = stack_env(directory, service, emulator) | (env or {})
+        stack = cls(directory, service, emulator, environment)
         try:
             emu = stack._spawn("emulator", ["emulator", "--port", str(emulator)])
             serve = stack._spawn("serve", ["serve", "--port", str(service), "--workers", "2"])

@@ -89,6 +89,8 @@ class EmulatorConfig:
     data_dir: Path | None = None
     #: serve the ``/_emulator/*`` admin API
     admin: bool = True
+    #: the XSDs (``CIRELAY_SCHEMA_DIR``; default: ``schemas/`` of the source tree)
+    schema_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EmulatorConfig:
@@ -124,6 +126,9 @@ class EmulatorConfig:
             faults=reader.faults("CIRELAY_EMULATOR_FAULTS", "CIRELAY_EMULATOR_SEED"),
             data_dir=Path(data_dir) if data_dir else None,
             admin=reader.text("CIRELAY_EMULATOR_ADMIN") not in ("0", "false", "no"),
+            schema_dir=Path(schema_dir)
+            if (schema_dir := reader.text("CIRELAY_SCHEMA_DIR"))
+            else None,
         )
         problems.extend(config.problems())
         if problems:
@@ -225,7 +230,7 @@ def create_emulator_app(
     problems = config.problems()
     if problems:
         raise ConfigError(problems)
-    return build_app(config, clock, schemas or SchemaSet.load())
+    return build_app(config, clock, schemas or SchemaSet.load(config.schema_dir))
 
 
 def emulator_of(app: Flask) -> Emulator:
