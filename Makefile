@@ -54,6 +54,10 @@ lint: $(STAMP) ## ruff and mypy on app/
 bench: $(STAMP) ## ingest benchmark (prints figures; see README)
 	$(BIN)/python bench/ingest.py
 
+.PHONY: bench-delivery
+bench-delivery: $(STAMP) ## delivery latency benchmark at 200 events/s (prints figures; see README)
+	$(BIN)/python bench/delivery.py
+
 .PHONY: clean
 clean: ## remove the local database and caches (keeps .venv)
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from standardwebhooks.webhooks import Webhook
 
 from app import store
@@ -187,10 +187,12 @@ class Sender:
         }
         pool = self._pool(parts.scheme, address, port, host)
         try:
-            response = pool.urlopen(
-                "POST", path, body=body, headers=request_headers, redirect=False,
-                retries=False, preload_content=False, assert_same_host=False,
-            )  # fmt: skip
+            try:
+                response = self._urlopen(pool, path, body, request_headers)
+            except urllib3.exceptions.ProtocolError:
+                # a kept-alive connection the subscriber had closed meanwhile: once more, on a
+                # new connection (at worst a duplicate, which webhook-id lets it drop)
+                response = self._urlopen(pool, path, body, request_headers)
         except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
             return Outcome(AttemptResult.CONNECTION_ERROR, error=_describe(exc))
         except (TimeoutError, urllib3.exceptions.TimeoutError):
@@ -229,6 +231,15 @@ class Sender:
                 else None
             ),
         )
+
+    @staticmethod
+    def _urlopen(
+        pool: urllib3.HTTPConnectionPool, path: str, body: bytes, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        return pool.urlopen(
+            "POST", path, body=body, headers=headers, redirect=False, retries=False,
+            preload_content=False, assert_same_host=False,
+        )  # fmt: skip
 
 
 def _describe(exc: BaseException) -> str:
@@ -405,7 +416,10 @@ class Deliverer:
     def fan_out(self) -> int:
         with self.engine.connect() as conn:
             head = store.events_head(conn)
+            behind = store.any_behind(conn, head)
             conn.rollback()
+        if not behind:  # the usual idle round: no write transaction at all
+            return 0
         created = 0
         with store.transaction(self.engine) as conn:
             now = self.clock()
@@ -468,24 +482,11 @@ class Deliverer:
         disabled: list[str] = []
         with store.transaction(self.engine) as conn:
             now = self.clock()
-            applied = store.finish_attempts(conn, updates, attempts)
-            for f in finished:
-                sub = f.claim.subscription
-                if f.outcome.result is AttemptResult.SUCCESS:
-                    store.record_success(
-                        conn, sub.id, now, streak=HEALTHY_STREAK,
-                        quiet_since=now - self.policy.disable_after / 4,
-                    )  # fmt: skip
-                    continue
-                if f.outcome.result is AttemptResult.GONE:
-                    reason = f"the endpoint answered 410 Gone at {_iso(f.finished_at)}"
-                elif (since := store.record_failure(conn, sub.id, now)) is not None and (
-                    now - since >= self.policy.disable_after
-                ):
-                    reason = f"deliveries failing since {_iso(since)}"
-                else:
-                    continue
-                if store.disable_subscription(conn, sub.id, reason, now):
+            applied = store.finish_attempts(conn, self.owner, updates, attempts)
+            for results in _by_subscription(finished):
+                sub = results[0].claim.subscription
+                reason = self._health(conn, sub.id, results, now)
+                if reason and store.disable_subscription(conn, sub.id, reason, now):
                     disabled.append(sub.id)
                     store.insert_event(conn, _disabled_event(sub, reason, now))
         for f in finished:
@@ -495,25 +496,54 @@ class Deliverer:
             self.metrics.deliveries.labels("subscription_disabled").inc()
         return len(finished), disabled
 
+    def _health(
+        self, conn: Connection, subscription_id: str, results: list[_Finished], now: datetime
+    ) -> str | None:
+        """Update the subscription's health with one batch of its attempts (in the order
+        they finished); returns why it must be disabled, if it must."""
+        kinds = [f.outcome.result for f in results]
+        if AttemptResult.GONE in kinds:
+            gone = results[kinds.index(AttemptResult.GONE)]
+            return f"the endpoint answered 410 Gone at {_iso(gone.finished_at)}"
+        failed = [i for i, kind in enumerate(kinds) if kind is not AttemptResult.SUCCESS]
+        reason = None
+        if failed:
+            since = store.record_failure(conn, subscription_id, now)
+            if since is not None and now - since >= self.policy.disable_after:
+                reason = f"deliveries failing since {_iso(since)}"
+        in_a_row = len(kinds) - (failed[-1] + 1 if failed else 0)
+        if in_a_row and reason is None:
+            store.record_success(
+                conn, subscription_id, in_a_row, streak=HEALTHY_STREAK,
+                quiet_since=now - self.policy.disable_after / 4,
+            )  # fmt: skip
+        return reason
+
     def _next_step(self, f: _Finished) -> dict[str, Any]:
         outcome = f.outcome
         values: dict[str, Any] = {
             "id": f.claim.delivery_id,
-            "lease_owner": f.claim.lease_owner,
             "attempts": f.claim.attempt,
             "last_status_code": outcome.status_code,
             "last_error": outcome.error,
+            "state": DeliveryState.SUCCEEDED.value,
+            "next_attempt_at": f.finished_at,
+            "completed_at": f.finished_at,
         }
         if outcome.result is AttemptResult.SUCCESS:
-            return values | {"state": DeliveryState.SUCCEEDED.value, "completed_at": f.finished_at}
+            return values
         delay = (
             None
             if outcome.result is AttemptResult.GONE
             else self.policy.retry_delay(f.claim.attempt, outcome.retry_after, self.rng)
         )
         if delay is None:
-            return values | {"state": DeliveryState.FAILED.value, "completed_at": f.finished_at}
-        return values | {"next_attempt_at": f.finished_at + timedelta(seconds=delay)}
+            return values | {"state": DeliveryState.FAILED.value}
+        return values | {
+            "state": DeliveryState.PENDING.value,
+            "next_attempt_at": f.finished_at + timedelta(seconds=delay),
+            "completed_at": None,
+        }
 
     def _count(self, f: _Finished, applied: bool) -> None:
         m = self.metrics
@@ -529,6 +559,13 @@ class Deliverer:
         elif f.outcome.result is AttemptResult.GONE or f.claim.attempt > len(self.policy.schedule):
             m.deliveries.labels("given_up").inc()
             m.attempts_per_delivery.observe(f.claim.attempt)
+
+
+def _by_subscription(finished: list[_Finished]) -> list[list[_Finished]]:
+    groups: dict[str, list[_Finished]] = {}
+    for f in sorted(finished, key=lambda f: f.finished_at):
+        groups.setdefault(f.claim.subscription.id, []).append(f)
+    return list(groups.values())
 
 
 def _iso(value: datetime) -> str:

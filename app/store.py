@@ -699,6 +699,14 @@ def delete_subscription(conn: Connection, ident: str) -> bool:
     return bool(conn.execute(query).rowcount)
 
 
+def any_behind(conn: Connection, head: int) -> bool:
+    """Whether an enabled subscription's fan-out cursor is behind ``head`` (a cheap read)."""
+    query = sa.select(subscriptions.c.id).where(
+        subscriptions.c.enabled, subscriptions.c.fanout_seq < head
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
 def subscriptions_to_fan_out(conn: Connection, head: int) -> list[Subscription]:
     """Enabled subscriptions whose fan-out cursor is behind ``head``, locked for this
     transaction; on PostgreSQL, those another worker holds are skipped."""
@@ -875,29 +883,48 @@ def claim_deliveries(
     return claims
 
 
+_FINISH = (
+    sa.update(deliveries)
+    .where(deliveries.c.id == sa.bindparam("b_id"))
+    .values(
+        state=sa.bindparam("state"),
+        attempts=sa.bindparam("attempts"),
+        next_attempt_at=sa.bindparam("next_attempt_at", type_=UTCDateTime),
+        completed_at=sa.bindparam("completed_at", type_=UTCDateTime),
+        last_status_code=sa.bindparam("last_status_code"),
+        last_error=sa.bindparam("last_error"),
+        lease_owner=None,
+        lease_until=None,
+    )
+)
+
+
 def finish_attempts(
-    conn: Connection, updates: list[dict[str, Any]], attempts: list[dict[str, Any]]
+    conn: Connection, owner: str, updates: list[dict[str, Any]], attempts: list[dict[str, Any]]
 ) -> set[int]:
-    """Record attempts and move their deliveries on. Each update names ``id`` and
-    ``lease_owner`` and only applies while that worker still holds the lease; returns the
-    ids whose update applied."""
+    """Record attempts and move their deliveries on. Each update names ``id``, ``state``,
+    ``attempts``, ``next_attempt_at``, ``completed_at``, ``last_status_code`` and
+    ``last_error``; it applies only while ``owner`` still holds the delivery's lease (a lapsed
+    lease belongs to whoever claimed the delivery since). Returns the ids that applied."""
     if attempts:
         conn.execute(sa.insert(delivery_attempts), attempts)
-    applied = set()
-    for update in updates:
-        values = {k: v for k, v in update.items() if k not in ("id", "lease_owner")}
-        result = conn.execute(
-            sa.update(deliveries)
+    if not updates:
+        return set()
+    held = set(
+        conn.execute(
+            sa.select(deliveries.c.id)
             .where(
-                deliveries.c.id == update["id"],
-                deliveries.c.lease_owner == update["lease_owner"],
+                deliveries.c.id.in_([u["id"] for u in updates]),
+                deliveries.c.lease_owner == owner,
                 deliveries.c.state == DeliveryState.PENDING.value,
             )
-            .values(**values, lease_owner=None, lease_until=None)
-        )
-        if result.rowcount:
-            applied.add(int(update["id"]))
-    return applied
+            .with_for_update()
+        ).scalars()
+    )
+    rows = [{**u, "b_id": u["id"]} for u in updates if u["id"] in held]
+    if rows:
+        conn.execute(_FINISH, [{k: v for k, v in r.items() if k != "id"} for r in rows])
+    return {int(i) for i in held}
 
 
 def record_failure(conn: Connection, subscription_id: str, now: datetime) -> datetime | None:
@@ -918,15 +945,15 @@ def record_failure(conn: Connection, subscription_id: str, now: datetime) -> dat
 
 
 def record_success(
-    conn: Connection, subscription_id: str, now: datetime, *, streak: int, quiet_since: datetime
+    conn: Connection, subscription_id: str, count: int, *, streak: int, quiet_since: datetime
 ) -> None:
-    """Note a 2xx; a failing subscription is healthy again after ``streak`` in a row, or when
-    its last failure was before ``quiet_since``."""
+    """Note ``count`` 2xx in a row; a failing subscription is healthy again after ``streak``
+    in a row, or when its last failure was before ``quiet_since``."""
     row = subscriptions.c
     conn.execute(
         sa.update(subscriptions)
         .where(row.id == subscription_id)
-        .values(successes_in_a_row=row.successes_in_a_row + 1)
+        .values(successes_in_a_row=row.successes_in_a_row + count)
     )
     conn.execute(
         sa.update(subscriptions)

@@ -1,0 +1,288 @@
+"""Delivery benchmark (not a test): how long from a job's state change to its subscriber's 2xx.
+
+1. a fresh database with ``rate x (warm-up + duration)`` jobs in state Submitted;
+2. ``cirelay serve`` and ``cirelay worker`` (the real processes, the service's own gunicorn
+   config), and a webhook subscriber in a process of its own (``tests/subscriber.py``, HTTP/1.1
+   keep-alive, answers 204) subscribed to every job event;
+3. notifications at a fixed rate (open loop: request *i* is due at ``t0 + i / rate``, sent by a
+   pool of connections, late ones counted): each is a different job's Success notification,
+   so each makes exactly one ``com.cirelay.job.succeeded`` event;
+4. for every event the subscriber received: latency = arrival at the subscriber minus the
+   event's ``time`` (set in the transaction that records the state change). Prints p50, p95,
+   p99 and max, beside the same figures for the notifications themselves and for a baseline:
+   the load generator POSTing the same rate straight to the subscriber (the network floor).
+
+Run with the project's venv: ``.venv/bin/python bench/delivery.py`` (``make bench-delivery``).
+Exit status 0 when every event arrived exactly once per ``webhook-id``, 1 otherwise. The
+latency target (p95 <= 50 ms at 200 events/s) is reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import queue
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import ingest  # noqa: E402 - after the path is set
+
+TARGET_P95_MS = 50.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.subscriber:
+        return run_subscriber(Path(args.subscriber))
+    signal.signal(signal.SIGTERM, ingest._raise_interrupt)
+    work = Path(tempfile.mkdtemp(prefix="cirelay-bench-delivery-"))
+    try:
+        return run(args, work)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="notifications per second")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument("--connections", type=int, default=16, help="load generator's")
+    parser.add_argument(
+        "--database-url", help="default: SQLite in a temporary directory; PostgreSQL is emptied"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of serve")
+    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--subscriber", help=argparse.SUPPRESS)  # internal: run the subscriber
+    return parser.parse_args(argv)
+
+
+# --- the subscriber, in a process of its own ------------------------------------------------
+
+
+def run_subscriber(out: Path) -> int:
+    """Answer 204 to everything; on SIGTERM write one JSON line per request received."""
+    from tests.subscriber import Subscriber
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    hook = Subscriber()
+    print(hook.port, flush=True)
+    stop.wait()
+    hook.stop()
+    with out.open("w") as lines:
+        for r in hook.received():
+            if "webhook-id" not in r.headers:
+                continue  # the baseline's requests
+            event = r.event()
+            lines.write(json.dumps({"id": r.webhook_id, "time": event["time"],
+                                    "arrived": r.arrived}) + "\n")  # fmt: skip
+    return 0
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, work: Path) -> int:
+    total = int(args.rate * (args.warmup + args.duration))
+    url = args.database_url or f"sqlite:///{work / 'cirelay.db'}"
+    keys = (secrets.token_hex(20),)
+    jobs_file = work / "jobs.txt"
+    print(f"preparing {total} jobs in {ingest._redacted(url)}", flush=True)
+    ingest.prepare_database(url, "job", total, keys, jobs_file)
+    jobs = [line.split() for line in jobs_file.read_text().splitlines()]
+    template = ingest.notification_template()
+
+    received_file = work / "received.jsonl"
+    subscriber = subprocess.Popen(
+        [sys.executable, __file__, "--subscriber", str(received_file)],
+        stdout=subprocess.PIPE, cwd=REPO, text=True,
+    )  # fmt: skip
+    assert subscriber.stdout is not None
+    hook_port = int(subscriber.stdout.readline())
+    env = ingest.server_env(args, url, keys, secrets.token_hex(16))
+    env["CIRELAY_DELIVERY_ALLOWED_NETWORKS"] = "127.0.0.0/8"
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
+            api_key = env["CIRELAY_API_KEYS"]
+            create_subscription(server.url, api_key, f"http://127.0.0.1:{hook_port}/hook")
+            with (work / "worker.log").open("wb") as log:
+                worker = subprocess.Popen(
+                    [str(ingest._venv_bin() / "cirelay"), "worker"],
+                    env=dict(server.env), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            time.sleep(1.0)  # the worker's first round
+            print(f"sending {total} notifications at {args.rate:g}/s "
+                  f"({args.warmup:g} s warm-up + {args.duration:g} s)", flush=True)  # fmt: skip
+            sent = send_at_rate(server.url, jobs, template, args.rate, args.connections)
+            wait_for_backlog(server.url, timeout=60)
+            baseline = send_at_rate(
+                f"http://127.0.0.1:{hook_port}",
+                [["/baseline", f"b{i}"] for i in range(int(args.rate * 5))],
+                template, args.rate, args.connections,
+            )  # fmt: skip
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)
+        subscriber.send_signal(signal.SIGTERM)
+        subscriber.wait(timeout=30)
+    received = [json.loads(line) for line in received_file.read_text().splitlines()]
+    return report(args, url, sent, baseline, received)
+
+
+def create_subscription(base: str, api_key: str, hook: str) -> None:
+    conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    body = json.dumps({"url": hook, "event_types": ["com.cirelay.job.*"]})
+    conn.request("POST", "/v1/subscriptions", body, {
+        "Authorization": f"Bearer {api_key}", "Content-Type": "application/json"
+    })  # fmt: skip
+    response = conn.getresponse()
+    if response.status != 201:
+        raise ingest.BenchError(f"subscription refused: {response.status} {response.read()!r}")
+    conn.close()
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.latencies: list[tuple[float, float]] = []  # (due, seconds)
+        self.errors = 0
+        self.late = 0
+        self.started = 0.0
+        self.lock = threading.Lock()
+
+
+def send_at_rate(
+    base: str, jobs: list[list[str]], template: str, rate: float, connections: int
+) -> Sent:
+    """Open loop: request i is due at t0 + i/rate, whatever the answers take."""
+    sent = Sent()
+    due: queue.SimpleQueue[tuple[float, list[str]] | None] = queue.SimpleQueue()
+    host = base.removeprefix("http://")
+
+    def sender() -> None:
+        conn = http.client.HTTPConnection(host, timeout=30)
+        while (item := due.get()) is not None:
+            at, (path, ci_job_id) = item
+            delay = at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -0.005:
+                with sent.lock:
+                    sent.late += 1
+            body = template.replace("{{JOBID}}", ci_job_id).encode()
+            started = time.monotonic()
+            try:
+                conn.request("POST", path, body, {"Content-Type": "application/xml"})
+                response = conn.getresponse()
+                response.read()
+                ok = 200 <= response.status < 300
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(host, timeout=30)
+                ok = False
+            with sent.lock:
+                sent.latencies.append((at, time.monotonic() - started))
+                sent.errors += not ok
+        conn.close()
+
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    sent.started = time.monotonic() + 0.2
+    for i, job in enumerate(jobs):
+        due.put((sent.started + i / rate, job))
+    for _ in threads:
+        due.put(None)
+    for t in threads:
+        t.join()
+    return sent
+
+
+def wait_for_backlog(base: str, timeout: float) -> None:
+    """Until /metrics says nothing is pending for delivery."""
+    host = base.removeprefix("http://")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(host, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        for line in text.splitlines():
+            if line.startswith("cirelay_delivery_backlog ") and float(line.split()[1]) == 0:
+                return
+        time.sleep(0.2)
+    print("warning: the delivery backlog did not empty in time", file=sys.stderr)
+
+
+# --- figures --------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def line(name: str, values_ms: list[float]) -> str:
+    figures = " ".join(f"{percentile(values_ms, p):8.1f}" for p in (50, 95, 99))
+    return f"  {name:<34} {len(values_ms):>6} {figures} {max(values_ms, default=0):8.1f}"
+
+
+def report(
+    args: argparse.Namespace, url: str, sent: Sent, baseline: Sent, received: list[dict[str, Any]]
+) -> int:
+    measured_from = sent.started + args.warmup
+    to_epoch: Callable[[float], float] = lambda mono: mono - time.monotonic() + time.time()  # noqa: E731
+    start_epoch = to_epoch(measured_from)
+    ids = [r["id"] for r in received]
+    events = {r["id"]: r for r in received}
+    latencies = [
+        (r["arrived"] - datetime.fromisoformat(r["time"]).timestamp()) * 1000
+        for r in events.values()
+        if datetime.fromisoformat(r["time"]).timestamp() >= start_epoch
+    ]
+    ingest_ms = [s * 1000 for at, s in sent.latencies if at >= measured_from]
+    base_ms = [s * 1000 for _, s in baseline.latencies]
+    accepted = len(sent.latencies) - sent.errors
+    duplicates = len(ids) - len(set(ids))
+    print()
+    print(f"machine: {platform.node()} {os.cpu_count()} CPUs, {platform.python_version()}, "
+          f"database {ingest._redacted(url).split(':')[0]}, serve {args.workers} x "
+          f"{args.worker_class}/{args.threads}")  # fmt: skip
+    print(f"rate {args.rate:g}/s for {args.duration:g} s (+{args.warmup:g} s warm-up); "
+          f"{accepted} notifications accepted, {sent.errors} errors, "
+          f"{sent.late} sent late")  # fmt: skip
+    print(f"{'':36} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(line("state change -> subscriber 2xx", latencies))
+    print(line("notification answered (ingest)", ingest_ms))
+    print(line("baseline: POST straight to hook", base_ms))
+    p95 = percentile(latencies, 95)
+    verdict = "met" if p95 <= TARGET_P95_MS else "NOT met"
+    print(f"target p95 <= {TARGET_P95_MS:g} ms at 200 events/s: {verdict} ({p95:.1f} ms)")
+    print(f"events received {len(set(ids))} of {accepted} accepted; duplicates {duplicates}")
+    ok = len(set(ids)) == accepted and sent.errors == 0
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
