@@ -56,7 +56,7 @@ def build_services(
     clock: Clock = utc_now,
 ) -> Services:
     registry = registry if registry is not None else CollectorRegistry()
-    engine = engine or store.create_engine(settings.database_url)
+    engine = engine or store.create_engine(settings.database_url, pool_size=settings.db_pool_size)
     schemas = schemas or SchemaSet.load(settings.schema_dir)
     metrics = Metrics(registry)
 

@@ -13,7 +13,10 @@ group commit; this is the same idea one level up:
 
 ``apply_batch`` answers per item: a result, or the exception that rejects that item alone
 (having written nothing of it). If it raises instead, the batch is rolled back and each item
-is run again in a transaction of its own, so one bad item cannot fail the others.
+is run again in a transaction of its own, so one bad item cannot fail the others. A
+transient database failure (a dropped connection, a serialization failure or deadlock on
+PostgreSQL) runs the whole batch again, twice at most; a database that stays unreachable fails
+every item with that error (answered 503, so CI retries).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -28,6 +32,9 @@ from typing import Generic, TypeVar
 from sqlalchemy.engine import Connection, Engine
 
 from app import store
+
+#: seconds before the first retry of a transient failure (doubled for each next one)
+RETRY_PAUSE = 0.05
 
 I = TypeVar("I")  # noqa: E741 - the item type
 R = TypeVar("R")
@@ -40,8 +47,10 @@ class GroupCommitter(Generic[I, R]):
         apply_batch: Callable[[Connection, Sequence[I]], Sequence[R | Exception]],
         *,
         max_batch: int = 64,
+        retries: int = 2,
     ) -> None:
         self.engine = engine
+        self.retries = retries
         self.apply_batch = apply_batch
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[I, Future[R]]] = queue.SimpleQueue()
@@ -79,16 +88,24 @@ class GroupCommitter(Generic[I, R]):
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[I, Future[R]]]) -> None:
-        try:
-            with store.transaction(self.engine) as conn:
-                results = self.apply_batch(conn, [item for item, _ in batch])
-        except Exception as exc:  # rolled back: find the culprit by running each alone
-            if len(batch) == 1:
-                batch[0][1].set_exception(exc)
-            else:
-                for unit in batch:
-                    self._commit([unit])
-            return
+        for attempt in range(self.retries + 1):
+            try:
+                with store.transaction(self.engine) as conn:
+                    results = self.apply_batch(conn, [item for item, _ in batch])
+                break
+            except Exception as exc:  # rolled back: nothing of the batch was written
+                if store.is_transient(exc) and attempt < self.retries:
+                    # safe to run again: a notification already committed (the connection
+                    # broke during COMMIT) is found by its digest and recorded once
+                    time.sleep(RETRY_PAUSE * 2**attempt)
+                    continue
+                if len(batch) == 1 or store.is_unavailable(exc):
+                    for _, future in batch:  # the database is down: every item gets it
+                        future.set_exception(exc)
+                else:  # find the culprit by running each alone
+                    for unit in batch:
+                        self._commit([unit])
+                return
         self.batches += 1
         self.items += len(batch)
         for (_, future), result in zip(batch, results, strict=True):

@@ -72,6 +72,8 @@ class Settings:
     delivery_concurrency: int = 16
     #: how often an idle worker looks for new events and due retries
     delivery_poll_seconds: float = 0.01
+    #: PostgreSQL connections kept per process (as many more may open under load)
+    db_pool_size: int = 5
 
     def __repr__(self) -> str:  # never print secrets
         return (
@@ -158,6 +160,7 @@ class Settings:
             delivery_timeout_seconds=number("CIRELAY_DELIVERY_TIMEOUT_SECONDS", 15.0, 0.1),
             delivery_concurrency=integer("CIRELAY_DELIVERY_CONCURRENCY", 16, minimum=1),
             delivery_poll_seconds=number("CIRELAY_DELIVERY_POLL_SECONDS", 0.01, 0.001),
+            db_pool_size=integer("CIRELAY_DB_POOL_SIZE", 5, minimum=1),
         )
         if not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")

@@ -254,7 +254,45 @@ def create_engine(url: str, *, pool_size: int = 5) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,  # a connection the server dropped is replaced, not used
+        pool_timeout=10,  # a request waits this long for a connection, then 503
+        pool_recycle=1800,
+        # a database that does not answer fails in seconds (readiness, 503), not minutes
+        connect_args={"connect_timeout": 5, "application_name": "cirelay"},
+    )
+
+
+#: PostgreSQL SQLSTATEs worth one more try: serialization failure, deadlock, and the
+#: connection-level classes (08: connection exception, 57P01-03: the server shut down)
+_TRANSIENT_SQLSTATES = ("40001", "40P01", "08", "57P01", "57P02", "57P03")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or dropped the connection: not the request's fault."""
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        code = getattr(exc.orig, "sqlstate", None) or ""
+        return code.startswith("08") or code.startswith("57P") or not code
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same transaction again may well succeed."""
+    if is_unavailable(exc):
+        return True
+    if isinstance(exc, sa.exc.OperationalError):
+        code = getattr(exc.orig, "sqlstate", None) or ""
+        if code.startswith(_TRANSIENT_SQLSTATES):
+            return True
+        return "database is locked" in str(exc.orig)  # SQLite, past its busy timeout
+    return False
 
 
 class WriterLock:

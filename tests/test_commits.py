@@ -114,3 +114,49 @@ def test_a_failed_commit_reaches_its_caller_and_the_committer_goes_on(
     with pytest.raises(sa.exc.IntegrityError):
         committer.run("bad")
     assert committer.run("good") == "good"
+
+
+class _PgError(Exception):
+    """Stands in for a psycopg error: what SQLAlchemy wraps, with a SQLSTATE."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def failing(times: int, sqlstate: str) -> tuple[list[int], object]:
+    calls: list[int] = []
+
+    def apply(conn: Connection, items: Sequence[str]) -> list[str]:
+        calls.append(len(items))
+        if len(calls) <= times:
+            raise sa.exc.OperationalError("COMMIT", {}, _PgError(sqlstate))
+        return list(items)
+
+    return calls, apply
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01", "08006", "57P01"])
+def test_a_transient_failure_runs_the_batch_again(engine: Engine, sqlstate: str) -> None:
+    """Serialization failures, deadlocks and dropped connections are tried again."""
+    calls, apply = failing(2, sqlstate)
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, apply)  # type: ignore[arg-type]
+    assert committer.run("a") == "a"
+    assert calls == [1, 1, 1]
+
+
+def test_a_database_that_stays_down_fails_every_item_without_splitting(engine: Engine) -> None:
+    calls, apply = failing(100, "08001")
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, apply)  # type: ignore[arg-type]
+    with pytest.raises(sa.exc.OperationalError) as raised:
+        committer.run("a")
+    assert store.is_unavailable(raised.value)
+    assert calls == [1, 1, 1]  # the first try and two retries, nothing more
+
+
+def test_a_permanent_error_is_not_retried(engine: Engine) -> None:
+    calls, apply = failing(100, "23505")  # unique violation: the same again would fail again
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, apply)  # type: ignore[arg-type]
+    with pytest.raises(sa.exc.OperationalError):
+        committer.run("a")
+    assert calls == [1]

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from app import Services
-from app.errors import ServiceError, UnauthorizedError
+from app import Services, store
+from app.errors import ServiceError, UnauthorizedError, UnavailableError
+
+log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,9 +59,19 @@ def _render_http_error(exc: HTTPException) -> ResponseReturnValue:
     return response
 
 
+def _render_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
+    """The database is down or unreachable: 503 (CI and clients retry; nothing was
+    committed). Any other database error is the service's own fault: 500."""
+    if not store.is_unavailable(exc):
+        raise exc
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return _render_service_error(UnavailableError("the database is not reachable; try again"))
+
+
 def init_app(app: Flask) -> None:
     from app.web import callbacks, events, health, jobs, subscriptions
 
+    app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
     app.register_error_handler(HTTPException, _render_http_error)
     app.register_blueprint(callbacks.bp)
