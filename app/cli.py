@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from app import build_services, store, utc_now
+from app import build_services, logs, store, utc_now
 from app.config import ConfigError, Settings
 from app.errors import ServiceError
 from app.migrations import upgrade
@@ -192,6 +191,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         "CIRELAY_PUBLIC_URL": settings.public_url,
         "CIRELAY_RECONCILE_AFTER_SECONDS": str(settings.reconcile_after_seconds),
         "CIRELAY_RECONCILE_INTERVAL_SECONDS": str(settings.reconcile_interval_seconds),
+        "CIRELAY_DELIVERY_ALLOWED_NETWORKS": ",".join(settings.delivery_allowed_networks),
+        "CIRELAY_LOG_FORMAT": environ.get("CIRELAY_LOG_FORMAT", "text"),
         "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus"),
     }
     # jobs that name no CallBack notify the queue URL, as a CI queue's NotifyConfig would;
@@ -250,7 +251,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from app import worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logs.configure(os.environ.get("CIRELAY_LOG_LEVEL", "info"),
+                   os.environ.get("CIRELAY_LOG_FORMAT", "json"))  # fmt: skip
     services = build_services(Settings.from_env())
     if args.metrics_port:
         worker.serve_metrics(services, args.metrics_port)

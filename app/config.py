@@ -24,6 +24,9 @@ DEV_DEFAULTS = {
     "CIRELAY_CI_ENDPOINT": "http://127.0.0.1:8081",
     "CIRELAY_RECONCILE_AFTER_SECONDS": "10",
     "CIRELAY_RECONCILE_INTERVAL_SECONDS": "2",
+    "CIRELAY_LOG_FORMAT": "text",  # a person reads these
+    # subscribers on this machine are fine for a local stack
+    "CIRELAY_DELIVERY_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
 }
 
 

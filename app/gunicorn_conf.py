@@ -25,9 +25,10 @@ max_requests_jitter = max_requests // 10
 graceful_timeout = 30
 timeout = 60
 keepalive = 5
-accesslog = os.environ.get("CIRELAY_ACCESS_LOG") or None
-# No URL in the access log: callback paths carry per-job tokens and the queue secret.
-access_log_format = '%(h)s "%(m)s" %(s)s %(b)s %(M)sms "%(a)s"'
+# JSON lines on stdout with the request id (app.logs); CIRELAY_ACCESS_LOG=off turns the
+# access log off. Callback paths are logged with their token or secret cut out.
+logger_class = "app.logs.GunicornLogger"
+accesslog = None if os.environ.get("CIRELAY_ACCESS_LOG", "on") == "off" else "-"
 errorlog = "-"
 loglevel = os.environ.get("CIRELAY_LOG_LEVEL", "info")
 proc_name = "cirelay"

@@ -8,12 +8,12 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from app import Services, store
+from app import Services, logs, store
 from app.errors import ServiceError, UnauthorizedError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,15 @@ def _render_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
 
 def init_app(app: Flask) -> None:
     from app.web import callbacks, events, health, jobs, subscriptions
+
+    @app.before_request
+    def _bind_request_id() -> None:
+        g.request_id = logs.bind_request_id(request.headers.get("X-Request-ID"))
+
+    @app.after_request
+    def _send_request_id(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id") or ""
+        return response
 
     app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
