@@ -143,11 +143,19 @@ def _gunicorn_command(host: str, port: int, workers: int | None) -> list[str]:
 
 
 def _prepare_metrics_dir(env: dict[str, str]) -> None:
-    """prometheus_client multiprocess mode: one directory, emptied at start."""
-    directory = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="cirelay-"))
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    """prometheus_client multiprocess mode: one directory, emptied at start (its files, not
+    the directory: it may be a mount point). Refuses a directory that is obviously not one
+    of its own, such as ``/``, ``.`` or a home directory."""
+    given = env.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(given or tempfile.mkdtemp(prefix="cirelay-")).resolve()
+    if given and directory in {Path("/"), Path.cwd(), Path.home(), *Path.cwd().parents}:
+        raise ConfigError([f"PROMETHEUS_MULTIPROC_DIR={given}: not a directory to empty"])
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
     env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
 
 
@@ -253,6 +261,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     logs.configure(os.environ.get("CIRELAY_LOG_LEVEL", "info"),
                    os.environ.get("CIRELAY_LOG_FORMAT", "json"))  # fmt: skip
+    if args.metrics_port and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # its files would land in a directory the service also exposes: counted twice
+        print("cirelay worker: --metrics-port needs PROMETHEUS_MULTIPROC_DIR unset",
+              file=sys.stderr)  # fmt: skip
+        return 2
     services = build_services(Settings.from_env())
     if args.metrics_port:
         worker.serve_metrics(services, args.metrics_port)

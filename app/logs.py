@@ -88,21 +88,27 @@ class GunicornLogger(glogging.Logger):  # type: ignore[misc]
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         if not self.access_log_enabled:
             return
-        headers = {name.lower(): value for name, value in resp.headers}
-        duration_ms = request_time.seconds * 1000 + request_time.microseconds / 1000
-        self.access_log.info(
-            "%s %s %s",
-            req.method,
-            redact_path(req.path),
-            resp.status_code,
-            extra={
-                "request_id": headers.get("x-request-id"),
-                "method": req.method,
-                "path": redact_path(req.path),
-                "status": resp.status_code,
-                "bytes": getattr(resp, "sent", None),
-                "duration_ms": round(duration_ms, 3),
-                "remote": environ.get("REMOTE_ADDR"),
-                "user_agent": headers.get("user-agent") or environ.get("HTTP_USER_AGENT"),
-            },
-        )
+        try:  # also called for requests gunicorn itself refused: half-parsed, no status code
+            headers = {name.lower(): value for name, value in resp.headers or ()}
+            status = resp.status_code or int(str(resp.status).split()[0])
+            path = redact_path(getattr(req, "path", None) or "")
+            method = getattr(req, "method", None) or "-"
+            duration_ms = request_time.total_seconds() * 1000
+            self.access_log.info(
+                "%s %s %s",
+                method,
+                path,
+                status,
+                extra={
+                    "request_id": headers.get("x-request-id"),
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "bytes": getattr(resp, "sent", None),
+                    "duration_ms": round(duration_ms, 3),
+                    "remote": environ.get("REMOTE_ADDR"),
+                    "user_agent": environ.get("HTTP_USER_AGENT"),
+                },
+            )
+        except Exception:  # a log line must never cost the answer
+            self.error_log.exception("access log failed")

@@ -11,7 +11,10 @@ A job whose ``POST /jobs`` timed out has no JobId to ask with; CI may or may not
 it. The reconciler looks for it in CI's job list (same input object, created around the same
 time, same UserData and output keys, not bound to another job): exactly one such CI job binds
 it; none, after ``ORPHAN_GIVE_UP`` times the silence, means CI never created it and the job is
-Failed with ``ci_job_not_found``; several leave it for an operator (logged).
+Failed with ``ci_job_not_found``; several leave it for an operator (logged). A job CI never
+answered at all (no ``submit_error``: the process that stored it died before or while calling
+CI, and a client's retry with the same Idempotency-Key was answered from the stored job) and
+that CI's list does not show is submitted again (:meth:`app.submission.Submitter.resubmit`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from app.ci.errors import CIError
 from app.ingest import Receiver
 from app.jobs import SUBMITTING
 from app.models import Job, JobReport, JobState
+from app.submission import Submitter
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +100,10 @@ class Reconciler:
         *,
         silence: timedelta,
         max_jobs: int = 500,
+        submitter: Submitter | None = None,
     ) -> None:
         self.engine = engine
+        self.submitter = submitter
         self.receiver = receiver
         self.client_for = client_for
         self.silence = silence
@@ -157,6 +163,11 @@ class Reconciler:
             return int(result.outcome.value == "accepted")
         if candidates:
             log.warning("reconcile: job %s matches %d CI jobs; left", job.id, len(candidates))
+        elif job.submit_error is None and self.submitter is not None:
+            # CI never answered its submission at all: the submitting process died before or
+            # while calling CI, and CI has no such job. Send it now.
+            log.info("reconcile: job %s never reached CI; submitting it", job.id)
+            return int(self.submitter.resubmit(job.id, now) is not None)
         elif now - job.created_at > self.silence * ORPHAN_GIVE_UP:
             with store.transaction(self.engine) as conn:
                 never_created(conn, job.id, now)

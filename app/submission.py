@@ -204,6 +204,33 @@ class Submitter:
             self.metrics.transitions.labels(SUBMITTING, job.state).inc()
         return job, False
 
+    def resubmit(self, job_id: str, now: datetime) -> Job | None:
+        """Send a stored job CI never got: the process that stored it died before (or while)
+        calling CI, and a retry with the same Idempotency-Key found it stored and answered
+        201. The reconciler calls this only after CI's job list showed no such job. Marked
+        first (``submit_error.code = "resubmitted"``, ambiguous), so two workers never both
+        send it and a crash now leaves it to the ordinary bind-or-fail path. Returns the job
+        once CI took it, else ``None``."""
+        with store.transaction(self.engine) as conn:
+            job = store.get_job(conn, job_id, for_update=True)
+            if (job is None or job.state != SUBMITTING or job.ci_job_id or job.submit_error
+                    or not job.request):  # fmt: skip
+                return None
+            mark = {"code": "resubmitted", "ambiguous": True,
+                    "message": "CI never received the first submission; sent again"}  # fmt: skip
+            store.update_job(conn, job_id, {"submit_error": mark})
+        client = self.client_for(job.input.get("bucket") or "", job.input.get("region") or "")
+        try:
+            result = client.create_job(job.request)
+        except CIError as exc:
+            self._record_refusal(job_id, exc, now)
+            return None
+        with store.transaction(self.engine) as conn:
+            submitted, moved = record_submitted(conn, job_id, result.reports[0], now)
+        if moved and self.metrics:
+            self.metrics.transitions.labels(SUBMITTING, submitted.state).inc()
+        return submitted
+
     def _earlier(self, key: str, digest: str) -> Job | None:
         with self.engine.connect() as conn:
             job = store.find_job_by_idempotency_key(conn, key)

@@ -30,6 +30,7 @@ def build_reconciler(services: Services) -> Reconciler:
         ci_clients(settings, metrics=services.metrics, schemas=services.schemas,
                    clock=services.clock),
         silence=timedelta(seconds=settings.reconcile_after_seconds),
+        submitter=services.submitter,
     )  # fmt: skip
 
 
@@ -59,9 +60,12 @@ def serve_metrics(services: Services, port: int, host: str = "0.0.0.0") -> None:
     """``/metrics`` of this worker on ``port`` (its Deployment has no other HTTP port). Under
     ``cirelay up`` the worker shares the service's multiprocess directory instead, and the
     service's ``/metrics`` shows its counters."""
-    from prometheus_client import start_http_server
+    from prometheus_client import PlatformCollector, ProcessCollector, start_http_server
 
-    start_http_server(port, host, registry=services.metrics.registry)
+    registry = services.metrics.registry
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    start_http_server(port, host, registry=registry)
     log.info("worker: metrics on http://%s:%d/metrics", host, port)
 
 

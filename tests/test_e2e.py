@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from tests.conftest import job_json
-from tests.e2e_stack import CIRELAY, Stack, free_port, poll, spawn
+from tests.e2e_stack import BUCKET, CALLBACK_KEY, CIRELAY, REGION, Stack, free_port, poll, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -312,6 +312,37 @@ def test_ci_timeout_at_create_is_504_and_the_jobs_own_callback_binds_it(stack: S
     assert accepted in ([("Success", "callback", "accepted")], [("Success", "poll", "accepted")])
     assert stack.terminal_events(job_id) == SUCCEEDED
     assert stack.quarantined(job_id) == []
+
+
+def test_a_job_stored_by_a_process_that_died_before_calling_ci_is_sent_by_the_reconciler(
+    stack: Stack,
+) -> None:
+    """The service stored the job (and a retry with the same Idempotency-Key was answered from
+    it) but died before calling CI. The worker finds no such job in CI's list and submits it;
+    it runs once and finishes."""
+    from datetime import UTC, datetime
+
+    from app import store
+    from app.submission import _new_job_values, request_from_json
+    from app.tokens import sign_job
+
+    before = {j["job_id"] for j in stack.ci_jobs()}
+    request, bucket, region = request_from_json(
+        job_json(user_data="orphaned"), default_bucket=BUCKET, default_region=REGION
+    )
+    now = datetime.now(UTC)
+    job_id = "job_01ORPHANED0000000000000000"
+    callback = f"{stack.base}/callbacks/ci/{job_id}/{sign_job(job_id, (CALLBACK_KEY,))}"
+    sent = {**request, "CallBack": callback, "CallBackType": "Url"}
+    with store.transaction(stack.engine) as conn:
+        store.insert_job(conn, _new_job_values(job_id, sent, bucket, region, now))
+
+    done = stack.wait_final(job_id)
+
+    (created,) = [j for j in stack.ci_jobs() if j["job_id"] not in before]
+    assert done["state"] == "Success" and done["ci_job_id"] == created["job_id"]
+    assert done["submit_error"]["code"] == "resubmitted"
+    assert stack.terminal_events(job_id) == SUCCEEDED
 
 
 def test_a_timed_out_create_whose_callback_is_dropped_still_reaches_its_final_state(

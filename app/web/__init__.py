@@ -80,6 +80,10 @@ def init_app(app: Flask) -> None:
         response.headers["X-Request-ID"] = g.get("request_id") or ""
         return response
 
+    @app.teardown_request
+    def _unbind_request_id(exc: BaseException | None) -> None:
+        logs.REQUEST_ID.set(None)  # the thread serves other requests next
+
     app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
     app.register_error_handler(HTTPException, _render_http_error)

@@ -312,13 +312,34 @@ envFrom of every cirelay container: pass (dict "root" $ "configMap" name "secret
 {{- end }}
 
 {{/*
-Label matchers selecting this release's series in alert expressions.
+Namespace of the ServiceMonitor and the PodMonitor.
+*/}}
+{{- define "cirelay.monitorNamespace" -}}
+{{- .Values.serviceMonitor.namespace | default .Release.Namespace }}
+{{- end }}
+
+{{/*
+Label matchers selecting this release's web series in alert expressions (the ServiceMonitor's
+job label is the Service name).
 */}}
 {{- define "cirelay.metricSelector" -}}
 {{- if .Values.prometheusRule.metricSelector }}
 {{- .Values.prometheusRule.metricSelector }}
 {{- else }}
 {{- printf "namespace=%q, job=%q" .Release.Namespace (include "cirelay.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Label matchers selecting this release's worker series in alert expressions (the PodMonitor's
+job label is "<its namespace>/<its name>").
+*/}}
+{{- define "cirelay.workerMetricSelector" -}}
+{{- if .Values.prometheusRule.workerMetricSelector }}
+{{- .Values.prometheusRule.workerMetricSelector }}
+{{- else }}
+{{- $job := printf "%s/%s" (include "cirelay.monitorNamespace" .) (include "cirelay.componentName" (dict "root" . "component" "worker")) }}
+{{- printf "namespace=%q, job=%q" .Release.Namespace $job }}
 {{- end }}
 {{- end }}
 
