@@ -32,7 +32,7 @@ KUBE_VERSION = "1.30.0"  # Chart.yaml: kubeVersion >=1.30.0-0
 RELEASE = "rel"
 NAMESPACE = "prod"
 FULLNAME = f"{RELEASE}-cirelay"
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 SECRET_ENV = (
     "CIRELAY_DATABASE_URL",
     "CIRELAY_API_KEYS",
@@ -217,6 +217,7 @@ def test_production_release_adds_ingress_autoscaling_and_monitoring(production: 
         ("Ingress", FULLNAME),
         ("HorizontalPodAutoscaler", f"{FULLNAME}-web"),
         ("ServiceMonitor", FULLNAME),
+        ("PodMonitor", f"{FULLNAME}-worker"),
         ("PrometheusRule", FULLNAME),
     } <= kinds
     assert not production.all("Secret")  # existingSecret
@@ -259,6 +260,9 @@ def test_every_object_is_namespaced_and_labelled(any_release: Release) -> None:
         {"config": {"publicUrl": "cirelay.example.com"}},
         {"image": {"pullPolicy": "Sometimes"}},
         {"prometheusRule": {"alerts": {"notReady": {"for": "five minutes"}}}},
+        {"worker": {"metrics": {"port": 70000}}},
+        {"worker": {"metrics": {"enabled": "yes"}}},
+        {"prometheusRule": {"alerts": {"deliveriesGivenUp": {"threshold": -1}}}},
     ],
     ids=lambda bad: json.dumps(bad, separators=(",", ":")),
 )
@@ -284,6 +288,23 @@ def test_autoscaling_bounds_are_checked(chart: helm.Chart) -> None:
         render(
             chart, {"web": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 1}}}
         )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"config": {"extra": {"PROMETHEUS_MULTIPROC_DIR": "/tmp/m"}}},
+        {"worker": {"extraEnv": [{"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/m"}]}},
+    ],
+    ids=["config.extra", "worker.extraEnv"],
+)
+def test_worker_metrics_refuse_a_multiprocess_dir(
+    chart: helm.Chart, values: dict[str, Any]
+) -> None:
+    # `cirelay worker --metrics-port` exits when PROMETHEUS_MULTIPROC_DIR is set.
+    with pytest.raises(helm.HelmRenderError, match="PROMETHEUS_MULTIPROC_DIR"):
+        render(chart, values)
+    render(chart, merge(values, {"worker": {"metrics": {"enabled": False}}}))
 
 
 def test_readme_lists_every_value() -> None:
@@ -344,11 +365,78 @@ def test_web_serves_http_with_probes(default: Release) -> None:
     )
 
 
-def test_worker_runs_the_worker_without_a_port(default: Release) -> None:
+def test_worker_serves_metrics_and_is_probed_on_that_port(default: Release) -> None:
     worker = container(default, "worker")
     assert worker["args"] == ["worker"]
-    assert "ports" not in worker
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    env = {e["name"]: e["value"] for e in worker["env"]}
+    assert env == {"CIRELAY_WORKER_METRICS_PORT": "9090"}
+    # A TCP connect: GET /metrics reads the database, and a database outage must not restart
+    # the workers.
+    probe = worker["livenessProbe"]
+    assert probe["tcpSocket"] == {"port": "metrics"}
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 30
+    # Nothing routes to the worker: no readiness.
     assert "readinessProbe" not in worker
+
+
+def test_worker_metrics_port_probe_and_env_are_configurable(chart: helm.Chart) -> None:
+    release = render(
+        chart,
+        {
+            "worker": {
+                "metrics": {"port": 9400},
+                "livenessProbe": {
+                    "tcpSocket": None,
+                    "httpGet": {"path": "/metrics", "port": "metrics"},
+                    "failureThreshold": 5,
+                },
+                "extraEnv": [{"name": "CIRELAY_DELIVERY_POLL_SECONDS", "value": "0.5"}],
+            }
+        },
+    )
+    worker = container(release, "worker")
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
+    assert worker["env"] == [
+        {"name": "CIRELAY_WORKER_METRICS_PORT", "value": "9400"},
+        {"name": "CIRELAY_DELIVERY_POLL_SECONDS", "value": "0.5"},
+    ]
+    probe = worker["livenessProbe"]
+    assert "tcpSocket" not in probe
+    assert probe["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    assert probe["failureThreshold"] == 5
+    kubernetes_validate.validate(
+        release.get("Deployment", f"{FULLNAME}-worker"), KUBE_VERSION, strict=True
+    )
+    unprobed = render(chart, {"worker": {"livenessProbe": None}})
+    assert "livenessProbe" not in container(unprobed, "worker")
+    assert container(unprobed, "worker")["ports"][0]["name"] == "metrics"
+
+
+def test_worker_metrics_can_be_disabled(
+    chart: helm.Chart, production_values: dict[str, Any]
+) -> None:
+    release = render(
+        chart,
+        merge(
+            production_values,
+            {"worker": {"metrics": {"enabled": False}, "extraEnv": [{"name": "A", "value": "1"}]}},
+        ),
+    )
+    worker = container(release, "worker")
+    assert "ports" not in worker
+    assert worker["env"] == [{"name": "A", "value": "1"}]
+    assert "livenessProbe" not in worker  # nothing left to probe
+    assert not release.all("PodMonitor")
+    assert release.has("ServiceMonitor", FULLNAME)  # the web scrape stays
+    policy = release.get("NetworkPolicy", f"{FULLNAME}-worker")["spec"]
+    assert "Ingress" in policy["policyTypes"] and not policy.get("ingress")
+    (group,) = rule_groups(release)
+    alerts = {r["alert"] for r in group["rules"]}
+    assert "CirelayDeliveriesGivenUp" not in alerts
+    assert "CirelayDeliveryBacklogStale" in alerts
+    without_extra_env = render(chart, {"worker": {"metrics": {"enabled": False}}})
+    assert "env" not in container(without_extra_env, "worker")
 
 
 def test_web_and_worker_scale_and_size_separately(chart: helm.Chart) -> None:
@@ -609,7 +697,10 @@ def test_network_policies(default: Release) -> None:
     assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
     assert "from" not in rule  # CI calls back from the internet
     worker = default.get("NetworkPolicy", f"{FULLNAME}-worker")["spec"]
-    assert "Ingress" in worker["policyTypes"] and not worker.get("ingress")
+    # The worker accepts its metrics port only, from where the web port accepts (anywhere).
+    (rule,) = worker["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+    assert "from" not in rule
     for name in ("web", "worker"):
         assert egress_ports(default.get("NetworkPolicy", f"{FULLNAME}-{name}")) == {
             53,
@@ -626,8 +717,27 @@ def test_production_network_policies_restrict_peers(production: Release) -> None
     web = production.get("NetworkPolicy", f"{FULLNAME}-web")["spec"]
     (rule,) = web["ingress"]
     assert len(rule["from"]) == 2
+    # Prometheus, and not the ingress controller, reaches the workers' metrics port.
+    worker = production.get("NetworkPolicy", f"{FULLNAME}-worker")["spec"]
+    (metrics,) = worker["ingress"]
+    assert metrics["ports"] == [{"protocol": "TCP", "port": "metrics"}]
+    (prometheus,) = metrics["from"]
+    assert prometheus in rule["from"]
+    assert prometheus["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     http = next(r for r in web["egress"] if {"protocol": "TCP", "port": 443} in r["ports"])
     assert "169.254.0.0/16" in http["to"][0]["ipBlock"]["except"]
+
+
+def test_worker_metrics_peers_default_to_the_web_peers(chart: helm.Chart) -> None:
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        {"ipBlock": {"cidr": "10.30.0.0/16"}},
+    ]
+    release = render(chart, {"networkPolicy": {"web": {"ingressFrom": peers}}})
+    worker = release.get("NetworkPolicy", f"{FULLNAME}-worker")
+    (rule,) = worker["spec"]["ingress"]
+    assert rule == {"ports": [{"protocol": "TCP", "port": "metrics"}], "from": peers}
+    kubernetes_validate.validate(worker, KUBE_VERSION, strict=True)
 
 
 def test_network_policy_can_be_disabled(chart: helm.Chart) -> None:
@@ -674,6 +784,76 @@ def test_service_monitor(production: Release) -> None:
         assert endpoint[key][-1] in "smh"
 
 
+def test_pod_monitor_scrapes_only_the_worker_pods(production: Release) -> None:
+    pm = production.get("PodMonitor", f"{FULLNAME}-worker")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert pm["metadata"]["namespace"] == NAMESPACE
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = pm["spec"]
+    assert set(spec) <= {"selector", "namespaceSelector", "podMetricsEndpoints", "jobLabel"}
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    selector = spec["selector"]["matchLabels"]
+    assert set(spec["selector"]) == {"matchLabels"}
+    pods = {
+        o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+        for o in production.objects
+        if o["kind"] in {"Deployment", "Job"}
+    }
+    assert selector.items() <= pods[f"{FULLNAME}-worker"].items()
+    assert not selector.items() <= pods[f"{FULLNAME}-web"].items()
+    assert not selector.items() <= pods[f"{FULLNAME}-migration"].items()
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    assert endpoint["port"] in {p["name"] for p in container(production, "worker")["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["scheme"] == "http"
+    assert set(endpoint) <= {
+        "port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels",
+        "relabelings", "metricRelabelings",
+    }  # fmt: skip
+    for key in ("interval", "scrapeTimeout"):
+        assert endpoint[key][-1] in "smh"
+    # The web scrape is unchanged: the Service's port, web pods only.
+    (web,) = production.get("ServiceMonitor", FULLNAME)["spec"]["endpoints"]
+    assert web["port"] == "http"
+
+
+def test_monitors_share_the_service_monitor_settings(chart: helm.Chart) -> None:
+    relabelings = [{"action": "labeldrop", "regex": "endpoint"}]
+    release = render(
+        chart,
+        {
+            "serviceMonitor": {
+                "enabled": True,
+                "namespace": "monitoring",
+                "interval": "15s",
+                "relabelings": relabelings,
+            },
+            "prometheusRule": {"enabled": True},
+        },
+    )
+    pm = release.get("PodMonitor", f"{FULLNAME}-worker")
+    sm = release.get("ServiceMonitor", FULLNAME)
+    assert pm["metadata"]["namespace"] == sm["metadata"]["namespace"] == "monitoring"
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert endpoint["interval"] == "15s"
+    assert endpoint["relabelings"] == relabelings
+    # Still the release namespace's pods; the operator names the job after the PodMonitor.
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (group,) = rule_groups(release)
+    given_up = next(r for r in group["rules"] if r["alert"] == "CirelayDeliveriesGivenUp")
+    assert f'namespace="{NAMESPACE}", job="monitoring/{FULLNAME}-worker"' in given_up["expr"]
+
+
+def test_no_pod_monitor_without_a_worker(chart: helm.Chart) -> None:
+    release = render(
+        chart,
+        {"worker": {"enabled": False}, "serviceMonitor": {"enabled": True}},
+    )
+    assert not release.all("PodMonitor")
+    assert release.has("ServiceMonitor", FULLNAME)
+
+
 def rule_groups(release: Release) -> list[dict[str, Any]]:
     rule = release.get("PrometheusRule", FULLNAME)
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
@@ -691,6 +871,7 @@ def test_prometheus_rule_structure(production: Release) -> None:
         "CirelayNotificationsRejected",
         "CirelayDeliveryBacklogStale",
         "CirelaySubscriptionsDisabled",
+        "CirelayDeliveriesGivenUp",
         "CirelayPodNotReady",
     }
     for name, rule in alerts.items():
@@ -699,11 +880,16 @@ def test_prometheus_rule_structure(production: Release) -> None:
         assert rule["labels"]["team"] == "platform", name
         assert set(rule["annotations"]) == {"summary", "description"}, name
         assert "{{" not in rule["expr"], name
-    # Series of this release only.
-    assert (
-        f'namespace="{NAMESPACE}", job="{FULLNAME}"'
-        in alerts["CirelayDeliveryBacklogStale"]["expr"]
-    )
+    # Series of this release only. The database gauges come from the web job alone (the
+    # workers report the same figures); the delivery counters from the worker job alone.
+    web_job = f'namespace="{NAMESPACE}", job="{FULLNAME}"'
+    worker_job = f'namespace="{NAMESPACE}", job="{NAMESPACE}/{FULLNAME}-worker"'
+    for name in ("CirelayDeliveryBacklogStale", "CirelaySubscriptionsDisabled"):
+        assert web_job in alerts[name]["expr"], name
+        assert worker_job not in alerts[name]["expr"], name
+    given_up = alerts["CirelayDeliveriesGivenUp"]["expr"]
+    assert worker_job in given_up and 'outcome="given_up"' in given_up
+    assert given_up.startswith("sum by (namespace, job) (increase(")
 
 
 def test_alerts_can_be_switched_off_one_by_one(chart: helm.Chart) -> None:
@@ -757,7 +943,7 @@ def run_promtool(promtool: str, *args: str, cwd: Path) -> str:
 
 def test_promtool_checks_the_rules(promtool: str, rules_dir: Path) -> None:
     output = run_promtool(promtool, "check", "rules", "rules.yaml", cwd=rules_dir)
-    assert "SUCCESS: 4 rules found" in output
+    assert "SUCCESS: 5 rules found" in output
 
 
 def test_alerts_fire_on_the_series_they_watch(promtool: str, rules_dir: Path) -> None:

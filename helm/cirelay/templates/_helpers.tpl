@@ -353,6 +353,15 @@ Fail early on values the application cannot run with.
 {{- if and .Values.worker.autoscaling.enabled (lt (int .Values.worker.autoscaling.maxReplicas) (int .Values.worker.autoscaling.minReplicas)) }}
 {{- fail "worker.autoscaling.maxReplicas must be >= worker.autoscaling.minReplicas" }}
 {{- end }}
+{{- /* `cirelay worker --metrics-port` exits when PROMETHEUS_MULTIPROC_DIR is set (its
+counters would land in the web pods' multiprocess files); the web container sets it itself. */}}
+{{- if and .Values.worker.enabled .Values.worker.metrics.enabled }}
+{{- $workerEnv := keys .Values.config.extra }}
+{{- range .Values.worker.extraEnv }}{{ $workerEnv = append $workerEnv .name }}{{ end }}
+{{- if has "PROMETHEUS_MULTIPROC_DIR" $workerEnv }}
+{{- fail "PROMETHEUS_MULTIPROC_DIR must not reach the worker (config.extra, worker.extraEnv): cirelay worker refuses it with worker.metrics.enabled" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
