@@ -375,18 +375,29 @@ class Deliverer:
             self._record(self._drain())
 
     def run_round(self) -> Round:
+        """Record what finished; then, in one transaction, fan out new events and claim what
+        is due (one read first, so an idle round writes nothing)."""
         done = Round()
         finished = self._drain()
         if finished:
             done.recorded, done.disabled = self._record(finished)
-        done.fanned_out = self.fan_out()
         free = self.concurrency - self._in_flight
-        if free > 0:
-            claims = self.claim(free)
-            done.claimed = len(claims)
-            for claim in claims:
-                self._in_flight += 1
-                self._pool.submit(self._attempt, claim)
+        now = self.clock()
+        with self.engine.connect() as conn:
+            head = store.events_head(conn)
+            behind = store.any_behind(conn, head)
+            due = free > 0 and not behind and store.has_claimable(conn, now)
+            conn.rollback()
+        if not (behind or due):
+            return done
+        with store.transaction(self.engine) as conn:
+            if behind:
+                done.fanned_out = self._fan_out(conn, head, now)
+            claims = self._claim(conn, now, free) if free > 0 else []
+        done.claimed = len(claims)
+        for claim in claims:
+            self._in_flight += 1
+            self._pool.submit(self._attempt, claim)
         return done
 
     def wait_idle(self, timeout: float = 30.0) -> None:
@@ -414,33 +425,31 @@ class Deliverer:
     # 1. fan out
 
     def fan_out(self) -> int:
+        """Fan out on its own (tests; :meth:`run_round` does it with the claim)."""
         with self.engine.connect() as conn:
             head = store.events_head(conn)
-            behind = store.any_behind(conn, head)
             conn.rollback()
-        if not behind:  # the usual idle round: no write transaction at all
-            return 0
-        created = 0
         with store.transaction(self.engine) as conn:
-            now = self.clock()
-            for subscription in store.subscriptions_to_fan_out(conn, head):
-                n, _ = store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now)
-                created += n
+            return self._fan_out(conn, head, self.clock())
+
+    def _fan_out(self, conn: Connection, head: int, now: datetime) -> int:
+        created = 0
+        for subscription in store.subscriptions_to_fan_out(conn, head):
+            n, _ = store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now)
+            created += n
         return created
 
     # 2. claim
 
     def claim(self, limit: int) -> list[Claim]:
-        now = self.clock()
-        with self.engine.connect() as conn:
-            due = store.has_claimable(conn, now)
-            conn.rollback()
-        if not due:
-            return []
+        """Claim on its own (tests; :meth:`run_round` does it with the fan-out)."""
         with store.transaction(self.engine) as conn:
-            return store.claim_deliveries(
-                conn, now=now, owner=self.owner, lease_until=now + self.policy.lease, limit=limit
-            )
+            return self._claim(conn, self.clock(), limit)
+
+    def _claim(self, conn: Connection, now: datetime, limit: int) -> list[Claim]:
+        return store.claim_deliveries(
+            conn, now=now, owner=self.owner, lease_until=now + self.policy.lease, limit=limit
+        )
 
     # 3. send
 
