@@ -45,6 +45,8 @@ class Services:
     receiver: Receiver
     submitter: Submitter
     clock: Clock
+    #: one per open event stream (``CIRELAY_MAX_STREAMS``)
+    stream_slots: threading.BoundedSemaphore
 
 
 def build_services(
@@ -75,7 +77,10 @@ def build_services(
         callback_keys=settings.callback_keys,
         metrics=metrics,
     )
-    return Services(settings, engine, schemas, metrics, collector, receiver, submitter, clock)
+    slots = threading.BoundedSemaphore(settings.max_streams)
+    return Services(
+        settings, engine, schemas, metrics, collector, receiver, submitter, clock, slots
+    )
 
 
 def ci_clients(

@@ -77,6 +77,9 @@ class Settings:
     delivery_poll_seconds: float = 0.01
     #: PostgreSQL connections kept per process (as many more may open under load)
     db_pool_size: int = 5
+    #: open event streams per process; each holds a gunicorn thread, so this keeps threads
+    #: free for notifications (with 16 threads: half). Above it: 503 with Retry-After.
+    max_streams: int = 8
 
     def __repr__(self) -> str:  # never print secrets
         return (
@@ -164,6 +167,7 @@ class Settings:
             delivery_concurrency=integer("CIRELAY_DELIVERY_CONCURRENCY", 16, minimum=1),
             delivery_poll_seconds=number("CIRELAY_DELIVERY_POLL_SECONDS", 0.01, 0.001),
             db_pool_size=integer("CIRELAY_DB_POOL_SIZE", 5, minimum=1),
+            max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
         )
         if not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")

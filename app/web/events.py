@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app import store
-from app.errors import BadRequestError
+from app.errors import BadRequestError, UnavailableError
 from app.events import to_cloudevent
 from app.models import Event, TypeFilter
 from app.web import require_api_key, services
@@ -29,8 +29,9 @@ MAX_PAGE = 500
 
 
 #: how often a stream looks for new events, and how long it may stay silent
-STREAM_POLL_SECONDS = 0.25
-STREAM_KEEPALIVE_SECONDS = 15.0
+STREAM_POLL_SECONDS = 0.1
+#: also how soon a stream whose client left notices it (on the next write) and frees its thread
+STREAM_KEEPALIVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,17 @@ def stream_events() -> ResponseReturnValue:
     """Server-Sent Events: each event once, in order, ``id:`` = its sequence number; resume
     with ``Last-Event-ID`` (or ``?after=``); a comment line keeps idle connections open.
 
-    Each client holds one gunicorn thread while connected (gthread workers)."""
+    Each client holds one gunicorn thread while connected (gthread workers): at most
+    ``CIRELAY_MAX_STREAMS`` per process, so threads stay free for notifications; above it,
+    503 with Retry-After (the load balancer's next try may reach another process)."""
     query = _query(request.headers.get("Last-Event-ID") or request.args.get("after", "0"))
-    metrics = services().metrics
+    svc = services()
+    metrics, slots = svc.metrics, svc.stream_slots
     app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if not slots.acquire(blocking=False):
+        raise UnavailableError(
+            f"this process already serves {svc.settings.max_streams} streams; try again"
+        )
 
     def generate() -> Iterator[str]:
         metrics.sse_clients.inc()
@@ -113,8 +121,10 @@ def stream_events() -> ResponseReturnValue:
         finally:
             metrics.sse_clients.dec()
 
-    return Response(
+    response = Response(
         generate(),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.call_on_close(slots.release)  # also when the stream never started
+    return response

@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
+from app import Services
 from app.web import events as events_view
 from tests.conftest import Clock, ci_job_id, make_job, notification_xml
 
@@ -128,3 +129,21 @@ def test_stream_needs_a_bearer_key_and_a_numeric_cursor(
     assert client.get("/v1/events/stream").status_code == 401
     bad = client.get("/v1/events/stream", headers={**auth, "Last-Event-ID": "abc"})
     assert bad.status_code == 400
+
+
+def test_streams_per_process_are_capped_so_threads_stay_free_for_notifications(
+    client: FlaskClient, auth: dict[str, str], services: Services
+) -> None:
+    """Each stream holds a gunicorn thread; past CIRELAY_MAX_STREAMS the answer is 503 with
+    Retry-After, and a closed stream (started or not) frees its slot."""
+    limit = services.settings.max_streams
+    opened = [open_stream(client, auth)[0] for _ in range(limit)]
+    refused = client.get("/v1/events/stream", headers=auth)
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert refused.json["error"] == "unavailable"
+    opened.pop().close()  # never read from: closing still frees the slot
+    again, stream = open_stream(client, auth)
+    assert next(stream).startswith("retry:")
+    for response in [*opened, again]:
+        response.close()
+    assert client.get("/v1/events/stream", headers=auth, buffered=False).status_code == 200
