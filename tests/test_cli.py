@@ -223,3 +223,52 @@ def test_event_stream_works_under_gunicorn(server: str) -> None:
         lines = response.iter_lines(decode_unicode=True)
         event = next(line for line in lines if line and line.startswith("event:"))
     assert event == "event: com.cirelay.job.succeeded"
+
+
+@pytest.mark.slow
+def test_subscriptions_replay_follows_the_deliveries_on_a_progress_bar(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Events recorded, a subscriber subscribed; `cirelay subscriptions replay --since` queues
+    them again and follows `cirelay worker` delivering them, on a tqdm bar."""
+    from datetime import UTC, datetime, timedelta
+
+    from app import build_services, create_app, store
+    from app.config import Settings
+    from app.migrations import upgrade
+    from tests.conftest import make_job
+    from tests.subscriber import Subscriber
+
+    env = {**env, "CIRELAY_DELIVERY_ALLOWED_NETWORKS": "127.0.0.0/8"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR")
+    settings = Settings.from_env(env)
+    engine = store.create_engine(settings.database_url)
+    upgrade(engine)
+    client = create_app(services=build_services(settings, engine=engine)).test_client()
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with Subscriber() as hook:
+        body = {"url": hook.url(), "event_types": ["com.cirelay.job.*"]}
+        sub = client.post("/v1/subscriptions", json=body, headers=auth).json
+        for n in range(3):
+            path = make_job(engine, f"job_{n}", datetime.now(UTC), ci_job_id(n))
+            client.post(path, data=notification_xml(ci_job_id(n), "Success"), headers=XML)
+        worker = subprocess.Popen([*CIRELAY, "worker"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            hook.wait_for(3)
+            since = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+            done = cirelay(env, "subscriptions", "replay", sub["id"], "--since", since)
+            listed = cirelay(env, "subscriptions", "list")
+        finally:
+            stop(worker)
+        engine.dispose()
+        assert done.returncode == 0, done.stderr
+        assert "3 deliveries" in done.stdout and "delivered 3, failed 0" in done.stdout
+        assert "delivered: 100%" in done.stderr and "3/3" in done.stderr  # tqdm's bar
+        ids = [r.webhook_id for r in hook.accepted()]
+        assert len(ids) == 6 and sorted(ids[:3]) == sorted(ids[3:])
+        assert sub["id"] in listed.stdout and "enabled" in listed.stdout
+        refused = cirelay(env, "subscriptions", "replay", sub["id"], "--since", "yesterday")
+        assert refused.returncode == 2 and "RFC 3339" in refused.stderr
+        unknown = cirelay(env, "subscriptions", "replay", "sub_nope", "--event", "evt_x")
+        assert unknown.returncode == 1 and "not_found" in unknown.stderr

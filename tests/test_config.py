@@ -42,3 +42,39 @@ def test_dev_settings_generate_and_keep_secrets(tmp_path: Path) -> None:
     assert first.api_keys == second.api_keys and first.api_keys[0]
     assert first.database_url == f"sqlite:///{tmp_path / 'cirelay.db'}"
     assert (tmp_path / "dev-secrets").stat().st_mode & 0o077 == 0
+
+
+def test_delivery_settings() -> None:
+    settings = Settings.from_env({
+        **GOOD,
+        "CIRELAY_DELIVERY_RETRY_SCHEDULE": "0.5, 2,10",
+        "CIRELAY_DELIVERY_TIMEOUT_SECONDS": "2.5",
+        "CIRELAY_DELIVERY_DISABLE_AFTER_SECONDS": "3600",
+        "CIRELAY_MAX_STREAMS": "4",
+    })  # fmt: skip
+    assert settings.delivery_retry_schedule == (0.5, 2.0, 10.0)
+    assert settings.delivery_timeout_seconds == 2.5
+    assert settings.delivery_disable_after_seconds == 3600
+    assert settings.max_streams == 4
+    defaults = Settings.from_env(GOOD)
+    assert defaults.delivery_retry_schedule[0] == 5 and len(defaults.delivery_retry_schedule) == 9
+    assert sum(defaults.delivery_retry_schedule) > 12 * 3600  # retries over hours
+    assert defaults.delivery_timeout_seconds == 15
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CIRELAY_DELIVERY_RETRY_SCHEDULE", "5,soon"),
+        ("CIRELAY_DELIVERY_RETRY_SCHEDULE", "5,-1"),
+        ("CIRELAY_DELIVERY_RETRY_SCHEDULE", "inf"),
+        ("CIRELAY_DELIVERY_TIMEOUT_SECONDS", "0"),
+        ("CIRELAY_DELIVERY_TIMEOUT_SECONDS", "nan"),
+        ("CIRELAY_DELIVERY_CONCURRENCY", "0"),
+        ("CIRELAY_DB_POOL_SIZE", "x"),
+    ],
+)
+def test_bad_delivery_settings_are_reported(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**GOOD, name: value})
+    assert any(p.startswith(name) for p in info.value.problems)
