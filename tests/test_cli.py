@@ -272,3 +272,45 @@ def test_subscriptions_replay_follows_the_deliveries_on_a_progress_bar(
         assert refused.returncode == 2 and "RFC 3339" in refused.stderr
         unknown = cirelay(env, "subscriptions", "replay", "sub_nope", "--event", "evt_x")
         assert unknown.returncode == 1 and "not_found" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_lets_notifications_in_flight_finish(env: dict[str, str]) -> None:
+    """Graceful shutdown: a notification whose body is still arriving when gunicorn gets
+    SIGTERM is read to the end, recorded and answered 200; then the service exits 0."""
+    from datetime import UTC, datetime
+
+    from app import store
+    from app.migrations import upgrade
+    from tests.conftest import make_job
+
+    engine = store.create_engine(env["CIRELAY_DATABASE_URL"])
+    upgrade(engine)
+    path = make_job(engine, "job_inflight", datetime.now(UTC), ci_job_id(7))
+    body = notification_xml(ci_job_id(7), "Success").encode()
+    port = free_port()
+    command = [*CIRELAY, "serve", "--port", str(port), "--workers", "1"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/xml\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+            sock.sendall(head.encode() + body[:100])
+            time.sleep(0.5)  # a worker thread is reading the body
+            process.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert process.poll() is None  # waiting for the request in flight
+            sock.sendall(body[100:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert process.wait(timeout=30) == 0
+    finally:
+        stop(process)
+    with engine.connect() as conn:
+        job = store.get_job(conn, "job_inflight")
+    engine.dispose()
+    assert job is not None and job.state == "Success"
