@@ -67,6 +67,8 @@ SUBSCRIPTION_DISABLED = f"{TYPE_PREFIX}.subscription.disabled"
 USER_AGENT = "cirelay-webhooks/1"
 #: how much of a subscriber's answer is kept with a failed attempt
 EXCERPT_BYTES = 512
+#: a connection error this soon after sending is a kept-alive connection gone stale
+STALE_CONNECTION_SECONDS = 1.0
 #: events fanned out per subscription per round
 FANOUT_BATCH = 1000
 #: a failing subscription is healthy again after this many 2xx in a row (or, for one that
@@ -187,9 +189,12 @@ class Sender:
         }
         pool = self._pool(parts.scheme, address, port, host)
         try:
+            started = time.monotonic()
             try:
                 response = self._urlopen(pool, path, body, request_headers)
             except urllib3.exceptions.ProtocolError:
+                if time.monotonic() - started > STALE_CONNECTION_SECONDS:
+                    raise
                 # a kept-alive connection the subscriber had closed meanwhile: once more, on a
                 # new connection (at worst a duplicate, which webhook-id lets it drop)
                 response = self._urlopen(pool, path, body, request_headers)
@@ -347,7 +352,8 @@ class Deliverer:
         self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(6)}"
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._finished: queue.SimpleQueue[_Finished] = queue.SimpleQueue()
-        self._in_flight = 0
+        #: claims being attempted: delivery id -> when its lease was last set (monotonic)
+        self._leased: dict[int, float] = {}
         self._wake = threading.Event()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="deliver")
 
@@ -381,6 +387,7 @@ class Deliverer:
         finished = self._drain()
         if finished:
             done.recorded, done.disabled = self._record(finished)
+        self._renew_leases()
         free = self.concurrency - self._in_flight
         now = self.clock()
         with self.engine.connect() as conn:
@@ -396,9 +403,27 @@ class Deliverer:
             claims = self._claim(conn, now, free) if free > 0 else []
         done.claimed = len(claims)
         for claim in claims:
-            self._in_flight += 1
+            self._leased[claim.delivery_id] = time.monotonic()
             self._pool.submit(self._attempt, claim)
         return done
+
+    @property
+    def _in_flight(self) -> int:
+        return len(self._leased)
+
+    def _renew_leases(self) -> None:
+        """Attempts still running after a third of their lease get it extended, so a slow
+        subscriber's delivery is never taken over by another worker while this one lives;
+        a dead worker stops renewing and its leases lapse."""
+        due = time.monotonic() - self.policy.lease.total_seconds() / 3
+        stale = [i for i, at in self._leased.items() if at < due]
+        if not stale:
+            return
+        with store.transaction(self.engine) as conn:
+            store.renew_leases(conn, self.owner, stale, self.clock() + self.policy.lease)
+        renewed = time.monotonic()
+        for ident in stale:
+            self._leased[ident] = renewed
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Tests: run rounds until nothing is in flight and nothing is due."""
@@ -419,7 +444,8 @@ class Deliverer:
                 finished.append(self._finished.get_nowait())
             except queue.Empty:
                 break
-        self._in_flight -= len(finished)
+        for f in finished:
+            self._leased.pop(f.claim.delivery_id, None)
         return finished
 
     # 1. fan out

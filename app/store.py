@@ -186,7 +186,7 @@ deliveries = sa.Table(
     # a claimed delivery belongs to one worker until its lease ends (a dead worker's lapses)
     sa.Column("lease_owner", sa.String(64)),
     sa.Column("lease_until", UTCDateTime),
-    sa.Column("origin", sa.String(40), nullable=False),  # "fanout" or "replay_<id>"
+    sa.Column("origin", sa.String(40), nullable=False),  # "fanout", or a replay's id (rpl_…)
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("completed_at", UTCDateTime),
     sa.Column("last_status_code", sa.Integer),
@@ -935,6 +935,15 @@ _FINISH = (
         lease_until=None,
     )
 )
+
+
+def renew_leases(conn: Connection, owner: str, ids: list[int], until: datetime) -> None:
+    """Extend ``owner``'s leases on deliveries it is still attempting."""
+    conn.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.id.in_(ids), deliveries.c.lease_owner == owner)
+        .values(lease_until=until)
+    )
 
 
 def finish_attempts(

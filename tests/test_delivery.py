@@ -638,3 +638,35 @@ def test_backlog_size_and_age_are_read_from_the_database(
     text = client.get("/metrics").text
     assert "cirelay_delivery_backlog 2.0" in text
     assert "cirelay_subscriptions_disabled 0.0" in text
+
+
+def test_a_long_attempt_keeps_its_lease_so_no_other_worker_sends_it_meanwhile(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, policy: Policy, hook: Subscriber,
+) -> None:  # fmt: skip
+    """A subscriber that trickles its answer can hold an attempt past the lease; the worker
+    renews the leases of its attempts in flight, so another worker does not take them over
+    while it lives (a dead one stops renewing: the test above)."""
+    import threading
+
+    release = threading.Event()
+    hook.answer = lambda n, req: (release.wait(10), Answer())[1]
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    sender = Sender(allowed_networks=LOOPBACK, timeout=30)
+    slow = Deliverer(services.engine, policy, sender, services.metrics, clock=clock, owner="slow")
+    other = Deliverer(services.engine, policy, sender, services.metrics, clock=clock, owner="other")
+    try:
+        assert slow.run_round().claimed == 1
+        clock.now += policy.lease * 0.9
+        slow._leased = dict.fromkeys(slow._leased, 0.0)  # claimed long ago, in monotonic time
+        slow.run_round()  # renews
+        assert deliveries(engine)[0]["lease_until"] == clock.now + policy.lease
+        clock.now += policy.lease * 0.9  # past the first lease, within the renewed one
+        assert other.run_round().claimed == 0
+    finally:
+        release.set()
+        slow.wait_idle()
+        slow.close()
+        other.close()
+    assert len(hook.received()) == 1 and deliveries(engine)[0]["state"] == "succeeded"
