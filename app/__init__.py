@@ -47,6 +47,8 @@ class Services:
     clock: Clock
     #: one per open event stream (``CIRELAY_MAX_STREAMS``)
     stream_slots: threading.BoundedSemaphore
+    #: wakes streams and the deliverer when events are committed (PostgreSQL)
+    waker: store.EventWaker
 
 
 def build_services(
@@ -78,8 +80,9 @@ def build_services(
         metrics=metrics,
     )
     slots = threading.BoundedSemaphore(settings.max_streams)
+    waker = store.EventWaker(engine.url.render_as_string(hide_password=False))
     return Services(
-        settings, engine, schemas, metrics, collector, receiver, submitter, clock, slots
+        settings, engine, schemas, metrics, collector, receiver, submitter, clock, slots, waker
     )
 
 

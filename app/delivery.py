@@ -69,6 +69,8 @@ USER_AGENT = "cirelay-webhooks/1"
 EXCERPT_BYTES = 512
 #: a connection error this soon after sending is a kept-alive connection gone stale
 STALE_CONNECTION_SECONDS = 1.0
+#: how often a worker woken by NOTIFY still looks, for retries coming due
+WOKEN_POLL_SECONDS = 0.25
 #: events fanned out per subscription per round
 FANOUT_BATCH = 1000
 #: a failing subscription is healthy again after this many 2xx in a row (or, for one that
@@ -359,7 +361,17 @@ class Deliverer:
 
     # the loop
 
-    def run(self, stop: threading.Event, poll_seconds: float = 0.01) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        poll_seconds: float = 0.01,
+        waker: store.EventWaker | None = None,
+    ) -> None:
+        """Rounds until ``stop``; between idle rounds, wait for an attempt to finish, for new
+        events (``waker``: PostgreSQL's NOTIFY, so polling can be slow), or ``poll_seconds``."""
+        if waker is not None and waker.active:
+            waker.on_events(self._wake.set)
+            poll_seconds = max(poll_seconds, WOKEN_POLL_SECONDS)
         log.info("deliverer %s: up to %d deliveries at once", self.owner, self.concurrency)
         while not stop.is_set():
             try:

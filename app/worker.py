@@ -84,5 +84,5 @@ def run(services: Services, stop: threading.Event | None = None) -> None:
     reconciler.start()
     settings = services.settings
     deliverer = build_deliverer(settings, services.engine, services.metrics, services.clock)
-    deliverer.run(stop, poll_seconds=settings.delivery_poll_seconds)
+    deliverer.run(stop, poll_seconds=settings.delivery_poll_seconds, waker=services.waker)
     reconciler.join(timeout=settings.ci_timeout_seconds + 5)

@@ -91,7 +91,7 @@ def stream_events() -> ResponseReturnValue:
     503 with Retry-After (the load balancer's next try may reach another process)."""
     query = _query(request.headers.get("Last-Event-ID") or request.args.get("after", "0"))
     svc = services()
-    metrics, slots = svc.metrics, svc.stream_slots
+    metrics, slots, waker = svc.metrics, svc.stream_slots, svc.waker
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if not slots.acquire(blocking=False):
         raise UnavailableError(
@@ -102,7 +102,7 @@ def stream_events() -> ResponseReturnValue:
         metrics.sse_clients.inc()
         try:
             yield "retry: 2000\n\n"
-            after, silent = query.after, 0.0
+            after, spoke = query.after, time.monotonic()
             while True:
                 with app.app_context():
                     page = query.page(after)
@@ -111,13 +111,12 @@ def stream_events() -> ResponseReturnValue:
                     yield f"id: {event.seq}\nevent: {event.type}\ndata: {document}\n\n"
                     after = event.seq
                 if page:
-                    silent = 0.0
+                    spoke = time.monotonic()
                     continue
-                time.sleep(STREAM_POLL_SECONDS)
-                silent += STREAM_POLL_SECONDS
-                if silent >= STREAM_KEEPALIVE_SECONDS:
+                waker.wait(STREAM_POLL_SECONDS)  # at once on PostgreSQL's NOTIFY
+                if time.monotonic() - spoke >= STREAM_KEEPALIVE_SECONDS:
                     yield ": keep-alive\n\n"
-                    silent = 0.0
+                    spoke = time.monotonic()
         finally:
             metrics.sse_clients.dec()
 
