@@ -201,9 +201,15 @@ def test_up_prints_the_api_key_serves_and_stops_on_ctrl_c(tmp_path: Path) -> Non
         assert (tmp_path / "var" / "cirelay.db").exists()
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        process.wait(timeout=30)
-        if process.stdout:
-            process.stdout.close()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # fail this test, leave nothing for the next
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        finally:
+            if process.stdout:
+                process.stdout.close()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base}/healthz", timeout=2)
 
