@@ -389,8 +389,9 @@ class Deliverer:
         """Let the attempts in flight finish and record them (a SIGTERM mid-delivery loses
         nothing; a SIGKILL leaves the lease to lapse)."""
         self._pool.shutdown(wait=wait)
-        if wait:
-            self._record(self._drain())
+        finished = self._drain() if wait else []
+        if finished:
+            self._record(finished)
 
     def run_round(self) -> Round:
         """Record what finished; then, in one transaction, fan out new events and claim what
