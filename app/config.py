@@ -75,6 +75,8 @@ class Settings:
     delivery_concurrency: int = 16
     #: how often an idle worker looks for new events and due retries
     delivery_poll_seconds: float = 0.01
+    #: finished deliveries (and their attempts) are kept this many days, then deleted
+    delivery_retention_days: int = 30
     #: PostgreSQL connections kept per process (as many more may open under load)
     db_pool_size: int = 5
     #: open event streams per process; each holds a gunicorn thread, so this keeps threads
@@ -166,6 +168,7 @@ class Settings:
             delivery_timeout_seconds=number("CIRELAY_DELIVERY_TIMEOUT_SECONDS", 15.0, 0.1),
             delivery_concurrency=integer("CIRELAY_DELIVERY_CONCURRENCY", 16, minimum=1),
             delivery_poll_seconds=number("CIRELAY_DELIVERY_POLL_SECONDS", 0.01, 0.001),
+            delivery_retention_days=integer("CIRELAY_DELIVERY_RETENTION_DAYS", 30, minimum=1),
             db_pool_size=integer("CIRELAY_DB_POOL_SIZE", 5, minimum=1),
             max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
         )

@@ -1095,6 +1095,25 @@ def disable_subscription(
     return bool(result.rowcount)
 
 
+def prune_deliveries(conn: Connection, *, finished_before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` deliveries finished (succeeded or given up) before the time,
+    with their attempts; pending ones are never touched. Returns how many went."""
+    old = (
+        sa.select(deliveries.c.id)
+        .where(
+            deliveries.c.state != DeliveryState.PENDING.value,
+            deliveries.c.completed_at < finished_before,
+        )
+        .order_by(deliveries.c.id)
+        .limit(limit)
+    )
+    ids = [int(i) for i in conn.execute(old).scalars()]
+    if ids:
+        conn.execute(sa.delete(delivery_attempts).where(delivery_attempts.c.delivery_id.in_(ids)))
+        conn.execute(sa.delete(deliveries).where(deliveries.c.id.in_(ids)))
+    return len(ids)
+
+
 def list_deliveries(
     conn: Connection,
     subscription_id: str,

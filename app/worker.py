@@ -15,7 +15,7 @@ import threading
 from datetime import timedelta
 from types import FrameType
 
-from app import Services, ci_clients
+from app import Services, ci_clients, store
 from app.delivery import build_deliverer
 from app.reconciler import Reconciler
 
@@ -56,6 +56,34 @@ def reconcile(services: Services, stop: threading.Event) -> None:
         stop.wait(interval)
 
 
+#: how often finished deliveries past their retention are deleted, and how many at a time
+PRUNE_INTERVAL_SECONDS = 3600
+PRUNE_BATCH = 5000
+
+
+def prune(services: Services) -> int:
+    """Delete finished deliveries older than ``CIRELAY_DELIVERY_RETENTION_DAYS``, in small
+    transactions so ingest is never held up for long. Returns how many went."""
+    cutoff = services.clock() - timedelta(days=services.settings.delivery_retention_days)
+    total = 0
+    while True:
+        with store.transaction(services.engine) as conn:
+            n = store.prune_deliveries(conn, finished_before=cutoff, limit=PRUNE_BATCH)
+        total += n
+        if n < PRUNE_BATCH:
+            return total
+
+
+def housekeeping(services: Services, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            if pruned := prune(services):
+                log.info("pruned %d finished deliveries past their retention", pruned)
+        except Exception:  # the next round tries again
+            log.exception("pruning deliveries failed")
+        stop.wait(PRUNE_INTERVAL_SECONDS)
+
+
 def serve_metrics(services: Services, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
     """``/metrics`` of this worker on ``port`` (its Deployment has no other HTTP port). Under
     ``cirelay up`` the worker shares the service's multiprocess directory instead, and the
@@ -82,6 +110,9 @@ def run(services: Services, stop: threading.Event | None = None) -> None:
         target=reconcile, args=(services, stop), name="reconciler", daemon=True
     )
     reconciler.start()
+    threading.Thread(
+        target=housekeeping, args=(services, stop), name="housekeeping", daemon=True
+    ).start()
     settings = services.settings
     deliverer = build_deliverer(settings, services.engine, services.metrics, services.clock)
     deliverer.run(stop, poll_seconds=settings.delivery_poll_seconds, waker=services.waker)

@@ -670,3 +670,25 @@ def test_a_long_attempt_keeps_its_lease_so_no_other_worker_sends_it_meanwhile(
         slow.close()
         other.close()
     assert len(hook.received()) == 1 and deliveries(engine)[0]["state"] == "succeeded"
+
+
+def test_finished_deliveries_past_their_retention_are_pruned_pending_ones_never(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber, services: Services,
+) -> None:  # fmt: skip
+    from app import worker
+
+    hook.answer = lambda n, req: Answer(200 if req.event()["subject"] == ci_job_id(1) else 500)
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")  # delivered
+    notify(client, engine, clock, 2, "Running")  # failing: stays pending
+    deliverer.wait_idle()
+    clock.now += timedelta(days=services.settings.delivery_retention_days - 1)
+    assert worker.prune(services) == 0  # not old enough yet
+    clock.now += timedelta(days=2)
+    assert worker.prune(services) == 1
+    (left,) = deliveries(engine)
+    assert left["state"] == "pending" and left["order_key"] == "job_0002"
+    with engine.connect() as conn:
+        attempts = conn.execute(sa.select(store.delivery_attempts.c.delivery_id)).scalars().all()
+    assert attempts == [left["id"]]
