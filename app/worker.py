@@ -102,6 +102,11 @@ def run(services: Services, stop: threading.Event | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
+            # Once is enough, and a second signal must not run this again while the first
+            # is inside stop.set() holding its lock (Ctrl-C, then `cirelay up`'s SIGTERM):
+            # that deadlocks the main thread.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)

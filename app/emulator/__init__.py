@@ -275,6 +275,10 @@ def serve(host: str, port: int, config: EmulatorConfig) -> None:
     stop = threading.Event()
 
     def shut_down(signum: int, frame: FrameType | None) -> None:
+        # ignore further signals first: a second one while this runs would re-enter it
+        # inside stop.set() and deadlock on the event's lock
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not stop.is_set():
             stop.set()
             emulator_of(app).stopping.set()  # wakes requests sleeping in create_timeout
