@@ -10,6 +10,7 @@ gave the highest throughput on 2 cores; sync workers (one request per process) t
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 from prometheus_client import multiprocess
@@ -35,6 +36,17 @@ proc_name = "cirelay"
 # Several instances may run on one host (tests, the load-balancer set-up): no shared
 # control socket in $HOME (gunicorn >= 25).
 control_socket_disable = True
+
+
+def post_worker_init(worker: Any) -> None:
+    """Quit (SIGQUIT from the master's quick stop, SIGINT from a terminal's Ctrl-C) as
+    gracefully as SIGTERM. gthread's own quit handler shuts its thread pool down *inside* the
+    signal handler; when the signal lands while the main thread is in
+    ``ThreadPoolExecutor.submit`` (holding the pool's lock, i.e. handing over a request), the
+    worker deadlocks (CPython issue 121649) and the master waits out ``graceful_timeout``
+    before killing it. Seen as ``cirelay up`` hanging on Ctrl-C under load."""
+    signal.signal(signal.SIGQUIT, worker.handle_exit)
+    signal.signal(signal.SIGINT, worker.handle_exit)
 
 
 def child_exit(server: Any, worker: Any) -> None:

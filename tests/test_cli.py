@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -347,3 +348,41 @@ def test_worker_stops_on_two_signals_in_a_row(env: dict[str, str], tmp_path: Pat
                 assert worker.wait(timeout=10) == 0
             finally:
                 stop(worker, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_load_stops_gunicorn_promptly(env: dict[str, str]) -> None:
+    """Ctrl-C reaches gunicorn's master and workers while requests keep arriving. gthread's
+    own quit handler could deadlock in the middle of handing a request to its thread pool
+    (CPython issue 121649), and the master then waited 30 s; the config's post_worker_init
+    makes quitting graceful instead. Repeated, since the deadlock needs the signal to land at
+    the wrong moment."""
+    import threading
+
+    for _ in range(3):
+        port = free_port()
+        process = subprocess.Popen(
+            [*CIRELAY, "serve", "--port", str(port), "--workers", "2"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        done = threading.Event()
+
+        def hammer(base: str = base, done: threading.Event = done) -> None:
+            while not done.is_set():
+                with contextlib.suppress(requests.RequestException):
+                    requests.get(f"{base}/healthz", timeout=1)
+
+        try:
+            wait_ready(base, process)
+            threads = [threading.Thread(target=hammer) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            os.killpg(process.pid, signal.SIGINT)
+            started = time.monotonic()
+            process.wait(timeout=20)
+            assert time.monotonic() - started < 10
+        finally:
+            done.set()
+            stop(process, signal.SIGKILL)
