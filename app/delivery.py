@@ -26,8 +26,10 @@ The flow, run by ``cirelay worker`` (:class:`Deliverer`):
    disabled, and an operator event (``com.cirelay.subscription.disabled``) goes into the
    outbox.
 
-A worker that dies mid-delivery leaves its lease to lapse; the delivery is then sent again with
-the same ``webhook-id`` (the event id), which subscribers deduplicate on.
+A live worker renews the leases of its attempts in flight, so a slow subscriber is never sent
+the same delivery by two workers at once. A worker that dies mid-delivery stops renewing and its
+lease lapses; the delivery is then sent again with the same ``webhook-id`` (the event id), which
+subscribers deduplicate on.
 """
 
 from __future__ import annotations
