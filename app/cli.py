@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -436,16 +435,12 @@ def cmd_subscriptions_replay(args: argparse.Namespace) -> int:
     from app import delivery
 
     services = build_services(Settings.from_env())
-    since = None
-    if args.since:
-        try:
-            since = datetime.fromisoformat(args.since)
-        except ValueError:
-            since = None
-        if since is None or since.tzinfo is None:
-            print("--since: an RFC 3339 time with offset, e.g. 2026-11-25T08:00:00Z",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+    try:
+        since = delivery.parse_since(args.since) if args.since else None
+    except ServiceError:
+        print("--since: an RFC 3339 time with offset, e.g. 2026-11-25T08:00:00Z",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         replay = delivery.enqueue_replay(
             services.engine, args.id, now=utc_now(), event_id=args.event, since=since

@@ -35,7 +35,6 @@ subscribers deduplicate on.
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import json
 import logging
 import queue
@@ -46,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,7 +60,7 @@ from app.errors import ConflictError, NotFoundError, UnprocessableError
 from app.events import TYPE_PREFIX, to_cloudevent
 from app.metrics import Metrics
 from app.models import AttemptResult, Claim, DeliveryState, Subscription, new_id
-from app.subscriptions import Resolver, is_forbidden, resolve
+from app.subscriptions import ForbiddenAddress, Resolver, allowed_address, resolve
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +108,6 @@ class Outcome:
     duration_ms: float = 0.0
 
 
-class ForbiddenAddress(Exception):
-    pass
-
-
 class Sender:
     """POSTs to subscriber URLs, connecting only to addresses the SSRF rule allows.
 
@@ -134,17 +129,6 @@ class Sender:
         self.pool_size = pool_size
         self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
-
-    def _address(self, host: str, port: int) -> str:
-        addresses = self.resolver(host, port)
-        if not addresses:
-            raise ForbiddenAddress(f"{host} resolves to no address")
-        for address in addresses:
-            if is_forbidden(ipaddress.ip_address(address), self.allowed_networks):
-                raise ForbiddenAddress(
-                    f"{host} resolves to {address}, which is not a public address"
-                )
-        return addresses[0]
 
     def _pool(self, scheme: str, address: str, port: int, host: str) -> urllib3.HTTPConnectionPool:
         key = (scheme, address, port, host)
@@ -177,7 +161,7 @@ class Sender:
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            address = self._address(host, port)
+            address = allowed_address(host, port, self.allowed_networks, self.resolver)
         except ForbiddenAddress as exc:
             return Outcome(AttemptResult.FORBIDDEN_ADDRESS, error=str(exc))
         except (OSError, ValueError) as exc:
@@ -328,7 +312,6 @@ class Round:
     fanned_out: int = 0
     claimed: int = 0
     recorded: int = 0
-    disabled: list[str] = field(default_factory=list)
 
 
 class Deliverer:
@@ -401,7 +384,7 @@ class Deliverer:
         done = Round()
         finished = self._drain()
         if finished:
-            done.recorded, done.disabled = self._record(finished)
+            done.recorded = self._record(finished)
         self._renew_leases()
         free = self.concurrency - self._in_flight
         now = self.clock()
@@ -465,27 +448,13 @@ class Deliverer:
 
     # 1. fan out
 
-    def fan_out(self) -> int:
-        """Fan out on its own (tests; :meth:`run_round` does it with the claim)."""
-        with self.engine.connect() as conn:
-            head = store.events_head(conn)
-            conn.rollback()
-        with store.transaction(self.engine) as conn:
-            return self._fan_out(conn, head, self.clock())
-
     def _fan_out(self, conn: Connection, head: int, now: datetime) -> int:
         created = 0
         for subscription in store.subscriptions_to_fan_out(conn, head):
-            n, _ = store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now)
-            created += n
+            created += store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now)
         return created
 
     # 2. claim
-
-    def claim(self, limit: int) -> list[Claim]:
-        """Claim on its own (tests; :meth:`run_round` does it with the fan-out)."""
-        with store.transaction(self.engine) as conn:
-            return self._claim(conn, self.clock(), limit)
 
     def _claim(self, conn: Connection, now: datetime, limit: int) -> list[Claim]:
         return store.claim_deliveries(
@@ -513,7 +482,7 @@ class Deliverer:
 
     # 4. record
 
-    def _record(self, finished: list[_Finished]) -> tuple[int, list[str]]:
+    def _record(self, finished: list[_Finished]) -> int:
         updates: list[dict[str, Any]] = []
         attempts: list[dict[str, Any]] = []
         for f in finished:
@@ -544,7 +513,7 @@ class Deliverer:
         for sub_id in disabled:
             log.warning("subscription %s disabled", sub_id)
             self.metrics.deliveries.labels("subscription_disabled").inc()
-        return len(finished), disabled
+        return len(finished)
 
     def _health(
         self, conn: Connection, subscription_id: str, results: list[_Finished], now: datetime
@@ -643,6 +612,18 @@ class Replay:
     id: str
     subscription_id: str
     deliveries: int
+
+
+def parse_since(value: object) -> datetime:
+    """A replay's ``since``: an RFC 3339 time with an offset (UnprocessableError otherwise)."""
+    problem = [{"field": "since", "message": "an RFC 3339 time with offset, e.g. …T08:00:00Z"}]
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise UnprocessableError("invalid since", problem)
+    return parsed.astimezone(UTC)
 
 
 def enqueue_replay(

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.exc import SQLAlchemyError
 
 from app import events, jobs, store
 from app.commits import GroupCommitter
@@ -76,8 +75,10 @@ class Receiver:
         except NotFoundError:
             self.metrics.notifications.labels(Outcome.UNAUTHENTICATED.value).inc()
             raise
-        except (OperationalError, PoolTimeoutError) as exc:
-            raise UnavailableError("database unavailable, retry later") from exc
+        except SQLAlchemyError as exc:
+            if store.is_unavailable(exc):  # CI retries; so do replay and reconciler callers
+                raise UnavailableError("database unavailable, retry later") from exc
+            raise
         for result in results:
             self._count(result)
         return results
@@ -138,8 +139,10 @@ class Receiver:
             with store.transaction(self.engine) as conn:
                 item = store.insert_quarantined(conn, item)
                 events.record_quarantined(conn, item, now)
-        except (OperationalError, PoolTimeoutError) as db_exc:
-            raise UnavailableError("database unavailable, retry later") from db_exc
+        except SQLAlchemyError as db_exc:
+            if store.is_unavailable(db_exc):
+                raise UnavailableError("database unavailable, retry later") from db_exc
+            raise
 
     def replay(self, ident: int, now: datetime) -> str:
         """Send a quarantined notification through :meth:`ingest` again (after a schema fix).

@@ -273,14 +273,16 @@ _TRANSIENT_SQLSTATES = ("40001", "40P01", "08", "57P01", "57P02", "57P03")
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached or dropped the connection: not the request's fault."""
+    """The database cannot serve us now — unreachable, dropped the connection, out of
+    resources (PostgreSQL classes 08, 53, 57P), or any SQLite operational error (locked past
+    the busy timeout, disk full): not the request's fault, worth retrying later (503)."""
     if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
         return True
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
         code = getattr(exc.orig, "sqlstate", None) or ""
-        return code.startswith("08") or code.startswith("57P") or not code
+        return not code or code.startswith(("08", "53", "57P"))
     return False
 
 
@@ -827,18 +829,16 @@ def subscriptions_to_fan_out(conn: Connection, head: int) -> list[Subscription]:
     return [Subscription(**dict(m)) for m in conn.execute(query).mappings()]
 
 
-def fan_out(
-    conn: Connection, subscription: Subscription, *, limit: int, now: datetime
-) -> tuple[int, int]:
+def fan_out(conn: Connection, subscription: Subscription, *, limit: int, now: datetime) -> int:
     """Create the deliveries of the next (at most ``limit``) events after the subscription's
-    cursor that match its types, and move the cursor past them. Returns (created, cursor)."""
+    cursor that match its types, and move the cursor past them. Returns how many."""
     after = subscription.fanout_seq
     window = (
         sa.select(events.c.seq).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
     ).subquery()
     last = conn.execute(sa.select(sa.func.max(window.c.seq))).scalar_one()
     if last is None:
-        return 0, after
+        return 0
     created = _insert_deliveries(
         conn,
         subscription.id,
@@ -855,7 +855,7 @@ def fan_out(
         .where(subscriptions.c.id == subscription.id)
         .values(fanout_seq=int(last))
     )
-    return created, int(last)
+    return created
 
 
 def _insert_deliveries(

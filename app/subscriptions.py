@@ -50,6 +50,25 @@ def is_forbidden(address: IPAddress, allowed: Sequence[str]) -> bool:
     return not address.is_global or address.is_multicast
 
 
+class ForbiddenAddress(Exception):
+    """A subscriber host that resolves to nothing, or to an address that is not public."""
+
+
+def allowed_address(
+    host: str, port: int, allowed: Sequence[str], resolver: Resolver = resolve
+) -> str:
+    """An address to connect to for ``host``, once every address it resolves to has passed
+    :func:`is_forbidden` (one bad address is enough to refuse: a resolver may rotate them).
+    Raises :class:`ForbiddenAddress`; ``OSError``/``ValueError`` when it does not resolve."""
+    addresses = resolver(host, port)
+    if not addresses:
+        raise ForbiddenAddress(f"{host} resolves to no address")
+    for address in addresses:
+        if is_forbidden(ipaddress.ip_address(address), allowed):
+            raise ForbiddenAddress(f"{host} resolves to {address}, which is not public")
+    return addresses[0]
+
+
 def check_url(
     url: Any, allowed: Sequence[str], resolver: Resolver = resolve
 ) -> list[dict[str, str]]:
@@ -63,16 +82,15 @@ def check_url(
         return [{"field": "url", "message": "must not carry credentials"}]
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = resolver(parts.hostname, port)
-    except (OSError, ValueError) as exc:
-        return [{"field": "url", "message": f"host does not resolve: {exc}"}]
-    bad = [a for a in addresses if is_forbidden(ipaddress.ip_address(a), allowed)]
-    if bad or not addresses:
+        allowed_address(parts.hostname, port, allowed, resolver)
+    except ForbiddenAddress:
         message = (
             "resolves to an address that is not public (loopback, private, link-local or "
             "metadata); see CIRELAY_DELIVERY_ALLOWED_NETWORKS"
         )
         return [{"field": "url", "message": message}]
+    except (OSError, ValueError) as exc:
+        return [{"field": "url", "message": f"host does not resolve: {exc}"}]
     return []
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -153,7 +153,7 @@ def replay(ident: str) -> ResponseReturnValue:
         raise UnprocessableError(
             "invalid event_id", [{"field": "event_id", "message": "an event id"}]
         )
-    since = _parse_time(body["since"]) if "since" in body else None
+    since = delivery.parse_since(body["since"]) if "since" in body else None
     done = delivery.enqueue_replay(
         svc.engine, ident, now=svc.clock(), event_id=event_id, since=since
     )
@@ -197,19 +197,6 @@ def list_deliveries(ident: str) -> ResponseReturnValue:
             "next_before": items[-1].id if len(items) == int(limit) else None,
         }
     )
-
-
-def _parse_time(value: object) -> datetime:
-    problem = [{"field": "since", "message": "an RFC 3339 time with offset, e.g. …T08:00:00Z"}]
-    if not isinstance(value, str):
-        raise UnprocessableError("invalid since", problem)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise UnprocessableError("invalid since", problem) from None
-    if parsed.tzinfo is None:
-        raise UnprocessableError("invalid since", problem)
-    return parsed.astimezone(UTC)
 
 
 def _get(ident: str) -> Subscription:

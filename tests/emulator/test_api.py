@@ -33,26 +33,12 @@ from tests.emulator import (
     job_request,
     job_state,
     sdk_client,
-    shared_emulator,
-    shared_receiver,
     signed,
     wait_until,
 )
 
 JOB_ID = re.compile(r"j[0-9a-f]{32}")
 CI_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+0800")
-
-
-@pytest.fixture
-def emulator(request: pytest.FixtureRequest) -> EmulatorProcess:
-    process = shared_emulator(request.config)
-    process.set_faults()
-    return process
-
-
-@pytest.fixture
-def receiver(request: pytest.FixtureRequest) -> Receiver:
-    return shared_receiver(request.config)
 
 
 # --- Tencent's SDK, unchanged -------------------------------------------------------------

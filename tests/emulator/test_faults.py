@@ -25,23 +25,9 @@ from tests.emulator import (
     create_job,
     job_request,
     job_state,
-    shared_emulator,
-    shared_receiver,
     signed,
     wait_until,
 )
-
-
-@pytest.fixture
-def emulator(request: pytest.FixtureRequest) -> EmulatorProcess:
-    process = shared_emulator(request.config)
-    process.set_faults()
-    return process
-
-
-@pytest.fixture
-def receiver(request: pytest.FixtureRequest) -> Receiver:
-    return shared_receiver(request.config)
 
 
 def state_of(body: bytes) -> str | None:
