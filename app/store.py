@@ -267,9 +267,8 @@ def create_engine(url: str, *, pool_size: int = 5) -> Engine:
     )
 
 
-#: PostgreSQL SQLSTATEs worth one more try: serialization failure, deadlock, and the
-#: connection-level classes (08: connection exception, 57P01-03: the server shut down)
-_TRANSIENT_SQLSTATES = ("40001", "40P01", "08", "57P01", "57P02", "57P03")
+#: PostgreSQL SQLSTATEs worth one more try: serialization failure, deadlock
+_RETRY_SQLSTATES = ("40001", "40P01")
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -287,14 +286,15 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether running the same transaction again may well succeed."""
-    if is_unavailable(exc):
+    """Whether running the same transaction again may well succeed at once: a serialization
+    failure or deadlock, a connection dropped in the middle (the pool hands out a fresh one),
+    SQLite locked. Not a database that cannot be reached at all or a pool with no connection
+    free: those waited their timeout already, and waiting it twice more helps nobody."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, sa.exc.OperationalError):
         code = getattr(exc.orig, "sqlstate", None) or ""
-        if code.startswith(_TRANSIENT_SQLSTATES):
-            return True
-        return "database is locked" in str(exc.orig)  # SQLite, past its busy timeout
+        return code.startswith(_RETRY_SQLSTATES) or "database is locked" in str(exc.orig)
     return False
 
 

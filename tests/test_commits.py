@@ -124,34 +124,44 @@ class _PgError(Exception):
         self.sqlstate = sqlstate
 
 
-def failing(times: int, sqlstate: str) -> tuple[list[int], object]:
+def failing(times: int, sqlstate: str, *, dropped: bool = False) -> tuple[list[int], object]:
+    """An apply_batch failing ``times`` times with ``sqlstate`` (``dropped``: the connection
+    went away in the middle), then succeeding."""
     calls: list[int] = []
 
     def apply(conn: Connection, items: Sequence[str]) -> list[str]:
         calls.append(len(items))
         if len(calls) <= times:
-            raise sa.exc.OperationalError("COMMIT", {}, _PgError(sqlstate))
+            raise sa.exc.OperationalError(
+                "COMMIT", {}, _PgError(sqlstate), connection_invalidated=dropped
+            )
         return list(items)
 
     return calls, apply
 
 
-@pytest.mark.parametrize("sqlstate", ["40001", "40P01", "08006", "57P01"])
-def test_a_transient_failure_runs_the_batch_again(engine: Engine, sqlstate: str) -> None:
-    """Serialization failures, deadlocks and dropped connections are tried again."""
-    calls, apply = failing(2, sqlstate)
+@pytest.mark.parametrize(
+    ("sqlstate", "dropped"), [("40001", False), ("40P01", False), ("08006", True)]
+)
+def test_a_transient_failure_runs_the_batch_again(
+    engine: Engine, sqlstate: str, dropped: bool
+) -> None:
+    """Serialization failures, deadlocks and connections dropped mid-way are tried again."""
+    calls, apply = failing(2, sqlstate, dropped=dropped)
     committer: GroupCommitter[str, str] = GroupCommitter(engine, apply)  # type: ignore[arg-type]
     assert committer.run("a") == "a"
     assert calls == [1, 1, 1]
 
 
-def test_a_database_that_stays_down_fails_every_item_without_splitting(engine: Engine) -> None:
+def test_an_unreachable_database_fails_every_item_at_once(engine: Engine) -> None:
+    """Connecting failed (it waited its timeout already): no retry, no splitting the batch;
+    every caller gets the error (503)."""
     calls, apply = failing(100, "08001")
     committer: GroupCommitter[str, str] = GroupCommitter(engine, apply)  # type: ignore[arg-type]
     with pytest.raises(sa.exc.OperationalError) as raised:
         committer.run("a")
-    assert store.is_unavailable(raised.value)
-    assert calls == [1, 1, 1]  # the first try and two retries, nothing more
+    assert store.is_unavailable(raised.value) and not store.is_transient(raised.value)
+    assert calls == [1]
 
 
 def test_a_permanent_error_is_not_retried(engine: Engine) -> None:
