@@ -8,12 +8,18 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 
 from app.errors import InvalidNotificationError, MalformedNotificationError
 from app.models import JobState
 from app.notifications import (
     CONTENT_TYPES,
+    _without_empties,
+    content_digest,
+    content_view,
+    element_to_dict,
     json_to_element,
     load_json,
     media_type,
@@ -564,6 +570,52 @@ def test_digest_ignores_formatting_but_not_content(schemas: SchemaSet) -> None:
         SUCCESS_XML.replace("ticket=4471", "ticket=4472").encode(), "application/xml", schemas
     ).reports[0]
     assert one.digest == two.digest != three.digest
+
+
+@pytest.mark.parametrize("path", sorted(VALID.iterdir()), ids=lambda p: p.name)
+def test_one_walk_view_digests_as_the_two_walk_definition(path: Any, schemas: SchemaSet) -> None:
+    """The hot path digests ``content_view`` (one walk); what is stored must equal the
+    definition, ``content_digest(element_to_dict(...))``, or stored digests would stop
+    matching and duplicates would be recorded twice."""
+    notification = parse_file(path.name, schemas)
+    kind = "application/json" if path.suffix == ".json" else "application/xml"
+    root = (
+        json_to_element(load_json(path.read_bytes(), 32))
+        if kind == "application/json"
+        else parse_xml(path.read_bytes(), 32)
+    )
+    details = root.findall("JobsDetail")
+    assert [r.digest for r in notification.reports] == [
+        content_digest(element_to_dict(d)) for d in details
+    ]
+    assert [content_digest(content_view(d)) for d in details] == [
+        content_digest(element_to_dict(d)) for d in details
+    ]
+
+
+_names = st.sampled_from(["A", "B", "C"])
+_trees: st.SearchStrategy[Any] = st.recursive(
+    st.sampled_from(["", "x", "0"]),
+    lambda children: st.lists(st.tuples(_names, children), max_size=4),
+    max_leaves=20,
+)
+
+
+def _build(parent: etree._Element, content: Any) -> None:
+    if isinstance(content, str):
+        parent.text = content or None
+        return
+    for name, child in content:
+        _build(etree.SubElement(parent, name), child)
+
+
+@settings(max_examples=300, deadline=None)
+@given(content=_trees)
+def test_content_view_is_element_to_dict_without_empties(content: Any) -> None:
+    """Any tree: repeated names, empty leaves, containers of empties, in any order."""
+    root = etree.Element("JobsDetail")
+    _build(root, content)
+    assert content_view(root) == _without_empties(element_to_dict(root))
 
 
 def test_notification_keeps_the_bytes_and_content_type_it_came_in(schemas: SchemaSet) -> None:
