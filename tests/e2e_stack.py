@@ -53,6 +53,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def children_of(parent: int) -> set[int]:
+    """The pids whose parent is ``parent`` (gunicorn's workers, for its arbiter), from /proc."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        if int(fields[1]) == parent:
+            found.add(int(stat.parent.name))
+    return found
+
+
 def poll(
     what: str, probe: Callable[[], T | None], *, deadline: float = DEADLINE, every: float = 0.1
 ) -> T:

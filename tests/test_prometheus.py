@@ -48,6 +48,7 @@ from tests.e2e_stack import (
     API_KEY,
     CIRELAY,
     Process,
+    children_of,
     free_port,
     poll,
     spawn,
@@ -116,19 +117,6 @@ def per_pid(directory: Path, kind: str, name: str, labels: dict[str, str]) -> di
                 if found.name == name and found_labels == labels:
                     values[pid] = values.get(pid, 0.0) + float(found.value)
     return values
-
-
-def children_of(parent: int) -> set[int]:
-    """The pids whose parent is ``parent`` (gunicorn's workers, for its arbiter), from /proc."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):  # the process ended meanwhile
-            continue
-        if int(fields[1]) == parent:
-            found.add(int(stat.parent.name))
-    return found
 
 
 # --- the service ----------------------------------------------------------------------------
