@@ -118,18 +118,19 @@ def create_app(
     registry: CollectorRegistry | None = None,
 ) -> Flask:
     from app import web
+    from app.web.callbacks import CallbackLane
 
     if services is None:
         services = build_services(settings or Settings.from_env(), registry=registry)
     app = Flask(__name__)
-    # One byte above the cap: werkzeug raises on any read once at its limit, so the callback
-    # view can read the cap, then one more byte, and tell "exactly the cap" from "more".
+    # the API's bodies (callbacks have their own cap: app.web.callbacks)
     app.config["MAX_CONTENT_LENGTH"] = services.settings.max_body_bytes + 1
     app.extensions["cirelay"] = services
-    if services.settings.proxy_hops:
+    web.init_app(app)
+    app.wsgi_app = CallbackLane(app.wsgi_app, services)  # type: ignore[method-assign]
+    if services.settings.proxy_hops:  # outermost: the lane sees the client's address too
         hops = services.settings.proxy_hops
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
-    web.init_app(app)
     return app

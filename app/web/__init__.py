@@ -14,7 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from app import Services, logs, store
-from app.errors import ServiceError, UnauthorizedError, UnavailableError
+from app.errors import ServiceError, UnauthorizedError
+from app.web import callbacks
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,13 @@ def require_api_key(view: F) -> F:
 
 
 def _render_service_error(exc: ServiceError) -> ResponseReturnValue:
-    response = jsonify(exc.to_dict())
-    response.status_code = exc.status_code
-    if exc.status_code == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="cirelay"'
-    if exc.status_code == 503:
-        response.headers["Retry-After"] = "5"
-    return response
+    status, document, headers = callbacks.service_error(exc)
+    return jsonify(document), status, headers
 
 
 def _render_http_error(exc: HTTPException) -> ResponseReturnValue:
-    code = (exc.name or "error").lower().replace(" ", "_")
-    response = jsonify({"error": code, "message": exc.description or exc.name, "details": []})
-    response.status_code = exc.code or 500
-    return response
+    status, document, headers = callbacks.http_error(exc)
+    return jsonify(document), status, headers
 
 
 def _render_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
@@ -64,12 +58,13 @@ def _render_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
     committed). Any other database error is the service's own fault: 500."""
     if not store.is_unavailable(exc):
         raise exc
-    log.warning("database unavailable: %s", type(exc).__name__)
-    return _render_service_error(UnavailableError("the database is not reachable; try again"))
+    return _render_service_error(callbacks.database_unavailable(exc))
 
 
 def init_app(app: Flask) -> None:
-    from app.web import callbacks, events, health, jobs, subscriptions
+    """The blueprints and hooks; CI's callbacks are served in front of Flask
+    (:class:`app.web.callbacks.CallbackLane`, installed by :func:`app.create_app`)."""
+    from app.web import events, health, jobs, subscriptions
 
     @app.before_request
     def _bind_request_id() -> None:
@@ -87,7 +82,6 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
     app.register_error_handler(HTTPException, _render_http_error)
-    app.register_blueprint(callbacks.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(subscriptions.bp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -344,3 +345,88 @@ def test_same_facts_in_json_after_xml_are_a_duplicate(
     assert response.status_code == 200
     assert response.json["results"][0]["outcome"] == "duplicate"
     assert counts(engine)["notifications"] == 1
+
+
+# --- the lane in front of Flask (app.web.callbacks.CallbackLane) ----------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_on_a_callback_url_are_json_405_allowing_post(
+    client: FlaskClient, job_path: str, method: str, engine: Engine
+) -> None:
+    response = client.open(job_path, method=method, data=notification_xml(ci_job_id(1)),
+                           headers=XML)  # fmt: skip
+    assert response.status_code == 405
+    assert response.json["error"] == "method_not_allowed"
+    assert response.headers["Allow"] == "POST"
+    assert response.headers["X-Request-ID"]
+    assert counts(engine)["notifications"] == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/callbacks/ci/",
+        "/callbacks/ci/job_01",
+        "/callbacks/ci/job_01/",
+        "/callbacks/ci//token",
+        "/callbacks/ci/job_01/token/",
+        "/callbacks/ci/job_01/token/more",
+        "/callbacks/ci/queue/",
+    ],
+)
+def test_paths_that_are_not_callback_urls_are_flask_json_404(
+    client: FlaskClient, path: str, registry: CollectorRegistry
+) -> None:
+    response = client.post(path, data=notification_xml(ci_job_id(1)), headers=XML)
+    assert response.status_code == 404
+    assert response.json["error"] == "not_found"
+    assert outcome_count(registry, "unauthenticated") == 0  # never reached the callback checks
+
+
+def test_request_id_is_kept_or_made_on_every_callback_answer(
+    client: FlaskClient, job_path: str
+) -> None:
+    given = client.post(job_path, data=notification_xml(ci_job_id(1)),
+                        headers={**XML, "X-Request-ID": "ci-retry-7"})  # fmt: skip
+    made = client.post("/callbacks/ci/job_01/wrong", data=b"", headers=XML)
+    assert given.headers["X-Request-ID"] == "ci-retry-7"
+    assert made.status_code == 404 and len(made.headers["X-Request-ID"]) == 24
+
+
+def test_a_fault_of_ours_is_json_500_logged_without_the_token(
+    client: FlaskClient, job_path: str, services: Any, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(type(services.receiver), "ingest", broken)
+    response = client.post(job_path, data=notification_xml(ci_job_id(1)), headers=XML)
+    assert response.status_code == 500
+    assert response.json["error"] == "internal_server_error"
+    token = job_path.rsplit("/", 1)[1]
+    logged = [r for r in caplog.records if r.exc_info]
+    assert logged and "/callbacks/ci/job_01/***" in logged[0].getMessage()
+    assert all(token not in r.getMessage() for r in caplog.records)
+
+
+def test_callbacks_are_served_with_the_proxy_fix_in_place(
+    services: Any, engine: Engine, job_path: str
+) -> None:
+    """With CIRELAY_PROXY_HOPS set, ProxyFix wraps the lane as it wraps Flask: a forwarded
+    notification is received and stored with the headers it came with."""
+    from dataclasses import replace
+
+    from app import create_app
+
+    proxied = create_app(services=replace(services, settings=replace(services.settings,
+                                                                      proxy_hops=1)))  # fmt: skip
+    response = proxied.test_client().post(
+        job_path, data=notification_xml(ci_job_id(1)),
+        headers={**XML, "X-Forwarded-For": "203.0.113.9"},
+    )  # fmt: skip
+    assert response.status_code == 200
+    with engine.connect() as conn:
+        (stored,) = conn.execute(store.notifications.select()).mappings().all()
+    assert stored["headers"]["X-Forwarded-For"] == "203.0.113.9"
