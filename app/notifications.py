@@ -249,23 +249,28 @@ def _deeper_than(max_depth: int) -> etree.XPath:
 # --- from a valid JobsDetail element to a JobReport ---------------------------------------
 
 
-def element_to_dict(element: etree._Element) -> Any:
+def element_to_dict(element: etree._Element, *, without_empties: bool = False) -> Any:
     """A small, lossless-enough view of an element: text for leaves, dicts for containers,
-    lists where a child name repeats."""
+    lists where a child name repeats.
+
+    ``without_empties``: also leave out an element that occurs once and is empty or holds
+    only empty elements — ``_without_empties(element_to_dict(e))`` in one walk of the tree
+    (a repeated element keeps every occurrence, empty or not, as there)."""
     if len(element) == 0:
         return element.text or ""
     result: dict[str, Any] = {}
     for child in element:
-        value = element_to_dict(child)
+        value = element_to_dict(child, without_empties=without_empties)
         tag = str(child.tag)
-        if tag in result:
-            existing = result[tag]
-            if isinstance(existing, list):
-                existing.append(value)
-            else:
-                result[tag] = [existing, value]
-        else:
+        existing = result.get(tag)
+        if existing is None:
             result[tag] = value
+        elif isinstance(existing, list):  # values are text or dicts: a list is a repeat
+            existing.append(value)
+        else:
+            result[tag] = [existing, value]
+    if without_empties:
+        return {k: v for k, v in result.items() if v != "" and v != {}}
     return result
 
 
@@ -280,9 +285,7 @@ def content_digest(view: Any) -> str:
     sorted, empty values dropped (JSON omits the empty elements XML writes as ``<Message/>``).
     Equal digests are the same notification, recorded once. ``view`` is an
     :func:`element_to_dict` view, with or without its empties (:func:`content_view`)."""
-    return hashlib.sha256(
-        json.dumps(_without_empties(view), sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
+    return _digest(_without_empties(view))
 
 
 def _without_empties(value: Any) -> Any:
@@ -295,24 +298,8 @@ def _without_empties(value: Any) -> Any:
 
 
 def content_view(element: etree._Element) -> Any:
-    """``_without_empties(element_to_dict(element))`` in one walk of the tree (a third of
-    the time: the hot path builds it for every notification). An element that occurs once
-    and is empty, or holds only empty elements, is left out; a repeated element keeps every
-    occurrence, empty or not, as :func:`element_to_dict` does."""
-    if len(element) == 0:
-        return element.text or ""
-    result: dict[str, Any] = {}
-    for child in element:
-        value = content_view(child)
-        tag = str(child.tag)
-        existing = result.get(tag)
-        if existing is None:
-            result[tag] = value
-        elif isinstance(existing, list):  # values are text or dicts: a list is a repeat
-            existing.append(value)
-        else:
-            result[tag] = [existing, value]
-    return {k: v for k, v in result.items() if v != "" and v != {}}
+    """The view the digest is taken of, built once for every notification on the hot path."""
+    return element_to_dict(element, without_empties=True)
 
 
 def parse_ci_time(text: str | None) -> datetime | None:
@@ -375,7 +362,7 @@ def report_from_detail(detail: etree._Element) -> JobReport:
 
 
 def _digest(view: Any) -> str:
-    """:func:`content_digest` of a view already without empties."""
+    """The sha256 of a view already without empties (:func:`content_digest`)."""
     return hashlib.sha256(
         json.dumps(view, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
