@@ -90,6 +90,8 @@ class _Batch:
     jobs: dict[str, Job] = field(default_factory=dict)
     by_ci_id: dict[str, str] = field(default_factory=dict)
     digests: set[tuple[str, str]] = field(default_factory=set)
+    #: each loaded job's CI JobId as stored
+    stored_ci_ids: dict[str, str | None] = field(default_factory=dict)
     created: dict[str, Job] = field(default_factory=dict)
     changed: dict[str, Job] = field(default_factory=dict)
     notifications: list[dict[str, Any]] = field(default_factory=list)
@@ -103,6 +105,7 @@ class _Batch:
         }
         for job in store.lock_jobs(self.conn, ids=ids, ci_job_ids=ci_ids):
             self._remember(job)
+            self.stored_ci_ids[job.id] = job.ci_job_id
         self.digests = store.notification_digests(self.conn, list(self.jobs))
 
     def _remember(self, job: Job) -> None:
@@ -200,10 +203,18 @@ class _Batch:
         """Everything the batch decided, one statement per table."""
         store.insert_jobs(self.conn, [store.job_values(j) for j in self.created.values()])
         store.insert_notifications(self.conn, self.notifications)
-        store.update_jobs(
-            self.conn,
-            [store.job_values(j, only=store.NOTIFIED_COLUMNS) for j in self.changed.values()],
-        )
+        # A job learns its CI JobId once: where it is already stored, the UPDATE leaves it
+        # (and its unique index) alone.
+        learned, known = [], []
+        for job in self.changed.values():
+            values = store.job_values(job, only=store.NOTIFIED_COLUMNS)
+            if self.stored_ci_ids.get(job.id) == job.ci_job_id:
+                del values["ci_job_id"]
+                known.append(values)
+            else:
+                learned.append(values)
+        store.update_jobs(self.conn, learned)
+        store.update_jobs(self.conn, known)
         store.insert_events(self.conn, self.events)
 
 

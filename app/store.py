@@ -495,9 +495,13 @@ def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 
 def update_jobs(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Rewrite these jobs (rows as :func:`job_values` makes them)."""
+    """Rewrite these jobs (rows as :func:`job_values` makes them). The id finds the row and
+    is not set again: SQLite rewrites the index of every column an UPDATE sets, changed or
+    not."""
     if rows:
-        conn.execute(_UPDATE_JOB, [{**row, "job_id_": row["id"]} for row in rows])
+        params = [{"job_id_": row["id"]} | {k: v for k, v in row.items() if k != "id"}
+                  for row in rows]  # fmt: skip
+        conn.execute(_UPDATE_JOB, params)
 
 
 def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:

@@ -118,3 +118,43 @@ def test_replay_of_a_still_invalid_notification_is_not_quarantined_again(
 
     assert outcome in ("schema_violation", "malformed")
     assert counts(engine)["quarantined_notifications"] == 1
+
+
+def test_one_batch_with_jobs_that_learn_their_ci_id_and_jobs_that_know_it(
+    engine: Engine, clock: Clock
+) -> None:
+    """The batch writes the CI JobId only for the jobs that learn it (a second UPDATE),
+    and every job ends in its notified state with the right CI JobId."""
+    from app import jobs
+    from app.notifications import parse_notification
+    from app.schemas import SchemaSet
+
+    schemas = SchemaSet.load()
+    make_job(engine, "job_01", clock.now)  # submitted, CI's JobId not known yet
+    make_job(engine, "job_02", clock.now, ci_id=ci_job_id(2))
+    make_job(engine, "job_03", clock.now)
+    items = [
+        jobs.Pending(
+            parse_notification(body.encode(), "application/xml", schemas),
+            received(body, job),
+            clock.now,
+        )
+        for job, body in [
+            ("job_01", notification_xml(ci_job_id(1))),
+            ("job_02", notification_xml(ci_job_id(2), state="Running")),
+            ("job_03", notification_xml(ci_job_id(3), state="Failed")),
+        ]
+    ]
+    with store.transaction(engine) as conn:
+        outcomes = jobs.apply_batch(conn, items)
+    assert all(not isinstance(o, Exception) for o in outcomes)
+    assert [[r.outcome for r in o] for o in outcomes if isinstance(o, list)] == [
+        [Outcome.ACCEPTED]
+    ] * 3
+    with engine.connect() as conn:
+        stored = {j: store.get_job(conn, j) for j in ("job_01", "job_02", "job_03")}
+    assert {j: (s.ci_job_id, s.state) for j, s in stored.items() if s} == {
+        "job_01": (ci_job_id(1), "Success"),
+        "job_02": (ci_job_id(2), "Running"),
+        "job_03": (ci_job_id(3), "Failed"),
+    }
