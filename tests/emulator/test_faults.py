@@ -97,7 +97,7 @@ def test_delay_holds_the_first_attempt(
     job_id = create_job(emulator, job_request(callback=receiver.url("/f/delay")), schemas)
 
     receiver.wait("/f/delay", 1)
-    [delivery] = emulator.deliveries(job_id)
+    [delivery] = wait_until(lambda: [d for d in emulator.deliveries(job_id) if d["attempts"]])
     assert delivery["faults"] == ["delay"]
     assert delivery["attempts"][0]["waited"] == 0.5
     assert delivery["attempts"][0]["elapsed"] >= 0.5
@@ -139,6 +139,8 @@ def test_malformed_first_then_the_good_body(
     with pytest.raises(expected):
         parse_notification(bad.body, bad.content_type, schemas)
     assert parse_notification(good.body, good.content_type, schemas).reports[0].ci_job_id == job_id
+    # the emulator records an attempt once it has the answer, a moment after we have the body
+    wait_until(lambda: len(emulator.deliveries(job_id)[0]["attempts"]) == 2)
     [delivery] = emulator.deliveries(job_id)
     assert [a["malformed"] for a in delivery["attempts"]] == [True, False]
     assert delivery["outcome"] == "delivered"
@@ -251,6 +253,6 @@ def test_reorder_reverse_releases_a_lone_notification_after_the_hold(
     job_id = create_job(emulator, job_request(callback=receiver.url("/f/lone")), schemas)
 
     receiver.wait("/f/lone", 1)
-    [delivery] = emulator.deliveries(job_id)
+    [delivery] = wait_until(lambda: [d for d in emulator.deliveries(job_id) if d["attempts"]])
     assert delivery["faults"] == ["reorder:reverse"]
     assert delivery["attempts"][0]["elapsed"] >= 0.3
