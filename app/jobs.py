@@ -90,8 +90,8 @@ class _Batch:
     jobs: dict[str, Job] = field(default_factory=dict)
     by_ci_id: dict[str, str] = field(default_factory=dict)
     digests: set[tuple[str, str]] = field(default_factory=set)
-    #: each loaded job's CI JobId as stored
-    stored_ci_ids: dict[str, str | None] = field(default_factory=dict)
+    #: the jobs as they were read, to write back only what changed
+    stored: dict[str, Job] = field(default_factory=dict)
     created: dict[str, Job] = field(default_factory=dict)
     changed: dict[str, Job] = field(default_factory=dict)
     notifications: list[dict[str, Any]] = field(default_factory=list)
@@ -105,7 +105,7 @@ class _Batch:
         }
         for job in store.lock_jobs(self.conn, ids=ids, ci_job_ids=ci_ids):
             self._remember(job)
-            self.stored_ci_ids[job.id] = job.ci_job_id
+            self.stored[job.id] = job
         self.digests = store.notification_digests(self.conn, list(self.jobs))
 
     def _remember(self, job: Job) -> None:
@@ -200,22 +200,19 @@ class _Batch:
             self.changed[job.id] = job
 
     def write(self) -> None:
-        """Everything the batch decided, one statement per table."""
+        """Everything the batch decided: one statement per table (for the jobs, one per set of
+        changed columns: usually one, two when some jobs learn their CI JobId)."""
         store.insert_jobs(self.conn, [store.job_values(j) for j in self.created.values()])
         store.insert_notifications(self.conn, self.notifications)
-        # A job learns its CI JobId once: where it is already stored, the UPDATE leaves it
-        # (and its unique index) alone.
-        learned, known = [], []
-        for job in self.changed.values():
-            values = store.job_values(job, only=store.NOTIFIED_COLUMNS)
-            if self.stored_ci_ids.get(job.id) == job.ci_job_id:
-                del values["ci_job_id"]
-                known.append(values)
-            else:
-                learned.append(values)
-        store.update_jobs(self.conn, learned)
-        store.update_jobs(self.conn, known)
+        changes = [(j.id, self._changed_columns(j)) for j in self.changed.values()]
+        store.update_jobs(self.conn, [(job_id, values) for job_id, values in changes if values])
         store.insert_events(self.conn, self.events)
+
+    def _changed_columns(self, job: Job) -> dict[str, Any]:
+        """The columns of ``job`` that differ from the row as it was read."""
+        before = store.job_values(self.stored[job.id], only=store.NOTIFIED_COLUMNS)
+        after = store.job_values(job, only=store.NOTIFIED_COLUMNS)
+        return {column: value for column, value in after.items() if value != before[column]}
 
 
 def _moved(job: Job, report: JobReport, now: datetime) -> Job:

@@ -254,8 +254,9 @@ def element_to_dict(element: etree._Element, *, without_empties: bool = False) -
     lists where a child name repeats.
 
     ``without_empties``: also leave out an element that occurs once and is empty or holds
-    only empty elements — ``_without_empties(element_to_dict(e))`` in one walk of the tree
-    (a repeated element keeps every occurrence, empty or not, as there)."""
+    only empty elements (JSON omits the empty elements XML writes as ``<Message/>``); a
+    repeated element keeps every occurrence, empty or not. This is the view a notification's
+    digest is taken of (:func:`content_digest`)."""
     if len(element) == 0:
         return element.text or ""
     result: dict[str, Any] = {}
@@ -281,25 +282,13 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def content_digest(view: Any) -> str:
-    """sha256 of what a JobsDetail says, whatever its wire format and element order: keys
-    sorted, empty values dropped (JSON omits the empty elements XML writes as ``<Message/>``).
-    Equal digests are the same notification, recorded once. ``view`` is an
-    :func:`element_to_dict` view, with or without its empties (:func:`content_view`)."""
-    return _digest(_without_empties(view))
-
-
-def _without_empties(value: Any) -> Any:
-    if isinstance(value, dict):
-        kept = {k: _without_empties(v) for k, v in value.items()}
-        return {k: v for k, v in kept.items() if v not in ("", {}, [])}
-    if isinstance(value, list):
-        return [_without_empties(v) for v in value]
-    return value
-
-
-def content_view(element: etree._Element) -> Any:
-    """The view the digest is taken of, built once for every notification on the hot path."""
-    return element_to_dict(element, without_empties=True)
+    """sha256 of what a JobsDetail says, whatever its wire format and element order: its
+    ``element_to_dict(..., without_empties=True)`` view as JSON with sorted keys. Equal
+    digests are the same notification, recorded once. (Stored digests depend on this exact
+    encoding: ``tests/test_notifications.py`` keeps the definition they were made with.)"""
+    return hashlib.sha256(
+        json.dumps(view, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def parse_ci_time(text: str | None) -> datetime | None:
@@ -331,7 +320,7 @@ def report_from_detail(detail: etree._Element) -> JobReport:
     """What a valid ``JobsDetail`` says about its job. Shared by notifications and by the CI
     client's answers, so a polled job and a notified job are recorded alike."""
     # the view without empties: every lookup below treats a missing key as empty
-    view: dict[str, Any] = content_view(detail)
+    view: dict[str, Any] = element_to_dict(detail, without_empties=True)
     times = _times(view)
     operation = view.get("Operation") or {}
     operation = operation if isinstance(operation, dict) else {}
@@ -357,15 +346,8 @@ def report_from_detail(detail: etree._Element) -> JobReport:
         media_info=_media_summary(operation.get("MediaInfo")),
         workflow=view.get("Workflow") or None,
         template=template,
-        digest=_digest(view),
+        digest=content_digest(view),
     )
-
-
-def _digest(view: Any) -> str:
-    """The sha256 of a view already without empties (:func:`content_digest`)."""
-    return hashlib.sha256(
-        json.dumps(view, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
 
 
 def _input(node: Any) -> dict[str, Any]:

@@ -420,7 +420,7 @@ def update_job(conn: Connection, job_id: str, values: dict[str, Any]) -> None:
 #: the columns a notification can change (not the submission's, not the creation's)
 NOTIFIED_COLUMNS = frozenset(
     {"ci_job_id", "state", "tag", "queue_id", "code", "message", "user_data", "detail",
-     "ci_created_at", "ci_started_at", "ci_ended_at", "updated_at", "last_notified_at", "id"}
+     "ci_created_at", "ci_started_at", "ci_ended_at", "updated_at", "last_notified_at"}
 )  # fmt: skip
 
 
@@ -494,14 +494,15 @@ def insert_jobs(conn: Connection, rows: list[dict[str, Any]]) -> None:
         conn.execute(sa.insert(jobs), rows)
 
 
-def update_jobs(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Rewrite these jobs (rows as :func:`job_values` makes them). The id finds the row and
-    is not set again: SQLite rewrites the index of every column an UPDATE sets, changed or
-    not."""
-    if rows:
-        params = [{"job_id_": row["id"]} | {k: v for k, v in row.items() if k != "id"}
-                  for row in rows]  # fmt: skip
-        conn.execute(_UPDATE_JOB, params)
+def update_jobs(conn: Connection, changes: list[tuple[str, dict[str, Any]]]) -> None:
+    """Write each job's changed columns, ``(job id, {column: value})``. Jobs that change the
+    same columns share one statement. Only what changed is set: SQLite rewrites the index of
+    every column an UPDATE sets, whether or not its value is new."""
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for job_id, values in changes:
+        by_columns.setdefault(frozenset(values), []).append({**values, "job_id_": job_id})
+    for rows in by_columns.values():
+        conn.execute(_UPDATE_JOB, rows)
 
 
 def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:

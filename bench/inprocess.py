@@ -20,18 +20,15 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import re
 import secrets
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-NOTIFICATION = REPO / "tests" / "corpus" / "notification" / "valid" / "success-alphabetical.xml"
 WARMUP = 200
 
 
@@ -42,7 +39,11 @@ def main() -> None:
     parser.add_argument("--database-url")
     parser.add_argument("--no-database", action="store_true")
     args = parser.parse_args()
-    work = tempfile.mkdtemp(prefix="cirelay-inprocess-")
+    with tempfile.TemporaryDirectory(prefix="cirelay-inprocess-") as work:
+        run(args, Path(work))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     os.environ.update(
         CIRELAY_DATABASE_URL=args.database_url or f"sqlite:///{work}/cirelay.db",
         CIRELAY_CALLBACK_KEYS=secrets.token_urlsafe(24),
@@ -57,7 +58,7 @@ def main() -> None:
     from app.models import ApplyResult, Outcome
 
     settings = Settings.from_env()
-    requests = prepare(settings, args.jobs)
+    requests = prepare(settings, args.jobs, work)
     app = create_app(settings)
     committer_cpu = [0.0]
     commit = commits.GroupCommitter._commit
@@ -123,34 +124,18 @@ def main() -> None:
     )
 
 
-def prepare(settings: Any, count: int) -> list[tuple[str, bytes]]:
-    """``count`` jobs in state Submitted; for each, its callback path and notification."""
-    import sqlalchemy as sa
+def prepare(settings: Any, count: int, work: Path) -> list[tuple[str, bytes]]:
+    """``count`` jobs in state Submitted, as ``bench/ingest.py`` prepares them; for each, its
+    callback path and its notification."""
+    from bench import ingest
 
-    from app import store
-    from app.migrations import upgrade
-    from app.models import new_id
-    from app.tokens import sign_job
-
-    engine = store.create_engine(settings.database_url)
-    if engine.dialect.name != "sqlite":
-        with engine.begin() as conn:
-            store.metadata.drop_all(conn)
-            conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    upgrade(engine)
-    template = re.sub(r"<JobId>[^<]*</JobId>", "<JobId>JOBID</JobId>", NOTIFICATION.read_text())
-    now = datetime.now(UTC)
-    rows, requests = [], []
-    for _ in range(count):
-        job_id, ci_job_id = new_id("job", now), "j" + secrets.token_hex(16)
-        rows.append({"id": job_id, "ci_job_id": ci_job_id, "origin": "api",
-                     "state": "Submitted", "tag": "VoiceSeparate", "detail": {},
-                     "created_at": now, "updated_at": now})  # fmt: skip
-        path = f"/callbacks/ci/{job_id}/{sign_job(job_id, settings.callback_keys)}"
-        requests.append((path, template.replace("JOBID", ci_job_id).encode()))
-    with engine.begin() as conn:
-        conn.execute(sa.insert(store.jobs), rows)
-    engine.dispose()
+    jobs_file = work / "jobs.txt"
+    ingest.prepare_database(settings.database_url, "job", count, settings.callback_keys, jobs_file)
+    template = ingest.notification_template()
+    requests = []
+    for line in jobs_file.read_text().splitlines():
+        path, ci_job_id = line.split()
+        requests.append((path, template.replace("{{JOBID}}", ci_job_id).encode()))
     return requests
 
 

@@ -4,12 +4,17 @@ counted twice, also under concurrency."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from app import Services, events, store
+from app import Services, events, jobs, store
 from app.models import Outcome, Received, Source
+from app.notifications import parse_notification
+from app.schemas import SchemaSet
 from tests.conftest import CORPUS, Clock, ci_job_id, counts, make_job, notification_xml
 
 
@@ -120,41 +125,64 @@ def test_replay_of_a_still_invalid_notification_is_not_quarantined_again(
     assert counts(engine)["quarantined_notifications"] == 1
 
 
-def test_one_batch_with_jobs_that_learn_their_ci_id_and_jobs_that_know_it(
-    engine: Engine, clock: Clock
+def test_a_batch_updates_only_the_job_columns_that_changed(
+    engine: Engine, clock: Clock, schemas: SchemaSet
 ) -> None:
-    """The batch writes the CI JobId only for the jobs that learn it (a second UPDATE),
-    and every job ends in its notified state with the right CI JobId."""
-    from app import jobs
-    from app.notifications import parse_notification
-    from app.schemas import SchemaSet
-
-    schemas = SchemaSet.load()
+    """One batch: a job that learns its CI JobId, one that knows it, one whose notification
+    is stale. Each job ends as notified, and each UPDATE sets only what changed for its job
+    (never the id; the CI JobId only where it is learnt; the stale one only the time it was
+    last notified) — SQLite rewrites the index of every column an UPDATE sets."""
     make_job(engine, "job_01", clock.now)  # submitted, CI's JobId not known yet
     make_job(engine, "job_02", clock.now, ci_id=ci_job_id(2))
-    make_job(engine, "job_03", clock.now)
-    items = [
-        jobs.Pending(
-            parse_notification(body.encode(), "application/xml", schemas),
-            received(body, job),
-            clock.now,
-        )
-        for job, body in [
-            ("job_01", notification_xml(ci_job_id(1))),
-            ("job_02", notification_xml(ci_job_id(2), state="Running")),
-            ("job_03", notification_xml(ci_job_id(3), state="Failed")),
-        ]
-    ]
+    make_job(engine, "job_03", clock.now, ci_id=ci_job_id(3))
+    done = notification_xml(ci_job_id(3), state="Success")
     with store.transaction(engine) as conn:
-        outcomes = jobs.apply_batch(conn, items)
-    assert all(not isinstance(o, Exception) for o in outcomes)
+        jobs.apply_batch(conn, [pending(done, "job_03", clock, schemas)])
+    later = clock.now + timedelta(seconds=5)
+    items = [
+        pending(notification_xml(ci_job_id(1)), "job_01", clock, schemas, at=later),
+        pending(notification_xml(ci_job_id(2), state="Running"), "job_02", clock, schemas,
+                at=later),
+        pending(notification_xml(ci_job_id(3), state="Running"), "job_03", clock, schemas,
+                at=later),
+    ]  # fmt: skip
+    updates: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+            updates.append((statement, params))
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with store.transaction(engine) as conn:
+            outcomes = jobs.apply_batch(conn, items)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+
     assert [[r.outcome for r in o] for o in outcomes if isinstance(o, list)] == [
-        [Outcome.ACCEPTED]
-    ] * 3
+        [Outcome.ACCEPTED],
+        [Outcome.ACCEPTED],
+        [Outcome.STALE],
+    ]
+    set_clauses = sorted(
+        statement.split(" SET ", 1)[1].split(" WHERE ", 1)[0] for statement, _ in updates
+    )
+    columns = [sorted(c.split("=")[0].strip() for c in clause.split(",")) for clause in set_clauses]
+    assert ["last_notified_at"] in columns  # the stale notification's job
+    assert any("ci_job_id" in c and "state" in c for c in columns)  # job_01 learns its id
+    assert any("ci_job_id" not in c and "state" in c for c in columns)  # job_02
+    assert all("id" not in c and "origin" not in c for c in columns)
     with engine.connect() as conn:
         stored = {j: store.get_job(conn, j) for j in ("job_01", "job_02", "job_03")}
-    assert {j: (s.ci_job_id, s.state) for j, s in stored.items() if s} == {
-        "job_01": (ci_job_id(1), "Success"),
-        "job_02": (ci_job_id(2), "Running"),
-        "job_03": (ci_job_id(3), "Failed"),
+    assert {j: (s.ci_job_id, s.state, s.last_notified_at) for j, s in stored.items() if s} == {
+        "job_01": (ci_job_id(1), "Success", later),
+        "job_02": (ci_job_id(2), "Running", later),
+        "job_03": (ci_job_id(3), "Success", later),
     }
+
+
+def pending(
+    body: str, job_id: str, clock: Clock, schemas: SchemaSet, *, at: datetime | None = None
+) -> jobs.Pending:
+    notification = parse_notification(body.encode(), "application/xml", schemas)
+    return jobs.Pending(notification, received(body, job_id), at or clock.now)

@@ -14,8 +14,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from app import Services, logs, store
-from app.errors import ServiceError, UnauthorizedError
-from app.web import callbacks
+from app.errors import ServiceError, UnauthorizedError, UnavailableError
+from app.web import errors
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,12 @@ def require_api_key(view: F) -> F:
 
 
 def _render_service_error(exc: ServiceError) -> ResponseReturnValue:
-    status, document, headers = callbacks.service_error(exc)
+    status, document, headers = errors.service_error(exc)
     return jsonify(document), status, headers
 
 
 def _render_http_error(exc: HTTPException) -> ResponseReturnValue:
-    status, document, headers = callbacks.http_error(exc)
+    status, document, headers = errors.http_error(exc)
     return jsonify(document), status, headers
 
 
@@ -58,7 +58,8 @@ def _render_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
     committed). Any other database error is the service's own fault: 500."""
     if not store.is_unavailable(exc):
         raise exc
-    return _render_service_error(callbacks.database_unavailable(exc))
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return _render_service_error(UnavailableError("the database is not reachable; try again"))
 
 
 def init_app(app: Flask) -> None:

@@ -24,28 +24,26 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import (
-    HTTPException,
     InternalServerError,
     MethodNotAllowed,
     RequestEntityTooLarge,
 )
-from werkzeug.wsgi import get_content_length, get_input_stream
+from werkzeug.wsgi import get_input_stream
 
-from app import logs, store
+from app import logs
 from app.errors import (
     BadRequestError,
     NotFoundError,
     PayloadTooLargeError,
     ServiceError,
-    UnavailableError,
     UnsupportedMediaTypeError,
 )
 from app.models import ApplyResult, Outcome, Received, Source
 from app.notifications import CONTENT_TYPES, media_type
 from app.tokens import is_valid_secret, is_valid_token
+from app.web.errors import Answer, http_error, service_error
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -55,8 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIX = "/callbacks/ci/"
-#: status code, JSON document, extra headers
-Answer = tuple[int, dict[str, Any], list[tuple[str, str]]]
 #: request headers never stored with a notification
 _SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
 _MAX_STORED_HEADERS = 50
@@ -117,11 +113,9 @@ class CallbackLane:
         except _Rejected as rejected:
             self.services.metrics.notifications.labels(rejected.outcome.value).inc()
             return service_error(rejected.error)
-        except ServiceError as exc:
+        except ServiceError as exc:  # a database that is down is one too: ingest says 503
             return service_error(exc)
-        except Exception as exc:  # as Flask would: logged, 500 — or 503 when the database is down
-            if isinstance(exc, SQLAlchemyError) and store.is_unavailable(exc):
-                return service_error(database_unavailable(exc))
+        except Exception:  # as Flask would: logged (without the token), 500
             log.exception("exception on %s [POST]", logs.redact_path(PREFIX + f"{first}/{second}"))
             return http_error(InternalServerError())
 
@@ -163,17 +157,16 @@ class CallbackLane:
 
 def _read_body(environ: WSGIEnvironment, cap: int) -> bytes:
     """At most ``cap`` bytes, or a 413; a body that cannot be read (broken chunked framing, a
-    client gone mid-body) is a 400. werkzeug's input stream, as Flask's request would use."""
-    length = get_content_length(environ)
-    if length is not None and length > cap:
-        raise _Rejected(_too_large(cap), Outcome.TOO_LARGE)
+    client gone mid-body) is a 400. werkzeug's input stream, as Flask's request would use.
+
+    The limit is one byte above the cap: a Content-Length beyond it is refused before any
+    read; otherwise we read the cap, then one more byte, and tell "exactly the cap" from
+    "more" (a chunked body is cut off at the limit)."""
     try:
-        # One byte above the cap: the stream raises on any read once at its limit, so we can
-        # read the cap, then one more byte, and tell "exactly the cap" from "more".
         stream = get_input_stream(environ, max_content_length=cap + 1)
         body = stream.read(cap)
         over = stream.read(1)
-    except RequestEntityTooLarge:  # a chunked body cut off at the limit
+    except RequestEntityTooLarge:
         raise _Rejected(_too_large(cap), Outcome.TOO_LARGE) from None
     except Exception as exc:
         log.info("unreadable request body: %s", exc)
@@ -201,29 +194,3 @@ def _result(r: ApplyResult) -> dict[str, Any]:
         "ci_job_id": r.ci_job_id,
         "state": r.state,
     }
-
-
-def service_error(exc: ServiceError) -> Answer:
-    """A :class:`ServiceError` as status code, JSON document and extra headers — the one
-    rendering of errors, used by the lane and by Flask's error handler (``app.web``)."""
-    headers = []
-    if exc.status_code == 401:
-        headers.append(("WWW-Authenticate", 'Bearer realm="cirelay"'))
-    if exc.status_code == 503:
-        headers.append(("Retry-After", "5"))
-    return exc.status_code, exc.to_dict(), headers
-
-
-def database_unavailable(exc: SQLAlchemyError) -> UnavailableError:
-    """What a request is told when the database is down or unreachable (503: CI and clients
-    retry; nothing was committed)."""
-    log.warning("database unavailable: %s", type(exc).__name__)
-    return UnavailableError("the database is not reachable; try again")
-
-
-def http_error(exc: HTTPException) -> Answer:
-    """A werkzeug HTTP error (404, 405, 500, …) in the same JSON shape."""
-    code = (exc.name or "error").lower().replace(" ", "_")
-    document = {"error": code, "message": exc.description or exc.name, "details": []}
-    headers = [(k, v) for k, v in exc.get_headers() if k.lower() == "allow"]
-    return exc.code or 500, document, headers
