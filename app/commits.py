@@ -7,7 +7,8 @@ few hundred notifications per second however many cores it has. Databases solve 
 group commit; this is the same idea one level up:
 
     request threads ──run(item)──▶ queue ──▶ committer thread:
-        take everything queued (up to ``max_batch``), ONE transaction,
+        ONE transaction; once it has begun (on SQLite: once this process has the writer
+        lock, which the other workers may hold), take everything queued (up to ``max_batch``),
         ``apply_batch(conn, items)`` (a handful of statements for the whole batch),
         COMMIT (one fsync), then hand each caller its own result or exception.
 
@@ -80,17 +81,24 @@ class GroupCommitter(Generic[I, R]):
     def _loop(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            self._commit(batch)
+            self._commit(batch, more=True)
 
-    def _commit(self, batch: list[tuple[I, Future[R]]]) -> None:
+    def _take_queued(self, batch: list[tuple[I, Future[R]]]) -> None:
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _commit(self, batch: list[tuple[I, Future[R]]], *, more: bool = False) -> None:
+        """Commit ``batch``; with ``more``, also what is queued once the transaction has
+        begun: on SQLite that is after waiting for the writer lock, so what arrived while
+        another process committed joins this batch instead of waiting for the next one."""
         for attempt in range(self.retries + 1):
             try:
                 with store.transaction(self.engine) as conn:
+                    if more:
+                        self._take_queued(batch)
                     results = self.apply_batch(conn, [item for item, _ in batch])
                 break
             except Exception as exc:  # rolled back: nothing of the batch was written

@@ -63,9 +63,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     committer_cpu = [0.0]
     commit = commits.GroupCommitter._commit
 
-    def timed_commit(self: Any, batch: Any) -> None:
+    def timed_commit(self: Any, batch: Any, **options: Any) -> None:
         started = time.thread_time()
-        commit(self, batch)
+        commit(self, batch, **options)
         committer_cpu[0] += time.thread_time() - started
 
     commits.GroupCommitter._commit = timed_commit  # type: ignore[method-assign]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from app import store
 from app.commits import GroupCommitter
+from app.migrations import upgrade
 from tests.conftest import Clock
 
 
@@ -75,6 +77,29 @@ def test_items_queued_during_a_commit_share_the_next_transaction(
     assert recorder.batch_sizes == [1, 10]
     assert committer.batches == 2 and committer.items == 11
     assert event_ids(engine) == {"evt_block"} | {f"evt_{n}" for n in range(10)}
+
+
+def test_items_queued_while_the_committer_waits_for_the_database_join_its_batch(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """On SQLite the committer waits for the writer lock while another process commits;
+    whatever is queued by the time it has the lock goes into the same transaction, instead of
+    waiting for the next one."""
+    engine = store.create_engine(f"sqlite:///{tmp_path / 'cirelay.db'}")
+    upgrade(engine)
+    recorder = Recorder(clock)
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, recorder)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        with store.transaction(engine):  # another writer holds the database
+            first = pool.submit(committer.run, "a")
+            while committer._queue.qsize() or not committer._pid:
+                threading.Event().wait(0.01)  # the committer took "a" and waits for the lock
+            later = [pool.submit(committer.run, item) for item in ("b", "c")]
+            while committer._queue.qsize() < 2:
+                threading.Event().wait(0.01)
+        assert [f.result(10) for f in (first, *later)] == ["a", "b", "c"]
+    assert recorder.batch_sizes == [3]
+    engine.dispose()
 
 
 def test_a_rejected_item_fails_alone(engine: Engine, clock: Clock) -> None:
