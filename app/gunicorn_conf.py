@@ -5,6 +5,8 @@ read below. Worker class and counts were chosen with ``bench/ingest.py`` (README
 ``gthread`` because a notification waits for its group commit (an fsync) with the GIL
 released, so more requests in flight per process make larger batches; 2 workers x 16 threads
 gave the highest throughput on 2 cores; sync workers (one request per process) the lowest.
+The worker class is gthread spreading client connections evenly over the workers
+(:mod:`app.workers`); ``CIRELAY_WORKER_CLASS=gthread`` is plain gthread.
 Each worker is pinned to a CPU of its own when there are as many workers as CPUs (see
 :func:`pre_fork`).
 """
@@ -17,9 +19,12 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+from app.workers import TABLE as connection_table
+
 bind = os.environ.get("CIRELAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("CIRELAY_WORKERS", "2"))
-worker_class = os.environ.get("CIRELAY_WORKER_CLASS", "gthread")
+# gthread that spreads client connections evenly over the workers (app.workers)
+worker_class = os.environ.get("CIRELAY_WORKER_CLASS", "app.workers.BalancedThreadWorker")
 threads = int(os.environ.get("CIRELAY_THREADS", "16"))
 # Recycle workers now and then, staggered so they do not all restart at once.
 max_requests = int(os.environ.get("CIRELAY_MAX_REQUESTS", "20000"))
@@ -55,7 +60,8 @@ def post_worker_init(worker: Any) -> None:
 
 
 def pre_fork(server: Any, worker: Any) -> None:
-    """Choose the CPU the next worker will be pinned to (in the master, before the fork).
+    """Give the next worker its slot in the table of connection counts (``app.workers``)
+    and choose the CPU it will be pinned to (in the master, before the fork).
 
     A process's threads otherwise wander between the CPUs each time the GIL changes hands,
     and every move lands on a cold cache: on 2 cores, pinning each of 2 workers took the
@@ -63,10 +69,13 @@ def pre_fork(server: Any, worker: Any) -> None:
     Flask: +14 %; README, "Speed"). The CPU is remembered on the worker object, which the
     master keeps while the worker lives, so a replacement takes the CPU its predecessor
     freed, whichever worker died."""
+    others = list(server.WORKERS.values())
+    slots = [getattr(w, "cirelay_slot", None) for w in others]
+    worker.cirelay_slot = connection_table.free_slot(slots)
     cpus = sorted(os.sched_getaffinity(0))
     if not pins(cpu_affinity, server.num_workers, len(cpus)):
         return
-    taken = [getattr(w, "cirelay_cpu", None) for w in server.WORKERS.values()]
+    taken = [getattr(w, "cirelay_cpu", None) for w in others]
     worker.cirelay_cpu = least_used(cpus, taken)
 
 
@@ -92,6 +101,10 @@ def least_used(cpus: list[int], taken: list[int | None]) -> int:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """A dead worker's live gauges must not be summed into /metrics any more."""
+    """A dead worker's live gauges must not be summed into /metrics any more, nor its
+    connections into the balance of the others."""
+    slot = getattr(worker, "cirelay_slot", None)
+    if slot is not None:
+        connection_table.clear(slot)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -25,7 +25,11 @@ def conf(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
 
 def test_defaults_chosen_by_benchmark_with_recycling_staggered(conf: ModuleType) -> None:
-    assert (conf.worker_class, conf.workers, conf.threads) == ("gthread", 2, 16)
+    assert (conf.worker_class, conf.workers, conf.threads) == (
+        "app.workers.BalancedThreadWorker",
+        2,
+        16,
+    )
     assert conf.max_requests == 20000 and conf.max_requests_jitter == 2000
     assert conf.graceful_timeout == 30
     assert conf.logger_class == "app.logs.GunicornLogger" and conf.accesslog == "-"
