@@ -12,6 +12,10 @@ group commit; this is the same idea one level up:
         ``apply_batch(conn, items)`` (a handful of statements for the whole batch),
         COMMIT (one fsync), then hand each caller its own result or exception.
 
+The committer keeps its database connection while batches follow each other (no pool
+checkout, no pre-ping per batch: on PostgreSQL a round trip each) and gives it back to the
+pool when a commit leaves nothing queued, before it answers the callers of that batch.
+
 ``apply_batch`` answers per item: a result, or the exception that rejects that item alone
 (having written nothing of it). If it raises instead, the batch is rolled back and each item
 is run again in a transaction of its own, so one bad item cannot fail the others. A
@@ -57,6 +61,7 @@ class GroupCommitter(Generic[I, R]):
         self._queue: queue.SimpleQueue[tuple[I, Future[R]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._pid = 0
+        self._connection = store.HeldConnection(engine)
         #: batches committed and items in them, for the tests and for tuning
         self.batches = 0
         self.items = 0
@@ -75,13 +80,14 @@ class GroupCommitter(Generic[I, R]):
         with self._lock:
             if self._pid != os.getpid():
                 self._queue = queue.SimpleQueue()
+                # the committer's own connection (a forked worker must not share its parent's)
+                self._connection = store.HeldConnection(self.engine)
                 threading.Thread(target=self._loop, name="group-commit", daemon=True).start()
                 self._pid = os.getpid()
 
     def _loop(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            self._commit(batch, more=True)
+            self._commit([self._queue.get()], more=True)
 
     def _take_queued(self, batch: list[tuple[I, Future[R]]]) -> None:
         while len(batch) < self.max_batch:
@@ -96,7 +102,7 @@ class GroupCommitter(Generic[I, R]):
         another process committed joins this batch instead of waiting for the next one."""
         for attempt in range(self.retries + 1):
             try:
-                with store.transaction(self.engine) as conn:
+                with self._connection.transaction() as conn:
                     if more:
                         self._take_queued(batch)
                     results = self.apply_batch(conn, [item for item, _ in batch])
@@ -114,6 +120,8 @@ class GroupCommitter(Generic[I, R]):
                     for unit in batch:
                         self._commit([unit])
                 return
+        if self._queue.empty():  # idle: the connection goes back to the pool meanwhile
+            self._connection.close()
         self.batches += 1
         self.items += len(batch)
         for (_, future), result in zip(batch, results, strict=True):

@@ -98,15 +98,16 @@ class _Batch:
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def load(self, items: Sequence[Pending]) -> None:
-        """Read (and on PostgreSQL lock, in id order) every job the batch names."""
+        """Read (and on PostgreSQL lock, in id order) every job the batch names, with the
+        digests of the notifications it has."""
         ids = {i.received.job_id for i in items if i.received.job_id}
         ci_ids = {
             r.ci_job_id for i in items if not i.received.job_id for r in i.notification.reports
         }
-        for job in store.lock_jobs(self.conn, ids=ids, ci_job_ids=ci_ids):
+        for job, digests in store.lock_jobs(self.conn, ids=ids, ci_job_ids=ci_ids):
             self._remember(job)
             self.stored[job.id] = job
-        self.digests = store.notification_digests(self.conn, list(self.jobs))
+            self.digests.update((job.id, digest) for digest in digests)
 
     def _remember(self, job: Job) -> None:
         self.jobs[job.id] = job
@@ -201,12 +202,14 @@ class _Batch:
 
     def write(self) -> None:
         """Everything the batch decided: one statement per table (for the jobs, one per set of
-        changed columns: usually one, two when some jobs learn their CI JobId)."""
-        store.insert_jobs(self.conn, [store.job_values(j) for j in self.created.values()])
-        store.insert_notifications(self.conn, self.notifications)
+        changed columns: usually one, two when some jobs learn their CI JobId), sent together
+        (on PostgreSQL one round trip; see :func:`store.pipelined`)."""
         changes = [(j.id, self._changed_columns(j)) for j in self.changed.values()]
-        store.update_jobs(self.conn, [(job_id, values) for job_id, values in changes if values])
-        store.insert_events(self.conn, self.events)
+        with store.pipelined(self.conn):
+            store.insert_jobs(self.conn, [store.job_values(j) for j in self.created.values()])
+            store.insert_notifications(self.conn, self.notifications)
+            store.update_jobs(self.conn, [(job_id, cols) for job_id, cols in changes if cols])
+            store.insert_events(self.conn, self.events)
 
     def _changed_columns(self, job: Job) -> dict[str, Any]:
         """The columns of ``job`` that differ from the row as it was read."""

@@ -340,6 +340,41 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
+class HeldConnection:
+    """One thread's writing transactions on a connection it keeps between them (the group
+    committer's, while batches follow each other): no pool checkout and, on PostgreSQL, no
+    pre-ping round trip per transaction. The thread gives it back with :meth:`close` when it
+    goes idle; after any error it is dropped, so a connection the server closed is replaced
+    at once (the committer's retry runs on a new one, pinged by the pool).
+
+    Not thread-safe: one per thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """As :func:`transaction`: committed when the block ends, rolled back if it raises."""
+        with _WRITER_LOCKS.get(self.engine) or contextlib.nullcontext():
+            if self._conn is None:
+                self._conn = self.engine.connect()
+                self._conn.execution_options(cirelay_writer=True)
+            try:
+                with self._conn.begin():
+                    yield self._conn
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Give the connection back to the pool (a broken one is discarded there)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # it may be broken: that is why it goes
+                conn.close()
+
+
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
@@ -458,8 +493,14 @@ def job_values(job: Job, *, only: frozenset[str] | None = None) -> dict[str, Any
     return values if only is None else {k: v for k, v in values.items() if k in only}
 
 
+#: every digest recorded for the job, comma-separated (digests are hex): read with the job
+_DIGESTS_OF_JOB = (
+    sa.select(sa.func.aggregate_strings(notifications.c.digest, ","))
+    .where(notifications.c.job_id == jobs.c.id)
+    .scalar_subquery()
+)
 _LOCK_JOBS = (
-    sa.select(jobs)
+    sa.select(jobs, _DIGESTS_OF_JOB.label("digests"))
     .where(
         sa.or_(
             jobs.c.id.in_(sa.bindparam("ids", expanding=True)),
@@ -468,25 +509,42 @@ _LOCK_JOBS = (
     )
     .order_by(jobs.c.id)
 )
-_LOCK_JOBS_FOR_UPDATE = _LOCK_JOBS.with_for_update()
-_DIGESTS = sa.select(notifications.c.job_id, notifications.c.digest).where(
-    notifications.c.job_id.in_(sa.bindparam("ids", expanding=True))
-)
+_LOCK_JOBS_FOR_UPDATE = _LOCK_JOBS.with_for_update(of=jobs)
 
 
-def lock_jobs(conn: Connection, *, ids: Iterable[str], ci_job_ids: Iterable[str]) -> list[Job]:
-    """The jobs with these ids or CI JobIds; on PostgreSQL locked for the transaction, in id
-    order so that concurrent batches cannot deadlock (SQLite's writer lock serialises)."""
+def lock_jobs(
+    conn: Connection, *, ids: Iterable[str], ci_job_ids: Iterable[str]
+) -> list[tuple[Job, set[str]]]:
+    """The jobs with these ids or CI JobIds, each with the digests of every notification
+    recorded for it (one statement); on PostgreSQL locked for the transaction, in id order so
+    that concurrent batches cannot deadlock (SQLite's writer lock serialises)."""
     query = _LOCK_JOBS_FOR_UPDATE if conn.dialect.name == "postgresql" else _LOCK_JOBS
     rows = conn.execute(query, {"ids": sorted(ids), "ci_ids": sorted(ci_job_ids)})
-    return [_job(row) for row in rows]
+    return [(_job(row), set(row.digests.split(",")) if row.digests else set()) for row in rows]
 
 
-def notification_digests(conn: Connection, job_ids: list[str]) -> set[tuple[str, str]]:
-    """(job id, content digest) of every notification recorded for these jobs."""
-    if not job_ids:
-        return set()
-    return {(j, d) for j, d in conn.execute(_DIGESTS, {"ids": job_ids})}
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, the statements run in the block go to the server together and their
+    results come back together (psycopg's pipeline mode): one round trip for the batch's
+    writes instead of one per statement. Statements whose results are read inside the block
+    wait for them; an error of any statement is raised at the end of the block at the latest,
+    as SQLAlchemy's exception (so callers tell a conflict from a lost connection as usual).
+    Elsewhere it does nothing."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    dbapi: Any = conn.dialect.loaded_dbapi
+    try:
+        with driver.pipeline():
+            yield
+    except dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+        raise sa.exc.DBAPIError.instance(
+            None, None, exc, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
 
 
 class _Batched:
@@ -580,13 +638,10 @@ def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
         _serialise_event_writers(conn)
         _INSERT_EVENTS.run(conn, rows)
-        if conn.dialect.name == "postgresql":  # delivered at commit, once per transaction
-            conn.execute(_NOTIFY_EVENTS)
 
 
 #: the PostgreSQL channel that says "new events are committed" (see :class:`EventWaker`)
 EVENTS_CHANNEL = "cirelay_events"
-_NOTIFY_EVENTS = sa.text(f"SELECT pg_notify('{EVENTS_CHANNEL}', '')")
 
 
 class EventWaker:
@@ -662,9 +717,15 @@ def _serialise_event_writers(conn: Connection) -> None:
     seq 8 could become visible before seq 7, and a cursor at 8 would never see 7. Holding a
     transaction-level advisory lock from the first event insert to the commit makes commit
     order equal sequence order. SQLite has one writer at a time already.
+
+    The same statement tells the listeners of :data:`EVENTS_CHANNEL` (PostgreSQL delivers a
+    notification at commit, and only if the transaction commits): one round trip, not two.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _EVENTS_LOCK})
+        conn.execute(_LOCK_AND_NOTIFY, {"key": _EVENTS_LOCK})
+
+
+_LOCK_AND_NOTIFY = sa.text(f"SELECT pg_advisory_xact_lock(:key), pg_notify('{EVENTS_CHANNEL}', '')")
 
 
 def list_jobs(

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -100,6 +101,32 @@ def test_items_queued_while_the_committer_waits_for_the_database_join_its_batch(
         assert [f.result(10) for f in (first, *later)] == ["a", "b", "c"]
     assert recorder.batch_sizes == [3]
     engine.dispose()
+
+
+def test_the_committer_keeps_its_connection_while_busy_and_returns_it_when_idle(
+    engine: Engine, clock: Clock
+) -> None:
+    """Batches that follow each other share one checkout (no pool round trip, no pre-ping);
+    a commit that leaves nothing queued gives the connection back before answering."""
+    recorder = Recorder(clock)
+    committer: GroupCommitter[str, str] = GroupCommitter(engine, recorder)
+    pool: Any = engine.pool
+    before = pool.checkedout()
+    checkouts: list[int] = []
+
+    def count(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        checkouts.append(id(dbapi_connection))
+
+    sa.event.listen(engine, "checkout", count)
+    try:
+        assert committer.run("alone") == "alone"
+        assert pool.checkedout() == before and len(checkouts) == 1
+        assert run_while_blocked(committer, recorder, ["a", "b", "c"]) == ["a", "b", "c"]
+        assert pool.checkedout() == before
+    finally:
+        sa.event.remove(engine, "checkout", count)
+    assert recorder.batch_sizes == [1, 1, 3]
+    assert len(checkouts) == 2  # "alone"; then "block" and the batch queued behind it
 
 
 def test_a_rejected_item_fails_alone(engine: Engine, clock: Clock) -> None:

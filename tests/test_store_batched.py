@@ -149,3 +149,20 @@ def test_a_batched_write_that_breaks_a_constraint_raises_sqlalchemys_error(
     with pytest.raises(sa.exc.IntegrityError):
         write(engine, lambda conn: store.insert_notifications(conn, rows))
     assert counts(engine)["notifications"] == 0
+
+
+def test_a_conflict_in_pipelined_writes_raises_sqlalchemys_error(engine: Engine) -> None:
+    """On PostgreSQL the batch's writes go to the server together and fail at the end of
+    the block: still as SQLAlchemy's IntegrityError, with nothing of the block written."""
+    write(engine, lambda conn: store.insert_jobs(conn, [job_row("job_a", None)]))
+
+    def conflicting(conn: sa.Connection) -> None:
+        with store.pipelined(conn):
+            store.insert_events(conn, [event_row("evt_1", "job_a")])
+            store.insert_notifications(conn, [notification_row("job_a", "same")] * 2)
+
+    with pytest.raises(sa.exc.IntegrityError):
+        write(engine, conflicting)
+    assert (counts(engine)["notifications"], counts(engine)["events"]) == (0, 0)
+    write(engine, lambda conn: store.insert_notifications(conn, [notification_row("job_a", "ok")]))
+    assert counts(engine)["notifications"] == 1  # the connection is usable afterwards
