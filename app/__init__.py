@@ -70,7 +70,7 @@ def build_services(
 
     collector = DatabaseCollector(figures)
     registry.register(collector)
-    committer = GroupCommitter(engine, jobs.apply_batch)
+    committer = GroupCommitter(engine, jobs.apply_batch, begin=store.hold_events_lock)
     receiver = Receiver(engine, schemas, metrics, committer, max_depth=settings.max_depth)
     submitter = Submitter(
         engine,

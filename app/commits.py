@@ -7,8 +7,9 @@ few hundred notifications per second however many cores it has. Databases solve 
 group commit; this is the same idea one level up:
 
     request threads ──run(item)──▶ queue ──▶ committer thread:
-        ONE transaction; once it has begun (on SQLite: once this process has the writer
-        lock, which the other workers may hold), take everything queued (up to ``max_batch``),
+        ONE transaction; once it holds the lock all writers share (SQLite's writer lock;
+        on PostgreSQL the events lock, see ``store.hold_events_lock``), which other
+        processes may hold meanwhile, take everything queued (up to ``max_batch``),
         ``apply_batch(conn, items)`` (a handful of statements for the whole batch),
         COMMIT (one fsync), then hand each caller its own result or exception.
 
@@ -53,8 +54,13 @@ class GroupCommitter(Generic[I, R]):
         *,
         max_batch: int = 64,
         retries: int = 2,
+        begin: Callable[[Connection], None] | None = None,
     ) -> None:
         self.engine = engine
+        #: run first in each batch's transaction, before the queue is drained: a lock every
+        #: writer needs (``store.hold_events_lock``), so what arrives while this process waits
+        #: for the others joins the batch
+        self.begin = begin
         self.retries = retries
         self.apply_batch = apply_batch
         self.max_batch = max_batch
@@ -98,11 +104,13 @@ class GroupCommitter(Generic[I, R]):
 
     def _commit(self, batch: list[tuple[I, Future[R]]], *, more: bool = False) -> None:
         """Commit ``batch``; with ``more``, also what is queued once the transaction has
-        begun: on SQLite that is after waiting for the writer lock, so what arrived while
-        another process committed joins this batch instead of waiting for the next one."""
+        begun and holds its locks (SQLite's writer lock, the ``begin`` hook's), so what
+        arrived while another process committed joins this batch instead of the next."""
         for attempt in range(self.retries + 1):
             try:
                 with self._connection.transaction() as conn:
+                    if self.begin is not None:
+                        self.begin(conn)
                     if more:
                         self._take_queued(batch)
                     results = self.apply_batch(conn, [item for item, _ in batch])

@@ -78,6 +78,7 @@ def _output_matches(pattern: str, actual: str | None, report: JobReport) -> bool
 
 def never_created(conn: Any, job_id: str, now: datetime) -> None:
     """CI never created a job whose submission timed out: it is Failed."""
+    store.hold_events_lock(conn)  # before the job: the lock order
     job = store.get_job(conn, job_id, for_update=True)
     if job is None or job.state != SUBMITTING or job.ci_job_id is not None:
         return

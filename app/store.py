@@ -636,7 +636,7 @@ def insert_notifications(conn: Connection, rows: list[dict[str, Any]]) -> None:
 
 def insert_events(conn: Connection, rows: list[dict[str, Any]]) -> None:
     if rows:
-        _serialise_event_writers(conn)
+        hold_events_lock(conn)
         _INSERT_EVENTS.run(conn, rows)
 
 
@@ -710,20 +710,32 @@ class EventWaker:
 _EVENTS_LOCK = 0x636972656C6179  # "cirelay"
 
 
-def _serialise_event_writers(conn: Connection) -> None:
-    """Events become visible in sequence order, so a reader resuming "after N" never skips one.
+def hold_events_lock(conn: Connection) -> None:
+    """Hold, until this transaction ends, the lock that orders the writers of events, so they
+    become visible in sequence order and a reader resuming "after N" never skips one.
 
     A PostgreSQL sequence hands out numbers at INSERT, but transactions commit in any order:
     seq 8 could become visible before seq 7, and a cursor at 8 would never see 7. Holding a
-    transaction-level advisory lock from the first event insert to the commit makes commit
-    order equal sequence order. SQLite has one writer at a time already.
+    transaction-level advisory lock from before the first event insert to the commit makes
+    commit order equal sequence order. SQLite has one writer at a time already.
 
-    The same statement tells the listeners of :data:`EVENTS_CHANNEL` (PostgreSQL delivers a
-    notification at commit, and only if the transaction commits): one round trip, not two.
+    Lock order: this lock first, then job rows. The group committer takes it as each batch
+    begins (its batch grows while it waits); a transaction that locks a job and may then
+    write an event takes it before the job. The same statement tells the listeners of
+    :data:`EVENTS_CHANNEL` (delivered at commit, only if the transaction commits). Taken once
+    per transaction however often it is called.
     """
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name != "postgresql":
+        return
+    transaction = conn.get_transaction()
+    if conn.info.get(_HOLDS_EVENTS_LOCK) is not transaction:
         conn.execute(_LOCK_AND_NOTIFY, {"key": _EVENTS_LOCK})
+        conn.info[_HOLDS_EVENTS_LOCK] = transaction
 
+
+#: the transaction of this connection that holds the events lock (``Connection.info`` lasts
+#: as long as the connection, a transaction only until it ends)
+_HOLDS_EVENTS_LOCK = "cirelay_holds_events_lock"
 
 _LOCK_AND_NOTIFY = sa.text(f"SELECT pg_advisory_xact_lock(:key), pg_notify('{EVENTS_CHANNEL}', '')")
 

@@ -248,6 +248,7 @@ class Submitter:
             "request_id": exc.request_id,
         }
         with store.transaction(self.engine) as conn:
+            store.hold_events_lock(conn)  # before the job: the lock order
             job = store.get_job(conn, job_id, for_update=True)
             assert job is not None
             if isinstance(exc, CITimeoutError):  # CI may have the job: wait for its callback
@@ -269,6 +270,7 @@ class Submitter:
 def record_submitted(conn: Any, job_id: str, report: JobReport, now: datetime) -> tuple[Job, bool]:
     """CI accepted the job: bind its JobId and move Submitting -> Submitted, unless the job's
     first notification got here first (then only the JobId is filled in, if missing)."""
+    store.hold_events_lock(conn)  # before the job: the lock order
     job = store.get_job(conn, job_id, for_update=True)
     assert job is not None
     values: dict[str, Any] = {"updated_at": now}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy.engine import Connection, Engine
 
 from app import store
 from app.commits import GroupCommitter
-from app.migrations import upgrade
 from tests.conftest import Clock
 
 
@@ -81,17 +79,19 @@ def test_items_queued_during_a_commit_share_the_next_transaction(
 
 
 def test_items_queued_while_the_committer_waits_for_the_database_join_its_batch(
-    tmp_path: Path, clock: Clock
+    engine: Engine, clock: Clock
 ) -> None:
-    """On SQLite the committer waits for the writer lock while another process commits;
-    whatever is queued by the time it has the lock goes into the same transaction, instead of
-    waiting for the next one."""
-    engine = store.create_engine(f"sqlite:///{tmp_path / 'cirelay.db'}")
-    upgrade(engine)
+    """The committer waits for the lock all writers share (SQLite's writer lock; on
+    PostgreSQL the events lock, taken first by its ``begin`` hook) while another process
+    commits; whatever is queued by the time it has the lock goes into the same transaction,
+    instead of waiting for the next one."""
     recorder = Recorder(clock)
-    committer: GroupCommitter[str, str] = GroupCommitter(engine, recorder)
+    committer: GroupCommitter[str, str] = GroupCommitter(
+        engine, recorder, begin=store.hold_events_lock
+    )
     with ThreadPoolExecutor(max_workers=3) as pool:
-        with store.transaction(engine):  # another writer holds the database
+        with store.transaction(engine) as other:  # another writer holds the database
+            store.hold_events_lock(other)
             first = pool.submit(committer.run, "a")
             while committer._queue.qsize() or not committer._pid:
                 threading.Event().wait(0.01)  # the committer took "a" and waits for the lock
@@ -100,7 +100,6 @@ def test_items_queued_while_the_committer_waits_for_the_database_join_its_batch(
                 threading.Event().wait(0.01)
         assert [f.result(10) for f in (first, *later)] == ["a", "b", "c"]
     assert recorder.batch_sizes == [3]
-    engine.dispose()
 
 
 def test_the_committer_keeps_its_connection_while_busy_and_returns_it_when_idle(
