@@ -219,17 +219,20 @@ def _require_utf8(body: bytes) -> str:
 
 
 _COUNT_ELEMENTS = etree.XPath("count(//*)")
+_COUNT_ATTRIBUTES = etree.XPath("count(//@*)")
 _TOO_MANY_ATTRIBUTES = etree.XPath(f"boolean(//*[count(@*) > {MAX_ATTRIBUTES}])")
 
 
 def _require_size(root: etree._Element) -> None:
-    """Bounded work for the validators: at most MAX_ELEMENTS elements, MAX_ATTRIBUTES each."""
+    """Bounded work for the validators: at most MAX_ELEMENTS elements, MAX_ATTRIBUTES each.
+    (Elements are looked at one by one only when there are more attributes in all than one
+    may have: CI's notifications have none, and counting them is six times quicker.)"""
     elements = int(cast(float, _COUNT_ELEMENTS(root)))
     if elements > MAX_ELEMENTS:
         raise MalformedNotificationError(
             f"{elements} elements; a notification has at most {MAX_ELEMENTS}"
         )
-    if _TOO_MANY_ATTRIBUTES(root):
+    if cast(float, _COUNT_ATTRIBUTES(root)) > MAX_ATTRIBUTES and _TOO_MANY_ATTRIBUTES(root):
         raise MalformedNotificationError(f"an element has more than {MAX_ATTRIBUTES} attributes")
 
 
@@ -260,17 +263,19 @@ def element_to_dict(element: etree._Element, *, without_empties: bool = False) -
     if len(element) == 0:
         return element.text or ""
     result: dict[str, Any] = {}
+    empties = False  # whether an element seen once so far was empty
     for child in element:
         value = element_to_dict(child, without_empties=without_empties)
         tag = str(child.tag)
         existing = result.get(tag)
         if existing is None:
             result[tag] = value
+            empties = empties or value == "" or value == {}
         elif isinstance(existing, list):  # values are text or dicts: a list is a repeat
             existing.append(value)
         else:
             result[tag] = [existing, value]
-    if without_empties:
+    if without_empties and empties:
         return {k: v for k, v in result.items() if v != "" and v != {}}
     return result
 

@@ -653,3 +653,27 @@ def test_time_that_matches_the_pattern_but_is_no_date_is_invalid(
     body = SUCCESS_XML.replace("2024-11-18T21:03:44+0800", when).encode()
     with pytest.raises((InvalidNotificationError, MalformedNotificationError)):
         parse_notification(body, "application/xml", schemas)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "refused"),
+    [
+        ([16], False),  # as many as one element may have
+        ([17], True),
+        ([9, 9], False),  # more than 16 in all, none over 16 on one element
+        ([16, 17], True),
+        ([0] * 3, False),
+    ],
+)
+def test_the_attribute_cap_is_per_element(attributes: list[int], refused: bool) -> None:
+    from app.notifications import MAX_ATTRIBUTES, _require_size
+
+    assert MAX_ATTRIBUTES == 16
+    root = etree.Element("Response")
+    for n in attributes:
+        etree.SubElement(root, "E", {f"a{i}": "1" for i in range(n)})
+    if refused:
+        with pytest.raises(MalformedNotificationError, match="more than 16 attributes"):
+            _require_size(root)
+    else:
+        _require_size(root)
