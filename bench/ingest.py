@@ -722,7 +722,8 @@ def print_machine(args: argparse.Namespace, database_url: str, wrk: str) -> None
         check=False,
     ).stdout.split() or ["?", "?", "?"]
     wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
-    threads = f", {args.threads} threads" if args.worker_class == "gthread" else ""
+    threaded = args.worker_class == "gthread" or args.worker_class.endswith("ThreadWorker")
+    threads = f", {args.threads} threads" if threaded else ""
     print(
         f"machine   nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), {model}\n"
         f"software  python {version[0]}, gunicorn {version[1]}, flask {version[2]}, "
