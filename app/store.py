@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -229,7 +231,12 @@ def create_engine(url: str, *, pool_size: int = 5) -> Engine:
     a file lock next to the database (see :func:`transaction`). Readers use plain ``BEGIN``.
     """
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 30},
+            json_serializer=json_dumps,
+            json_deserializer=json_loads,
+        )
         database = engine.url.database
         if database and database != ":memory:":
             _WRITER_LOCKS[engine] = WriterLock(f"{database}.writer-lock")
@@ -264,7 +271,34 @@ def create_engine(url: str, *, pool_size: int = 5) -> Engine:
         pool_recycle=1800,
         # a database that does not answer fails in seconds (readiness, 503), not minutes
         connect_args={"connect_timeout": 5, "application_name": "cirelay"},
+        json_serializer=json_dumps,
+        json_deserializer=json_loads,
     )
+
+
+#: what orjson leaves to ``json_dumps``'s fallback (the standard library raises for them)
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns' text: orjson, about five times quicker than the standard library (the
+    group committer encodes a job's detail, its event and the headers of every notification).
+    What orjson refuses and the standard library takes (keys that are not strings, integers
+    over 64 bits) goes to the standard library, as does what both refuse (datetimes,
+    dataclasses), which raises as before."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+def json_loads(text: str | bytes) -> Any:
+    """JSON columns' values; text orjson refuses (``NaN``, which older rows may hold) is
+    read by the standard library."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 #: PostgreSQL SQLSTATEs worth one more try: serialization failure, deadlock

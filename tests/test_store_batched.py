@@ -166,3 +166,25 @@ def test_a_conflict_in_pipelined_writes_raises_sqlalchemys_error(engine: Engine)
     assert (counts(engine)["notifications"], counts(engine)["events"]) == (0, 0)
     write(engine, lambda conn: store.insert_notifications(conn, [notification_row("job_a", "ok")]))
     assert counts(engine)["notifications"] == 1  # the connection is usable afterwards
+
+
+def test_json_columns_take_what_the_standard_library_takes(engine: Engine) -> None:
+    """JSON is written by orjson, with the standard library behind it for what orjson
+    refuses: keys that are not strings, integers over 64 bits. What neither encodes still
+    fails the write."""
+    odd = {"input": {1: "one", "big": 2**70, "text": "né ✓", "nested": [None, 1.5, True]}}
+    row = job_row("job_a", None) | {"detail": odd}
+    write(engine, lambda conn: store.insert_jobs(conn, [row]))
+    with engine.connect() as conn:
+        stored = store.get_job(conn, "job_a")
+    assert stored is not None
+    assert stored.input == {"1": "one", "big": 2**70, "text": "né ✓", "nested": [None, 1.5, True]}
+    bad = job_row("job_b", None) | {"detail": {"when": NOW}}
+    with pytest.raises(TypeError, match="Object of type datetime is not JSON serializable"):
+        write(engine, lambda conn: store.insert_jobs(conn, [bad]))
+
+
+def test_json_text_orjson_refuses_is_still_read() -> None:
+    assert store.json_loads('{"x": NaN}')["x"] != store.json_loads('{"x": NaN}')["x"]  # NaN
+    assert store.json_loads(b'{"x": [1, "\\u00e9"]}') == {"x": [1, "é"]}
+    assert store.json_dumps({"k": "é"}) == '{"k":"é"}'
