@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
@@ -17,6 +17,7 @@ from app.errors import InvalidNotificationError, MalformedNotificationError
 from app.models import JobState
 from app.notifications import (
     CONTENT_TYPES,
+    content_digest,
     element_to_dict,
     json_to_element,
     load_json,
@@ -626,6 +627,27 @@ def test_the_view_without_empties_drops_them_as_the_definition_does(content: Any
     root = etree.Element("JobsDetail")
     _build(root, content)
     assert element_to_dict(root, without_empties=True) == _without_empties(element_to_dict(root))
+
+
+_views: st.SearchStrategy[Any] = st.recursive(
+    st.text(),
+    lambda children: st.one_of(
+        st.dictionaries(st.text(), children, max_size=4), st.lists(children, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(view=_views)
+@example(view={"k": "\x7f"})  # ASCII, yet json.dumps escapes it
+@example(view={"é": ["\U0001f600", "\u2028", ""]})
+@example(view={"q\"b\\": "\t\n\r\x01</x>"})
+def test_the_digest_is_the_defined_encoding_whatever_the_text(view: Any) -> None:
+    """content_digest encodes with orjson where that gives json.dumps's very bytes (ASCII
+    without DEL) and with json.dumps otherwise: any text, keys and nesting, same digest."""
+    defined = json.dumps(view, sort_keys=True, separators=(",", ":")).encode()
+    assert content_digest(view) == hashlib.sha256(defined).hexdigest()
 
 
 def test_notification_keeps_the_bytes_and_content_type_it_came_in(schemas: SchemaSet) -> None:
