@@ -266,7 +266,10 @@ def element_to_dict(element: etree._Element, *, without_empties: bool = False) -
     result: dict[str, Any] = {}
     empties = False  # whether an element seen once so far was empty
     for child in element:
-        value = element_to_dict(child, without_empties=without_empties)
+        if len(child):
+            value = element_to_dict(child, without_empties=without_empties)
+        else:  # a leaf, most of them: no call
+            value = child.text or ""
         tag = str(child.tag)
         existing = result.get(tag)
         if existing is None:
