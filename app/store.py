@@ -231,12 +231,7 @@ def create_engine(url: str, *, pool_size: int = 5) -> Engine:
     a file lock next to the database (see :func:`transaction`). Readers use plain ``BEGIN``.
     """
     if url.startswith("sqlite"):
-        engine = sa.create_engine(
-            url,
-            connect_args={"timeout": 30},
-            json_serializer=json_dumps,
-            json_deserializer=json_loads,
-        )
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, **_JSON)
         database = engine.url.database
         if database and database != ":memory:":
             _WRITER_LOCKS[engine] = WriterLock(f"{database}.writer-lock")
@@ -271,8 +266,7 @@ def create_engine(url: str, *, pool_size: int = 5) -> Engine:
         pool_recycle=1800,
         # a database that does not answer fails in seconds (readiness, 503), not minutes
         connect_args={"connect_timeout": 5, "application_name": "cirelay"},
-        json_serializer=json_dumps,
-        json_deserializer=json_loads,
+        **_JSON,
     )
 
 
@@ -300,6 +294,8 @@ def json_loads(text: str | bytes) -> Any:
     except orjson.JSONDecodeError:
         return json.loads(text)
 
+
+_JSON: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json_loads}
 
 #: PostgreSQL SQLSTATEs worth one more try: serialization failure, deadlock
 _RETRY_SQLSTATES = ("40001", "40P01")
@@ -366,12 +362,14 @@ _WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, WriterLock] = weakref.WeakKeyDi
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    """One writing transaction: committed when the block ends, rolled back if it raises."""
-    lock = _WRITER_LOCKS.get(engine) or contextlib.nullcontext()
-    with lock, engine.connect() as conn:
-        conn.execution_options(cirelay_writer=True)
-        with conn.begin():
+    """One writing transaction on a connection of its own: committed when the block ends,
+    rolled back if it raises."""
+    held = HeldConnection(engine)
+    try:
+        with held.transaction() as conn:
             yield conn
+    finally:
+        held.close()
 
 
 class HeldConnection:
@@ -389,7 +387,8 @@ class HeldConnection:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """As :func:`transaction`: committed when the block ends, rolled back if it raises."""
+        """One writing transaction: committed when the block ends, rolled back if it raises.
+        On SQLite it first queues for the writer lock (see :class:`WriterLock`)."""
         with _WRITER_LOCKS.get(self.engine) or contextlib.nullcontext():
             if self._conn is None:
                 self._conn = self.engine.connect()
@@ -588,7 +587,8 @@ class _Batched:
     wrapping of errors; what is skipped is its per-execution work (compiled-cache lookup,
     building every row's parameters anew), a third of the group committer's time. Values go
     through each column type's own bind processor, so the rows written are the ones
-    ``conn.execute(statement, rows)`` would write (``test_store.py`` compares them).
+    ``conn.execute(statement, rows)`` would write (``tests/test_store_batched.py`` compares
+    them).
     """
 
     def __init__(self, table: sa.Table, *, where_id: str | None = None) -> None:

@@ -61,7 +61,7 @@ class ConnectionTable:
         return next((s for s in range(self.slots) if s not in taken), None)
 
 
-#: made when gunicorn loads the worker class, in the master, before any worker is forked
+#: made when the master loads its config (``app.gunicorn_conf`` imports it), before any fork
 TABLE = ConnectionTable()
 
 

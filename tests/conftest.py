@@ -70,10 +70,15 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
         engine.dispose()
         return
     engine = request.getfixturevalue("pg_engine")
+    empty_postgresql(engine)
+    yield engine
+
+
+def empty_postgresql(engine: Engine) -> None:
+    """Every table of the shared PostgreSQL test database emptied, sequences restarted."""
     tables = ", ".join(t.name for t in store.metadata.sorted_tables)
     with engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    yield engine
 
 
 @pytest.fixture

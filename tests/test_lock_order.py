@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app import reconciler, store, submission
+from app.ci.errors import CIError
 from app.models import JobReport, JobState
-from tests.conftest import Clock, ci_job_id, make_job
+from app.submission import Submitter
+from tests.conftest import Clock, ci_job_id, empty_postgresql, make_job
 from tests.e2e_stack import poll
 
 pytestmark = pytest.mark.postgresql
@@ -59,33 +61,37 @@ _BLOCKED_ON_THE_EVENTS_LOCK = sa.text(
 )
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        pytest.param(lambda conn, now: submission.record_submitted(conn, "job_1", _submitted(now),
-                                                                    now), id="record_submitted"),
-        pytest.param(lambda conn, now: reconciler.never_created(conn, "job_1", now),
-                     id="never_created"),
-    ],
-)  # fmt: skip
+def _record_submitted(engine: Engine, now: datetime) -> None:
+    with store.transaction(engine) as conn:
+        submission.record_submitted(conn, "job_1", _submitted(now), now)
+
+
+def _never_created(engine: Engine, now: datetime) -> None:
+    with store.transaction(engine) as conn:
+        reconciler.never_created(conn, "job_1", now)
+
+
+def _refused(engine: Engine, now: datetime) -> None:
+    submitter = Submitter(engine, lambda bucket, region: None, public_url="http://cirelay.test",
+                          callback_keys=("k" * 32,))  # fmt: skip
+    submitter._record_refusal("job_1", CIError("refused", ci_code="InvalidInput"), now)
+
+
+@pytest.mark.parametrize("change", [_record_submitted, _never_created, _refused])
 def test_a_job_change_that_writes_an_event_waits_for_the_events_lock_before_the_job(
-    pg_engine: Engine, clock: Clock, change: Callable[[Any, datetime], Any]
+    pg_engine: Engine, clock: Clock, change: Callable[[Engine, datetime], None]
 ) -> None:
-    tables = ", ".join(t.name for t in store.metadata.sorted_tables)
-    with pg_engine.begin() as conn:
-        conn.execute(sa.text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    """Submission binding CI's JobId, the reconciler failing a job CI never created, and
+    a submission CI refused: each may write an event after locking the job."""
+    empty_postgresql(pg_engine)
     make_job(pg_engine, "job_1", clock.now)
     with pg_engine.begin() as conn:
         conn.execute(sa.text("UPDATE jobs SET state = 'Submitting' WHERE id = 'job_1'"))
 
-    def run() -> None:
-        with store.transaction(pg_engine) as conn:
-            change(conn, clock.now)
-
     with ThreadPoolExecutor(max_workers=1) as pool:
         with store.transaction(pg_engine) as holder:  # a committer's batch, say
             store.hold_events_lock(holder)
-            waiting = pool.submit(run)
+            waiting = pool.submit(change, pg_engine, clock.now)
             poll("the change waiting for the events lock", lambda: _blocked(pg_engine))
             # the job row is free: the change has not locked it ahead of the events lock
             holder.execute(sa.text("SELECT 1 FROM jobs WHERE id = 'job_1' FOR UPDATE NOWAIT"))

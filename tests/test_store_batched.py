@@ -101,7 +101,9 @@ def test_updated_jobs_are_stored_as_sqlalchemy_stores_them(engine: Engine) -> No
     )
 
 
-def test_jobs_changing_different_columns_are_updated_in_one_call(engine: Engine) -> None:
+def test_jobs_changing_different_columns_each_get_their_own_columns(engine: Engine) -> None:
+    """One batch, three jobs, two different sets of changed columns: one executemany per
+    set, and no job gets another's columns."""
     write(engine, lambda conn: store.insert_jobs(conn, [job_row(f"job_{n}", None) for n in "abc"]))
     later = NOW + timedelta(seconds=9)
     changes = [
@@ -109,8 +111,20 @@ def test_jobs_changing_different_columns_are_updated_in_one_call(engine: Engine)
         ("job_b", {"state": "Failed", "code": "E1", "last_notified_at": later}),
         ("job_c", {"last_notified_at": later}),
     ]
-    write(engine, lambda conn: store.update_jobs(conn, changes))
+    updates: list[int] = []
 
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+                many: bool) -> None:  # fmt: skip
+        if statement.startswith("UPDATE jobs"):
+            updates.append(len(params) if many else 1)
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        write(engine, lambda conn: store.update_jobs(conn, changes))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+
+    assert sorted(updates) == [1, 2]  # job_b alone; job_a and job_c together
     with engine.connect() as conn:
         stored = {n: store.get_job(conn, f"job_{n}") for n in "abc"}
     assert {n: (j.state, j.code, j.last_notified_at) for n, j in stored.items() if j} == {
