@@ -9,6 +9,14 @@ else: no report, no job state, no dedup by content, no events, no metrics. No re
 validates and durably commits every notification does less, so ``floor/bare`` bounds the
 ratio any such receiver can reach on the machine.
 
+``transaction_application`` — the floor of issue 2 section 4 (SQLite; ``bench/ingest.py``
+runs it as a fourth server): the same raw WSGI, parse and validation, and then what that
+section asks of the transaction, at the least: the raw notification, the job's new state and
+an outbox event in one transaction (one per batch, group commit), a repeated notification
+recorded once (sha256 of the body), forward-only states. Still nothing else: no callback token,
+no report beyond the leaf elements, no content digest, no metrics, no logging. The jobs are
+copied from cirelay's database (``FLOOR_JOBS_DATABASE_URL``) at start.
+
 ``application`` (Flask) with ``FLOOR_MODE`` measures parts of cirelay itself:
 
     FLOOR_MODE=parse   read the body and run cirelay's parse_notification (UTF-8, caps, libxml2
@@ -22,11 +30,13 @@ ratio any such receiver can reach on the machine.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import sqlite3
 import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -146,6 +156,124 @@ def minimal_application(environ: dict[str, Any], start_response: Any) -> list[by
     done: Future[None] = Future()
     job = environ["PATH_INFO"].rsplit("/", 2)[-2]
     _queue.put(((job, hashlib.sha256(body).hexdigest(), body), done))
+    done.result()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+# --- the least a receiver doing issue 2 section 4's transaction must do (SQLite) ------------
+
+_TERMINAL = frozenset({"Success", "Failed", "Cancel"})
+_tx_queue: queue.SimpleQueue[tuple[tuple[str, str, str, bytes, str], Future[None]]] = (
+    queue.SimpleQueue()
+)
+_tx_started = [0]
+_TX_TABLES = (
+    "CREATE TABLE IF NOT EXISTS j (id TEXT PRIMARY KEY, ci_job_id TEXT UNIQUE, "
+    "state TEXT NOT NULL, detail TEXT, updated_at TEXT, last_notified_at TEXT)",
+    "CREATE INDEX IF NOT EXISTS ix_j_state ON j (state, id)",
+    "CREATE TABLE IF NOT EXISTS n (id INTEGER PRIMARY KEY, job TEXT NOT NULL, "
+    "digest TEXT NOT NULL, state TEXT NOT NULL, outcome TEXT NOT NULL, body BLOB NOT NULL, "
+    "received_at TEXT NOT NULL, UNIQUE (job, digest))",
+    "CREATE TABLE IF NOT EXISTS e (seq INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, "
+    "type TEXT NOT NULL, job_id TEXT NOT NULL, time TEXT NOT NULL, data TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ix_e_job ON e (job_id, seq)",
+)
+
+
+def _tx_committer() -> None:
+    path = os.environ["FLOOR_SQLITE_PATH"]
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"):
+        db.execute(f"PRAGMA {pragma}")
+    lock = WriterLock(path + ".writer-lock")
+    with lock:  # the first worker here creates the tables and copies cirelay's jobs
+        for statement in _TX_TABLES:
+            db.execute(statement)
+        if db.execute("SELECT count(*) FROM j").fetchone()[0] == 0:
+            jobs_db = os.environ["FLOOR_JOBS_DATABASE_URL"].removeprefix("sqlite:///")
+            db.execute("ATTACH DATABASE ? AS cirelay", (jobs_db,))
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO j (id, ci_job_id, state, detail) "
+                "SELECT id, ci_job_id, 'Submitted', detail FROM cirelay.jobs"
+            )
+            db.execute("COMMIT")
+            db.execute("DETACH DATABASE cirelay")
+    while True:
+        batch = [_tx_queue.get()]
+        with lock:
+            db.execute("BEGIN IMMEDIATE")
+            while True:  # what arrived while waiting for the lock joins the batch
+                try:
+                    batch.append(_tx_queue.get_nowait())
+                except queue.Empty:
+                    break
+            _tx_apply(db, [item for item, _ in batch])
+            db.execute("COMMIT")
+        for _, future in batch:
+            future.set_result(None)
+
+
+def _tx_apply(db: sqlite3.Connection, items: list[tuple[str, str, str, bytes, str]]) -> None:
+    """The jobs' states and digests read in two statements, the rules applied in memory in
+    arrival order, the rows written with one ``executemany`` per table."""
+    ids = sorted({job for job, *_ in items})
+    marks = ",".join("?" * len(ids))
+    states = dict(db.execute(f"SELECT id, state FROM j WHERE id IN ({marks})", ids).fetchall())
+    seen = set(db.execute(f"SELECT job, digest FROM n WHERE job IN ({marks})", ids).fetchall())
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    notifications, changed, events = [], [], []
+    for job, digest, state, body, view in items:
+        if (job, digest) in seen:
+            continue  # the same notification again: recorded once
+        seen.add((job, digest))
+        current = states.get(job)
+        moves = current not in _TERMINAL and current != state
+        outcome = "accepted" if moves else "stale"
+        notifications.append((job, digest, state, outcome, body, now))
+        if moves:
+            states[job] = state
+            changed.append((state, view, now, now, job))
+            data = f'{{"jobId":"{job}","previous":"{current}","job":{view}}}'
+            events.append((os.urandom(12).hex(), f"job.{state.lower()}", job, now, data))
+    db.executemany(
+        "INSERT INTO n (job, digest, state, outcome, body, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+        notifications,
+    )
+    db.executemany(
+        "UPDATE j SET state = ?, detail = ?, updated_at = ?, last_notified_at = ? WHERE id = ?",
+        changed,
+    )
+    db.executemany("INSERT INTO e (id, type, job_id, time, data) VALUES (?, ?, ?, ?, ?)", events)
+
+
+def transaction_application(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Raw WSGI: parse and validate as :func:`minimal_application`, then the notification,
+    the job's state and an event in one (group) transaction."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    parser = getattr(_safe, "parser", None)
+    if parser is None:
+        parser = _safe.parser = etree.XMLParser(
+            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
+        )
+    root = etree.fromstring(body, parser)
+    if not _xsd.validate(root):
+        start_response("400 Bad Request", [("Content-Length", "0")])
+        return [b""]
+    detail = root.find("JobsDetail")
+    state = detail.findtext("State") if detail is not None else None
+    if state is None:
+        start_response("400 Bad Request", [("Content-Length", "0")])
+        return [b""]
+    # the job as the notification tells it: its leaf elements (cirelay keeps a typed view)
+    view = json.dumps({e.tag: e.text for e in detail.iter() if len(e) == 0 and e.text})
+    if _tx_started[0] != os.getpid():
+        _tx_started[0] = os.getpid()
+        threading.Thread(target=_tx_committer, daemon=True).start()
+    done: Future[None] = Future()
+    job = environ["PATH_INFO"].rsplit("/", 2)[-2]
+    _tx_queue.put(((job, hashlib.sha256(body).hexdigest(), state, body, view), done))
     done.result()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]

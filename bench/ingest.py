@@ -46,11 +46,14 @@ HOST = "127.0.0.1"
 WRK_THREADS = 2
 WARMUP_SECONDS = 2
 #: requests/s assumed when sizing the job pool: well above what either server reaches here
-ESTIMATED_RATE = 6000
+ESTIMATED_RATE = 4000
 #: the ratio cirelay/bare each database is asked to reach (issue 2 §8, issue 5 §6)
 TARGET_RATIO = {"sqlite": 0.5, "postgresql": 0.35}
 #: the floor: the least any receiver that validates and durably commits must do
 FLOOR_APP = "bench.floor_app:minimal_application"
+#: the floor of issue 2 section 4: the same, with the job's new state and an event in the
+#: notification's transaction (SQLite)
+TRANSACTION_FLOOR_APP = "bench.floor_app:transaction_application"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +76,15 @@ def main(argv: list[str] | None = None) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
-    parser.add_argument("--duration", type=int, default=15, help="seconds measured per server")
+    parser.add_argument(
+        "--duration", type=int, default=10, help="seconds measured per server and round"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measured rounds; each round loads every server in turn (default 3)",
+    )
     # the service's own defaults (app.gunicorn_conf, which reads the CIRELAY_* variables)
     from app import gunicorn_conf
 
@@ -110,13 +121,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-floor",
         dest="floor",
         action="store_false",
-        help=f"skip the third server, the floor ({FLOOR_APP}: raw WSGI, libxml2 parse and "
-        "XSD, one row per notification, group commit)",
+        help=f"skip the floors: {FLOOR_APP} (raw WSGI, libxml2 parse and XSD, one row per "
+        f"notification, group commit) and, on SQLite, {TRANSACTION_FLOOR_APP} (the same "
+        "with the job's state and an event in the notification's transaction)",
+    )
+    parser.add_argument(
+        "--no-transaction-floor",
+        dest="transaction_floor",
+        action="store_false",
+        help=f"skip {TRANSACTION_FLOOR_APP} only",
     )
     parser.add_argument(
         "--jobs",
         type=int,
-        help=f"distinct jobs prepared (default {ESTIMATED_RATE}/s x (warm-up + duration))",
+        help=f"distinct jobs prepared (default {ESTIMATED_RATE}/s x (warm-up + rounds x duration))",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("-v", "--verbose", action="store_true", help="print wrk's own output")
@@ -124,7 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.connections < WRK_THREADS:
         parser.error(f"--connections must be at least {WRK_THREADS} (wrk threads)")
     if args.jobs is None:
-        args.jobs = ESTIMATED_RATE * (WARMUP_SECONDS + args.duration)
+        args.jobs = ESTIMATED_RATE * (WARMUP_SECONDS + args.rounds * args.duration)
     return args
 
 
@@ -217,9 +235,13 @@ def run(args: argparse.Namespace, work: Path) -> int:
     env = server_env(args, database_url, keys, queue_secret)
     print_machine(args, database_url, wrk)
 
-    # the job pool: a warm-up slice then a measured slice, partitioned by wrk thread in Lua
-    warmup_jobs = args.jobs * WARMUP_SECONDS // (WARMUP_SECONDS + args.duration)
-    slices = {"warm-up": (0, warmup_jobs), "measured": (warmup_jobs, args.jobs - warmup_jobs)}
+    # the job pool: one slice per wrk run of cirelay (warm-up, then each round), each
+    # partitioned by wrk thread in Lua; the other servers store nothing and wrap around
+    per_second = args.jobs // (WARMUP_SECONDS + args.rounds * args.duration)
+    slices = {"warm-up": (0, per_second * WARMUP_SECONDS)}
+    for k in range(args.rounds):
+        first = per_second * (WARMUP_SECONDS + k * args.duration)
+        slices[f"round {k + 1}"] = (first, per_second * args.duration)
     jobs_file = work / "jobs.txt"
     body_file = work / "notification.xml"
     body_file.write_text(notification_template())
@@ -230,62 +252,74 @@ def run(args: argparse.Namespace, work: Path) -> int:
     else:
         print(f"queue endpoint: wrk makes up to {args.jobs} fresh JobIds (no jobs prepared)")
 
-    def load(server: Server, wrap: bool) -> tuple[WrkResult, WrkResult]:
-        results = []
-        for label, seconds in (("warm-up", WARMUP_SECONDS), ("measured", args.duration)):
-            first, count = slices[label]
-            lua_env = {
-                "BENCH_MODE": args.endpoint,
-                "BENCH_JOBS_FILE": str(jobs_file),
-                "BENCH_FIRST": str(first),
-                "BENCH_COUNT": str(count if args.endpoint == "job" else count // WRK_THREADS),
-                "BENCH_RUN": secrets.token_hex(7),
-                "BENCH_THREADS": str(WRK_THREADS),
-                "BENCH_BODY_FILE": str(body_file),
-                "BENCH_QUEUE_PATH": f"/callbacks/ci/queue/{queue_secret}",
-                "BENCH_WRAP": "1" if wrap else "0",
-                "BENCH_OUT": str(work / f"{server.name}-{label}"),
-            }
-            before = cpu_snapshot(server.pid)
-            result = run_wrk(
-                wrk, server.url, args.connections, seconds, lua_env, label, args.verbose
-            )
-            result.cpu = cpu_snapshot(server.pid) - before
-            results.append(result)
-            print_wrk(server.name, result)
-            if label == "warm-up" and (result.non2xx or result.ok == 0):
-                why = (
-                    f"ran out of jobs ({result.exhausted}), raise --jobs"
-                    if result.exhausted
-                    else ""
-                )
-                raise BenchError(f"{server.name} failed the warm-up {why}:\n{server.log_tail()}")
-        return results[0], results[1]
+    def load(server: Server, label: str, seconds: int) -> WrkResult:
+        first, count = slices[label]
+        wrap = server.name != "cirelay"
+        lua_env = {
+            "BENCH_MODE": args.endpoint,
+            "BENCH_JOBS_FILE": str(jobs_file),
+            "BENCH_FIRST": str(first),
+            "BENCH_COUNT": str(count if args.endpoint == "job" else count // WRK_THREADS),
+            "BENCH_RUN": secrets.token_hex(7),
+            "BENCH_THREADS": str(WRK_THREADS),
+            "BENCH_BODY_FILE": str(body_file),
+            "BENCH_QUEUE_PATH": f"/callbacks/ci/queue/{queue_secret}",
+            "BENCH_WRAP": "1" if wrap else "0",
+            "BENCH_OUT": str(work / f"{server.name}-{label.replace(' ', '-')}"),
+        }
+        before = cpu_snapshot(server.pid)
+        result = run_wrk(wrk, server.url, args.connections, seconds, lua_env, label, args.verbose)
+        result.cpu = cpu_snapshot(server.pid) - before
+        print_wrk(server.name, result)
+        if result.non2xx or result.ok == 0:
+            why = f"ran out of jobs ({result.exhausted}), raise --jobs" if result.exhausted else ""
+            if label == "warm-up" or server.name != "cirelay":
+                raise BenchError(f"{server.name} failed {label} {why}:\n{server.log_tail()}")
+        return result
 
-    with Server("cirelay", cirelay_command(args), env, work, ready_status=200) as cirelay:
-        cirelay_warm, cirelay_run = load(cirelay, wrap=False)
-    durable = verify_durability(database_url, [cirelay_warm, cirelay_run], args.connections)
-
-    with Server("bare", bare_command(args), env, work, ready_status=None) as bare:
-        _, bare_run = load(bare, wrap=True)
-
-    floor_run = None
+    floors = []
     if args.floor:
-        floor_db = work / "floor.db"
-        floor_env = dict(env, FLOOR_MODE="commit", FLOOR_SQLITE_PATH=str(floor_db))
         reset_floor(database_url)
-        command = bare_command(args, app=FLOOR_APP)
-        with Server("floor", command, floor_env, work, ready_status=None) as floor:
-            floor_warm, floor_run = load(floor, wrap=True)
-        rows = floor_rows(database_url, floor_db)
-        answered = floor_warm.ok + floor_run.ok
-        print(
-            f"  floor durability: {rows} rows committed for {answered} 2xx answers "
-            f"({'every 2xx committed' if rows >= answered else 'ROWS MISSING'})"
+        floor_db = work / "floor.db"
+        floors.append(("floor", FLOOR_APP, floor_db))
+        if args.transaction_floor and dialect(database_url) == "sqlite":
+            floors.append(("floor-tx", TRANSACTION_FLOOR_APP, work / "floor-tx.db"))
+    with contextlib.ExitStack() as stack:
+        # all servers up at once; only the one under load uses CPU (the others wait in
+        # poll), so the rounds alternate between them and the VM's drift hits each alike
+        cirelay = stack.enter_context(
+            Server("cirelay", cirelay_command(args), env, work, ready_status=200)
         )
+        servers = [cirelay, stack.enter_context(
+            Server("bare", bare_command(args), env, work, ready_status=None)
+        )]  # fmt: skip
+        for name, app, path in floors:
+            floor_env = dict(env, FLOOR_MODE="commit", FLOOR_SQLITE_PATH=str(path),
+                             FLOOR_JOBS_DATABASE_URL=database_url)  # fmt: skip
+            command = bare_command(args, app=app)
+            servers.append(stack.enter_context(
+                Server(name, command, floor_env, work, ready_status=None)
+            ))  # fmt: skip
+        warm = {server.name: load(server, "warm-up", WARMUP_SECONDS) for server in servers}
+        rounds: list[dict[str, WrkResult]] = []
+        for k in range(args.rounds):
+            rounds.append({s.name: load(s, f"round {k + 1}", args.duration) for s in servers})
+        cirelay.stop()  # graceful: what is in flight finishes before the database is read
+        durable = verify_durability(
+            database_url, [warm["cirelay"]] + [r["cirelay"] for r in rounds], args.connections
+        )
+        for name, _, path in floors:
+            next(s for s in servers if s.name == name).stop()
+            rows = floor_rows(database_url if name == "floor" else "", path)
+            answered = warm[name].ok + sum(r[name].ok for r in rounds)
+            print(
+                f"  {name} durability: {rows} rows committed for {answered} 2xx answers "
+                f"({'every 2xx committed' if rows >= answered else 'ROWS MISSING'})"
+            )
 
-    print_table(cirelay_run, bare_run, floor_run, dialect(database_url))
-    ok = durable and cirelay_run.non2xx == 0 and cirelay_warm.non2xx == 0
+    print_table(rounds, dialect(database_url))
+    cirelay_runs = [warm["cirelay"]] + [r["cirelay"] for r in rounds]
+    ok = durable and all(r.non2xx == 0 for r in cirelay_runs)
     if not ok:
         print("FAILED: cirelay answered non-2xx or lost/duplicated a notification")
     return 0 if ok else 1
@@ -779,15 +813,46 @@ def _capacity(r: WrkResult) -> float:
     return len(os.sched_getaffinity(0)) * r.duration_s
 
 
-def print_table(
-    cirelay: WrkResult, bare: WrkResult, floor: WrkResult | None, database: str
-) -> None:
+def combined(runs: list[WrkResult]) -> WrkResult:
+    """One server's rounds as one: requests, time and CPU summed; latencies the median of the
+    rounds' (the max: the largest)."""
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    cpu = [r.cpu for r in runs if r.cpu]
+    return WrkResult(
+        label="all rounds",
+        responses=sum(r.responses for r in runs),
+        ok=sum(r.ok for r in runs),
+        non2xx=sum(r.non2xx for r in runs),
+        duration_s=sum(r.duration_s for r in runs),
+        p50_ms=median([r.p50_ms for r in runs]),
+        p90_ms=median([r.p90_ms for r in runs]),
+        p99_ms=median([r.p99_ms for r in runs]),
+        max_ms=max(r.max_ms for r in runs),
+        cpu=CpuUse(
+            server=sum(c.server for c in cpu),
+            children=sum(c.children for c in cpu),
+            machine=sum(c.machine for c in cpu),
+        )
+        if cpu
+        else None,
+    )
+
+
+def print_table(rounds: list[dict[str, WrkResult]], database: str) -> None:
+    names = list(rounds[0])
+    total = {name: combined([r[name] for r in rounds]) for name in names}
     print(
-        f"\n{'server':8} {'requests/s':>11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"\n{len(rounds)} rounds of {rounds[0]['cirelay'].duration_s:.0f} s per server, "
+        "taken in turn (latencies: median of the rounds)"
+    )
+    print(
+        f"{'server':8} {'requests/s':>11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
         f"{'max ms':>8} {'non-2xx':>8} {'server CPU ms/req':>18} {'others CPU %':>13}"
     )
-    rows = [("cirelay", cirelay), ("bare", bare)] + ([("floor", floor)] if floor else [])
-    for name, r in rows:
+    for name, r in total.items():
         others = 100 * r.cpu.others / _capacity(r) if r.cpu else 0.0
         print(
             f"{name:8} {r.ok_per_second:11.1f} {r.p50_ms:8.2f} {r.p90_ms:8.2f} "
@@ -795,16 +860,26 @@ def print_table(
             f"{r.server_cpu_ms_per_request:18.3f} {others:13.1f}"
         )
     target = TARGET_RATIO[database]
-    ratio = _ratio(cirelay, bare)
+
+    def ratios(name: str) -> str:
+        each = " ".join(f"{_ratio(r[name], r['bare']):.3f}" for r in rounds)
+        return f"{_ratio(total[name], total['bare']):.3f}   (rounds: {each})"
+
+    ratio = _ratio(total["cirelay"], total["bare"])
     verdict = "met" if ratio >= target else "NOT met"
-    print(f"ratio = cirelay/bare = {ratio:.3f}   (target on {database} >= {target}: {verdict})")
-    if floor:
+    print(f"ratio = cirelay/bare   = {ratios('cirelay')}   target on {database} >= {target}: "
+          f"{verdict}")  # fmt: skip
+    if "floor" in total:
         print(
-            f"floor = floor/bare   = {_ratio(floor, bare):.3f}   (the most any receiver that "
-            f"validates and durably commits reached here); cirelay/floor = "
-            f"{_ratio(cirelay, floor):.3f}"
+            f"floor = floor/bare     = {ratios('floor')}   the least any receiver that "
+            "validates and durably commits does"
         )
-    if any(r.cpu and r.cpu.others > 0.1 * _capacity(r) for _, r in rows):
+    if "floor-tx" in total:
+        print(
+            f"        floor-tx/bare  = {ratios('floor-tx')}   the least any receiver that does "
+            "issue 2 section 4's transaction does"
+        )
+    if any(r.cpu and r.cpu.others > 0.1 * _capacity(r) for r in total.values()):
         print(
             "warning: processes outside the benchmark used over 10% of the CPUs during a "
             "measured run; requests/s are low and the ratio is noisy ('others CPU %')"
