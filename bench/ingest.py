@@ -77,13 +77,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
     parser.add_argument(
-        "--duration", type=int, default=10, help="seconds measured per server and round"
+        "--duration", type=int, default=3, help="seconds measured per server and round"
     )
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="measured rounds; each round loads every server in turn (default 3)",
+        default=10,
+        help="measured rounds; each round loads every server in turn (default 10)",
     )
     # the service's own defaults (app.gunicorn_conf, which reads the CIRELAY_* variables)
     from app import gunicorn_conf
