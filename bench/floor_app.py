@@ -135,21 +135,36 @@ _xsd = etree.XMLSchema(etree.parse(str(DEFAULT_SCHEMA_DIR / "notification.xsd"))
 _safe = threading.local()
 
 
-def minimal_application(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    """Raw WSGI: read the body, parse it with libxml2 (no DTD, no entities, no network),
-    validate it against the notification XSD with libxml2, and commit one row (job, sha256 of
-    the body, body) through the group committer above. No Flask, no report, no bookkeeping:
-    a floor under any receiver that validates and commits every notification durably."""
+def _validated(environ: dict[str, Any]) -> tuple[bytes, Any] | None:
+    """The body and its root, parsed with libxml2 (no DTD, no entities, no network) and
+    valid against the notification XSD; None otherwise."""
     body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
     parser = getattr(_safe, "parser", None)
     if parser is None:
         parser = _safe.parser = etree.XMLParser(
             resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
         )
-    root = etree.fromstring(body, parser)
-    if not _xsd.validate(root):
-        start_response("400 Bad Request", [("Content-Length", "0")])
-        return [b""]
+    try:
+        root = etree.fromstring(body, parser)
+    except etree.XMLSyntaxError:
+        return None
+    return (body, root) if _xsd.validate(root) else None
+
+
+def _bad_request(start_response: Any) -> list[bytes]:
+    start_response("400 Bad Request", [("Content-Length", "0")])
+    return [b""]
+
+
+def minimal_application(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Raw WSGI: read the body, parse it with libxml2 (no DTD, no entities, no network),
+    validate it against the notification XSD with libxml2, and commit one row (job, sha256 of
+    the body, body) through the group committer above. No Flask, no report, no bookkeeping:
+    a floor under any receiver that validates and commits every notification durably."""
+    valid = _validated(environ)
+    if valid is None:
+        return _bad_request(start_response)
+    body, _ = valid
     if _started[0] != os.getpid():
         _started[0] = os.getpid()
         threading.Thread(target=_committer, daemon=True).start()
@@ -251,21 +266,12 @@ def _tx_apply(db: sqlite3.Connection, items: list[tuple[str, str, str, bytes, st
 def transaction_application(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """Raw WSGI: parse and validate as :func:`minimal_application`, then the notification,
     the job's state and an event in one (group) transaction."""
-    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-    parser = getattr(_safe, "parser", None)
-    if parser is None:
-        parser = _safe.parser = etree.XMLParser(
-            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
-        )
-    root = etree.fromstring(body, parser)
-    if not _xsd.validate(root):
-        start_response("400 Bad Request", [("Content-Length", "0")])
-        return [b""]
-    detail = root.find("JobsDetail")
+    valid = _validated(environ)
+    detail = valid[1].find("JobsDetail") if valid else None
     state = detail.findtext("State") if detail is not None else None
-    if state is None:
-        start_response("400 Bad Request", [("Content-Length", "0")])
-        return [b""]
+    if valid is None or detail is None or state is None:
+        return _bad_request(start_response)
+    body = valid[0]
     # the job as the notification tells it: its leaf elements (cirelay keeps a typed view)
     view = json.dumps({e.tag: e.text for e in detail.iter() if len(e) == 0 and e.text})
     if _tx_started[0] != os.getpid():

@@ -55,6 +55,7 @@ def test_the_transaction_floor_records_state_event_and_notification_once(
     late = notification_xml(ci_job_id(1), state="Running", UserData="late")
     assert post(app, "job_01", late) == "200 OK"
     assert post(app, "job_02", "<Response><JobsDetail/></Response>").startswith("400")
+    assert post(app, "job_02", "<Response>").startswith("400")  # not even well-formed
 
     with contextlib.closing(sqlite3.connect(floor_db)) as db:
         states = dict(db.execute("SELECT id, state FROM j").fetchall())
