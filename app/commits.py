@@ -31,8 +31,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
@@ -124,22 +125,30 @@ class GroupCommitter(Generic[I, R]):
             except queue.Empty:
                 return
 
+    @contextmanager
+    def _locked_transaction(self) -> Iterator[Connection]:
+        """A batch's transaction, once it holds the lock all writers share (SQLite's writer
+        lock; the ``begin`` hook's), until its commit or rollback ends: request threads
+        give way meanwhile (:meth:`give_way`)."""
+        try:
+            with self._connection.transaction() as conn:
+                if self.begin is not None:
+                    self.begin(conn)
+                self._unlocked.clear()
+                yield conn
+        finally:
+            self._unlocked.set()
+
     def _commit(self, batch: list[tuple[I, Future[R]]], *, more: bool = False) -> None:
         """Commit ``batch``; with ``more``, also what is queued once the transaction has
         begun and holds its locks (SQLite's writer lock, the ``begin`` hook's), so what
         arrived while another process committed joins this batch instead of the next."""
         for attempt in range(self.retries + 1):
             try:
-                try:
-                    with self._connection.transaction() as conn:
-                        if self.begin is not None:
-                            self.begin(conn)
-                        self._unlocked.clear()  # holding the shared lock until the commit
-                        if more:
-                            self._take_queued(batch)
-                        results = self.apply_batch(conn, [item for item, _ in batch])
-                finally:
-                    self._unlocked.set()
+                with self._locked_transaction() as conn:
+                    if more:
+                        self._take_queued(batch)
+                    results = self.apply_batch(conn, [item for item, _ in batch])
                 break
             except Exception as exc:  # rolled back: nothing of the batch was written
                 if store.is_transient(exc) and attempt < self.retries:

@@ -43,6 +43,8 @@ from typing import Any
 from flask import Flask, request
 from lxml import etree
 
+from app.jobs import is_transition_allowed
+from app.models import JobState
 from app.notifications import parse_notification
 from app.schemas import DEFAULT_SCHEMA_DIR, SchemaSet
 from app.store import WriterLock
@@ -53,6 +55,37 @@ _queue: queue.SimpleQueue[tuple[tuple[str, str, bytes], Future[None]]] = queue.S
 _started = [0]
 
 application = Flask(__name__)
+_starting = threading.Lock()
+
+
+def _committed(item: Any, to: queue.SimpleQueue[Any], started: list[int], committer: Any) -> None:
+    """Queue ``item`` for this process's ``committer`` thread (started on first use, and
+    again in each forked worker) and wait until its batch is committed."""
+    if started[0] != os.getpid():
+        with _starting:
+            if started[0] != os.getpid():
+                threading.Thread(target=committer, daemon=True).start()
+                started[0] = os.getpid()
+    done: Future[None] = Future()
+    to.put((item, done))
+    done.result()
+
+
+def _open_sqlite(path: str) -> sqlite3.Connection:
+    """SQLite as cirelay opens it: WAL, ``synchronous=FULL``, a busy timeout, our BEGINs."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"):
+        db.execute(f"PRAGMA {pragma}")
+    return db
+
+
+def _drain(batch: list[Any], source: queue.SimpleQueue[Any]) -> list[Any]:
+    """``batch`` with everything queued in ``source`` meanwhile added."""
+    while True:
+        try:
+            batch.append(source.get_nowait())
+        except queue.Empty:
+            return batch
 
 
 def _committer() -> None:
@@ -66,16 +99,14 @@ def _committer() -> None:
     path = os.environ.get("FLOOR_SQLITE_PATH") or os.path.join(
         tempfile.gettempdir(), f"cirelay-floor-{os.getppid()}.db"
     )
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"):
-        db.execute(f"PRAGMA {pragma}")
+    db = _open_sqlite(path)
     db.execute(
         "CREATE TABLE IF NOT EXISTS n (id INTEGER PRIMARY KEY, job TEXT, digest TEXT, "
         "body BLOB, UNIQUE (job, digest))"
     )
     lock = WriterLock(path + ".writer-lock")
     while True:
-        batch = _next_batch()
+        batch = _drain([_queue.get()], _queue)
         with lock:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT OR IGNORE INTO n (job, digest, body) VALUES (?, ?, ?)",
@@ -95,7 +126,7 @@ def _pg_committer(url: str) -> None:
                 "digest TEXT, body BYTEA, UNIQUE (job, digest))"
             )
         while True:
-            batch = _next_batch()
+            batch = _drain([_queue.get()], _queue)
             with db.transaction(), db.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO floor_n (job, digest, body) VALUES (%s, %s, %s) "
@@ -106,26 +137,12 @@ def _pg_committer(url: str) -> None:
                 future.set_result(None)
 
 
-def _next_batch() -> list[tuple[tuple[str, str, bytes], Future[None]]]:
-    batch = [_queue.get()]
-    while True:
-        try:
-            batch.append(_queue.get_nowait())
-        except queue.Empty:
-            return batch
-
-
 @application.post("/callbacks/ci/<first>/<second>")
 def notification(first: str, second: str) -> str:
     body = request.get_data()
     parsed = parse_notification(body, request.content_type or "", _schemas)
     if MODE == "commit":
-        if _started[0] != os.getpid():
-            _started[0] = os.getpid()
-            threading.Thread(target=_committer, daemon=True).start()
-        done: Future[None] = Future()
-        _queue.put(((first, parsed.reports[0].digest, body), done))
-        done.result()
+        _committed((first, parsed.reports[0].digest, body), _queue, _started, _committer)
     return "ok"
 
 
@@ -165,20 +182,14 @@ def minimal_application(environ: dict[str, Any], start_response: Any) -> list[by
     if valid is None:
         return _bad_request(start_response)
     body, _ = valid
-    if _started[0] != os.getpid():
-        _started[0] = os.getpid()
-        threading.Thread(target=_committer, daemon=True).start()
-    done: Future[None] = Future()
     job = environ["PATH_INFO"].rsplit("/", 2)[-2]
-    _queue.put(((job, hashlib.sha256(body).hexdigest(), body), done))
-    done.result()
+    _committed((job, hashlib.sha256(body).hexdigest(), body), _queue, _started, _committer)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
 
 
 # --- the least a receiver doing issue 2 section 4's transaction must do (SQLite) ------------
 
-_TERMINAL = frozenset({"Success", "Failed", "Cancel"})
 _tx_queue: queue.SimpleQueue[tuple[tuple[str, str, str, bytes, str], Future[None]]] = (
     queue.SimpleQueue()
 )
@@ -198,9 +209,7 @@ _TX_TABLES = (
 
 def _tx_committer() -> None:
     path = os.environ["FLOOR_SQLITE_PATH"]
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=30000"):
-        db.execute(f"PRAGMA {pragma}")
+    db = _open_sqlite(path)
     lock = WriterLock(path + ".writer-lock")
     with lock:  # the first worker here creates the tables and copies cirelay's jobs
         for statement in _TX_TABLES:
@@ -219,11 +228,7 @@ def _tx_committer() -> None:
         batch = [_tx_queue.get()]
         with lock:
             db.execute("BEGIN IMMEDIATE")
-            while True:  # what arrived while waiting for the lock joins the batch
-                try:
-                    batch.append(_tx_queue.get_nowait())
-                except queue.Empty:
-                    break
+            _drain(batch, _tx_queue)  # what arrived while waiting for the lock joins the batch
             _tx_apply(db, [item for item, _ in batch])
             db.execute("COMMIT")
         for _, future in batch:
@@ -244,7 +249,7 @@ def _tx_apply(db: sqlite3.Connection, items: list[tuple[str, str, str, bytes, st
             continue  # the same notification again: recorded once
         seen.add((job, digest))
         current = states.get(job)
-        moves = current not in _TERMINAL and current != state
+        moves = is_transition_allowed(current, JobState(state))  # cirelay's own rule
         outcome = "accepted" if moves else "stale"
         notifications.append((job, digest, state, outcome, body, now))
         if moves:
@@ -274,12 +279,8 @@ def transaction_application(environ: dict[str, Any], start_response: Any) -> lis
     body = valid[0]
     # the job as the notification tells it: its leaf elements (cirelay keeps a typed view)
     view = json.dumps({e.tag: e.text for e in detail.iter() if len(e) == 0 and e.text})
-    if _tx_started[0] != os.getpid():
-        _tx_started[0] = os.getpid()
-        threading.Thread(target=_tx_committer, daemon=True).start()
-    done: Future[None] = Future()
     job = environ["PATH_INFO"].rsplit("/", 2)[-2]
-    _tx_queue.put(((job, hashlib.sha256(body).hexdigest(), state, body, view), done))
-    done.result()
+    item = (job, hashlib.sha256(body).hexdigest(), state, body, view)
+    _committed(item, _tx_queue, _tx_started, _tx_committer)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]

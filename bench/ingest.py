@@ -277,13 +277,15 @@ def run(args: argparse.Namespace, work: Path) -> int:
                 raise BenchError(f"{server.name} failed {label} {why}:\n{server.log_tail()}")
         return result
 
-    floors = []
+    # each floor: its name, its app, its SQLite file, and the PostgreSQL database it writes
+    # to instead when it does (the one-row floor follows --database-url; floor-tx: SQLite)
+    floors: list[tuple[str, str, Path, str | None]] = []
     if args.floor:
         reset_floor(database_url)
-        floor_db = work / "floor.db"
-        floors.append(("floor", FLOOR_APP, floor_db))
-        if args.transaction_floor and dialect(database_url) == "sqlite":
-            floors.append(("floor-tx", TRANSACTION_FLOOR_APP, work / "floor-tx.db"))
+        postgresql = database_url if dialect(database_url) == "postgresql" else None
+        floors.append(("floor", FLOOR_APP, work / "floor.db", postgresql))
+        if args.transaction_floor and not postgresql:
+            floors.append(("floor-tx", TRANSACTION_FLOOR_APP, work / "floor-tx.db", None))
     with contextlib.ExitStack() as stack:
         # all servers up at once; only the one under load uses CPU (the others wait in
         # poll), so the rounds alternate between them and the VM's drift hits each alike
@@ -293,7 +295,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         servers = [cirelay, stack.enter_context(
             Server("bare", bare_command(args), env, work, ready_status=None)
         )]  # fmt: skip
-        for name, app, path in floors:
+        for name, app, path, _ in floors:
             floor_env = dict(env, FLOOR_MODE="commit", FLOOR_SQLITE_PATH=str(path),
                              FLOOR_JOBS_DATABASE_URL=database_url)  # fmt: skip
             command = bare_command(args, app=app)
@@ -308,9 +310,10 @@ def run(args: argparse.Namespace, work: Path) -> int:
         durable = verify_durability(
             database_url, [warm["cirelay"]] + [r["cirelay"] for r in rounds], args.connections
         )
-        for name, _, path in floors:
-            next(s for s in servers if s.name == name).stop()
-            rows = floor_rows(database_url if name == "floor" else "", path)
+        by_name = {server.name: server for server in servers}
+        for name, _, path, postgresql in floors:
+            by_name[name].stop()
+            rows = floor_rows(path, postgresql)
             answered = warm[name].ok + sum(r[name].ok for r in rounds)
             print(
                 f"  {name} durability: {rows} rows committed for {answered} 2xx answers "
@@ -458,11 +461,12 @@ def reset_floor(database_url: str) -> None:
             db.execute("DROP TABLE IF EXISTS floor_n")
 
 
-def floor_rows(database_url: str, sqlite_path: Path) -> int:
-    if dialect(database_url) == "postgresql":
+def floor_rows(sqlite_path: Path, postgresql_url: str | None) -> int:
+    """The rows a floor committed: in its PostgreSQL table, else in its SQLite file."""
+    if postgresql_url:
         import psycopg
 
-        with psycopg.connect(_psycopg_url(database_url)) as db:
+        with psycopg.connect(_psycopg_url(postgresql_url)) as db:
             row = db.execute("SELECT count(*) FROM floor_n").fetchone()
     else:
         import sqlite3
