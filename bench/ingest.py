@@ -122,8 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="floor",
         action="store_false",
         help=f"skip the floors: {FLOOR_APP} (raw WSGI, libxml2 parse and XSD, one row per "
-        f"notification, group commit) and, on SQLite, {TRANSACTION_FLOOR_APP} (the same "
-        "with the job's state and an event in the notification's transaction)",
+        f"notification, group commit) and {TRANSACTION_FLOOR_APP} (the same with the job's "
+        "state and an event in the notification's transaction)",
     )
     parser.add_argument(
         "--no-transaction-floor",
@@ -180,37 +180,60 @@ class WrkResult:
     def server_cpu_ms_per_request(self) -> float:
         return self.cpu.server * 1e3 / self.responses if self.cpu and self.responses else 0.0
 
+    @property
+    def database_cpu_ms_per_request(self) -> float:
+        return self.cpu.database * 1e3 / self.responses if self.cpu and self.responses else 0.0
+
 
 @dataclass(frozen=True)
 class CpuUse:
-    """CPU seconds: the server's process group, wrk (and our other children), the machine."""
+    """CPU seconds: the server's process group, wrk (and our other children), the local
+    PostgreSQL server's processes (part of the load when the benchmark runs on it), the
+    machine."""
 
     server: float
     children: float
     machine: float
+    database: float = 0.0
+    #: in a snapshot: CPU seconds so far of each PostgreSQL process, by pid
+    database_processes: dict[int, float] = field(default_factory=dict, compare=False)
 
     def __sub__(self, other: CpuUse) -> CpuUse:
+        # PostgreSQL's processes come and go (autovacuum workers, backends): what each used
+        # meanwhile, not the difference of the sums, in which one that exited would count
+        # everything it ever used against the run
+        before = other.database_processes
+        database = sum(
+            seconds - before.get(pid, 0.0) for pid, seconds in self.database_processes.items()
+        )
         return CpuUse(
             self.server - other.server,
             self.children - other.children,
             self.machine - other.machine,
+            database,
         )
 
     @property
     def others(self) -> float:
         """What processes outside the benchmark used meanwhile: noise in the figures."""
-        return max(self.machine - self.server - self.children, 0.0)
+        return max(self.machine - self.server - self.children - self.database, 0.0)
 
 
 def cpu_snapshot(server_pid: int) -> CpuUse:
     """CPU used so far by the server's process group (live processes, and workers its master
-    has reaped), by this script's reaped children (wrk) and by the whole machine."""
+    has reaped), by this script's reaped children (wrk), by PostgreSQL's processes and by the
+    whole machine."""
     tick = os.sysconf("SC_CLK_TCK")
     server = 0
+    database: dict[int, float] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            name, _, rest = stat.read_text().partition(" (")[2].rpartition(")")
         except OSError:
+            continue
+        fields = rest.split()
+        if name == "postgres":  # the server and its backends (all of them: ours only load it)
+            database[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / tick
             continue
         if int(fields[2]) != server_pid:  # process group
             continue
@@ -224,6 +247,7 @@ def cpu_snapshot(server_pid: int) -> CpuUse:
         server=server / tick,
         children=children.ru_utime + children.ru_stime,
         machine=(user + nice + system + irq + softirq + steal) / tick,
+        database_processes=database,
     )
 
 
@@ -278,14 +302,15 @@ def run(args: argparse.Namespace, work: Path) -> int:
         return result
 
     # each floor: its name, its app, its SQLite file, and the PostgreSQL database it writes
-    # to instead when it does (the one-row floor follows --database-url; floor-tx: SQLite)
-    floors: list[tuple[str, str, Path, str | None]] = []
+    # to instead when --database-url names one, with the table of its notifications there
+    floors: list[tuple[str, str, Path, str | None, str]] = []
     if args.floor:
         reset_floor(database_url)
         postgresql = database_url if dialect(database_url) == "postgresql" else None
-        floors.append(("floor", FLOOR_APP, work / "floor.db", postgresql))
-        if args.transaction_floor and not postgresql:
-            floors.append(("floor-tx", TRANSACTION_FLOOR_APP, work / "floor-tx.db", None))
+        floors.append(("floor", FLOOR_APP, work / "floor.db", postgresql, "floor_n"))
+        if args.transaction_floor:
+            floors.append(("floor-tx", TRANSACTION_FLOOR_APP, work / "floor-tx.db", postgresql,
+                           "floor_tx_n"))  # fmt: skip
     with contextlib.ExitStack() as stack:
         # all servers up at once; only the one under load uses CPU (the others wait in
         # poll), so the rounds alternate between them and the VM's drift hits each alike
@@ -295,7 +320,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         servers = [cirelay, stack.enter_context(
             Server("bare", bare_command(args), env, work, ready_status=None)
         )]  # fmt: skip
-        for name, app, path, _ in floors:
+        for name, app, path, *_ in floors:
             floor_env = dict(env, FLOOR_MODE="commit", FLOOR_SQLITE_PATH=str(path),
                              FLOOR_JOBS_DATABASE_URL=database_url)  # fmt: skip
             command = bare_command(args, app=app)
@@ -311,9 +336,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
             database_url, [warm["cirelay"]] + [r["cirelay"] for r in rounds], args.connections
         )
         by_name = {server.name: server for server in servers}
-        for name, _, path, postgresql in floors:
+        for name, _, path, postgresql, table in floors:
             by_name[name].stop()
-            rows = floor_rows(path, postgresql)
+            rows = floor_rows(path, postgresql, table)
             answered = warm[name].ok + sum(r[name].ok for r in rounds)
             print(
                 f"  {name} durability: {rows} rows committed for {answered} 2xx answers "
@@ -453,21 +478,22 @@ def dialect(database_url: str) -> str:
 
 
 def reset_floor(database_url: str) -> None:
-    """The floor's PostgreSQL table starts empty (its SQLite file is new in each run)."""
+    """The floors' PostgreSQL tables start empty (their SQLite files are new in each run)."""
     if dialect(database_url) == "postgresql":
         import psycopg
 
         with psycopg.connect(_psycopg_url(database_url), autocommit=True) as db:
-            db.execute("DROP TABLE IF EXISTS floor_n")
+            db.execute("DROP TABLE IF EXISTS floor_n, floor_tx_n, floor_tx_j, floor_tx_e")
 
 
-def floor_rows(sqlite_path: Path, postgresql_url: str | None) -> int:
-    """The rows a floor committed: in its PostgreSQL table, else in its SQLite file."""
+def floor_rows(sqlite_path: Path, postgresql_url: str | None, table: str) -> int:
+    """The notifications a floor committed: in its PostgreSQL ``table``, else in its SQLite
+    file (table ``n``)."""
     if postgresql_url:
         import psycopg
 
         with psycopg.connect(_psycopg_url(postgresql_url)) as db:
-            row = db.execute("SELECT count(*) FROM floor_n").fetchone()
+            row = db.execute(f"SELECT count(*) FROM {table}").fetchone()
     else:
         import sqlite3
 
@@ -804,7 +830,7 @@ def print_wrk(name: str, r: WrkResult) -> None:
     if r.cpu:
         cpu = (
             f"  cpu-s server {r.cpu.server:.1f} wrk {r.cpu.children:.1f} "
-            f"others {r.cpu.others:.1f} of {_capacity(r):.1f}"
+            f"postgres {r.cpu.database:.1f} others {r.cpu.others:.1f} of {_capacity(r):.1f}"
         )
     print(
         f"  {name:8} {r.label:9} {r.ok_per_second:8.1f} 2xx/s  p50 {r.p50_ms:6.2f} ms  "
@@ -839,6 +865,7 @@ def combined(runs: list[WrkResult]) -> WrkResult:
             server=sum(c.server for c in cpu),
             children=sum(c.children for c in cpu),
             machine=sum(c.machine for c in cpu),
+            database=sum(c.database for c in cpu),
         )
         if cpu
         else None,
@@ -854,14 +881,16 @@ def print_table(rounds: list[dict[str, WrkResult]], database: str) -> None:
     )
     print(
         f"{'server':8} {'requests/s':>11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
-        f"{'max ms':>8} {'non-2xx':>8} {'server CPU ms/req':>18} {'others CPU %':>13}"
+        f"{'max ms':>8} {'non-2xx':>8} {'server CPU ms/req':>18} {'postgres ms/req':>16} "
+        f"{'others CPU %':>13}"
     )
     for name, r in total.items():
         others = 100 * r.cpu.others / _capacity(r) if r.cpu else 0.0
         print(
             f"{name:8} {r.ok_per_second:11.1f} {r.p50_ms:8.2f} {r.p90_ms:8.2f} "
             f"{r.p99_ms:8.2f} {r.max_ms:8.2f} {r.non2xx:8d} "
-            f"{r.server_cpu_ms_per_request:18.3f} {others:13.1f}"
+            f"{r.server_cpu_ms_per_request:18.3f} {r.database_cpu_ms_per_request:16.3f} "
+            f"{others:13.1f}"
         )
     target = TARGET_RATIO[database]
 
@@ -881,7 +910,7 @@ def print_table(rounds: list[dict[str, WrkResult]], database: str) -> None:
     if "floor-tx" in total:
         print(
             f"        floor-tx/bare  = {ratios('floor-tx')}   the least any receiver that does "
-            "issue 2 section 4's transaction does"
+            "issue 2 section 4's transaction does (on PostgreSQL: as a fleet)"
         )
     if any(r.cpu and r.cpu.others > 0.1 * _capacity(r) for r in total.values()):
         print(
