@@ -37,15 +37,20 @@ def post(app: Any, job_id: str, body: str) -> str:
 
 
 def test_the_transaction_floor_records_state_event_and_notification_once(
-    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     now = datetime(2026, 12, 6, tzinfo=UTC)
     for n in (1, 2):
         make_job(engine, f"job_0{n}", now, ci_id=ci_job_id(n))
     postgresql = engine.dialect.name == "postgresql"
-    if postgresql:  # the floor's tables live beside cirelay's, as in the benchmark
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE IF EXISTS floor_tx_n, floor_tx_j, floor_tx_e"))
+    if postgresql:  # the floor's tables live beside cirelay's, as in the benchmark: not after
+
+        def drop_floor_tables() -> None:
+            with engine.begin() as conn:
+                conn.execute(sa.text("DROP TABLE IF EXISTS floor_tx_n, floor_tx_j, floor_tx_e"))
+
+        drop_floor_tables()
+        request.addfinalizer(drop_floor_tables)
     monkeypatch.setenv("CIRELAY_DATABASE_URL", engine.url.render_as_string(hide_password=False))
     floor_db = tmp_path / "floor-tx.db"
     monkeypatch.setenv("FLOOR_SQLITE_PATH", str(floor_db))
