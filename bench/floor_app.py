@@ -243,15 +243,18 @@ def _tx_committer() -> None:
             future.set_result(None)
 
 
-def _tx_apply(db: sqlite3.Connection, items: list[tuple[str, str, str, bytes, str]]) -> None:
-    """The jobs' states and digests read in two statements, the rules applied in memory in
-    arrival order, the rows written with one ``executemany`` per table."""
-    ids = sorted({job for job, *_ in items})
-    marks = ",".join("?" * len(ids))
-    states = dict(db.execute(f"SELECT id, state FROM j WHERE id IN ({marks})", ids).fetchall())
-    seen = set(db.execute(f"SELECT job, digest FROM n WHERE job IN ({marks})", ids).fetchall())
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    notifications, changed, events = [], [], []
+_TxItem = tuple[str, str, str, bytes, str]  # job, digest, state, body, the job's view
+_Rows = list[tuple[Any, ...]]
+
+
+def _tx_rows(
+    items: list[_TxItem], states: dict[str, str], seen: set[tuple[str, str]], now: Any
+) -> tuple[_Rows, _Rows, _Rows]:
+    """The rules, in memory and in arrival order, given the jobs' ``states`` and the digests
+    ``seen`` for them: the rows of notifications, job changes and events to write."""
+    notifications: _Rows = []
+    changed: _Rows = []
+    events: _Rows = []
     for job, digest, state, body, view in items:
         if (job, digest) in seen:
             continue  # the same notification again: recorded once
@@ -265,6 +268,18 @@ def _tx_apply(db: sqlite3.Connection, items: list[tuple[str, str, str, bytes, st
             changed.append((state, view, now, now, job))
             data = f'{{"jobId":"{job}","previous":"{current}","job":{view}}}'
             events.append((os.urandom(12).hex(), f"job.{state.lower()}", job, now, data))
+    return notifications, changed, events
+
+
+def _tx_apply(db: sqlite3.Connection, items: list[_TxItem]) -> None:
+    """The jobs' states and digests read in two statements, the rules applied in memory in
+    arrival order, the rows written with one ``executemany`` per table."""
+    ids = sorted({job for job, *_ in items})
+    marks = ",".join("?" * len(ids))
+    states = dict(db.execute(f"SELECT id, state FROM j WHERE id IN ({marks})", ids).fetchall())
+    seen = set(db.execute(f"SELECT job, digest FROM n WHERE job IN ({marks})", ids).fetchall())
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    notifications, changed, events = _tx_rows(items, states, seen, now)
     db.executemany(
         "INSERT INTO n (job, digest, state, outcome, body, received_at) VALUES (?, ?, ?, ?, ?, ?)",
         notifications,
@@ -319,7 +334,7 @@ def _tx_pg_committer(url: str, items: queue.SimpleQueue[Any]) -> None:
                 future.set_result(None)
 
 
-def _tx_pg_apply(db: Any, items: list[tuple[str, str, str, bytes, str]]) -> None:
+def _tx_pg_apply(db: Any, items: list[_TxItem]) -> None:
     """As :func:`_tx_apply`: the jobs locked and read with their digests in one statement,
     the rules in memory, then the writes in one pipeline (one round trip)."""
     ids = sorted({job for job, *_ in items})
@@ -331,20 +346,7 @@ def _tx_pg_apply(db: Any, items: list[tuple[str, str, str, bytes, str]]) -> None
     states = {job: state for job, state, _ in rows}
     seen = {(job, digest) for job, _, digests in rows for digest in digests}
     now = datetime.now(UTC)
-    notifications, changed, events = [], [], []
-    for job, digest, state, body, view in items:
-        if (job, digest) in seen:
-            continue  # the same notification again: recorded once
-        seen.add((job, digest))
-        current = states.get(job)
-        moves = is_transition_allowed(current, JobState(state))  # cirelay's own rule
-        outcome = "accepted" if moves else "stale"
-        notifications.append((job, digest, state, outcome, body, now))
-        if moves:
-            states[job] = state
-            changed.append((state, view, now, now, job))
-            data = f'{{"jobId":"{job}","previous":"{current}","job":{view}}}'
-            events.append((os.urandom(12).hex(), f"job.{state.lower()}", job, now, data))
+    notifications, changed, events = _tx_rows(items, states, seen, now)
     with db.pipeline(), db.cursor() as cur:
         cur.executemany(
             "INSERT INTO floor_tx_n (job, digest, state, outcome, body, received_at) "
