@@ -97,7 +97,7 @@ def _committer() -> None:
     names one (psycopg 3, one transaction per batch, the server's default durability)."""
     url = os.environ.get("CIRELAY_DATABASE_URL", "")
     if url.startswith("postgresql"):
-        _pg_committer(url)
+        _pg_committer(_psycopg_url(url))
         return
     path = os.environ.get("FLOOR_SQLITE_PATH") or os.path.join(
         tempfile.gettempdir(), f"cirelay-floor-{os.getppid()}.db"
@@ -119,10 +119,15 @@ def _committer() -> None:
             future.set_result(None)
 
 
+def _psycopg_url(url: str) -> str:
+    """cirelay's SQLAlchemy URL as psycopg takes it."""
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
 def _pg_committer(url: str) -> None:
     import psycopg
 
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as db:
+    with psycopg.connect(url) as db:
         with db.transaction():
             db.execute(
                 "CREATE TABLE IF NOT EXISTS floor_n (id BIGSERIAL PRIMARY KEY, job TEXT, "
@@ -191,11 +196,11 @@ def minimal_application(environ: dict[str, Any], start_response: Any) -> list[by
     return [b"ok"]
 
 
-# --- the least a receiver doing issue 2 section 4's transaction must do (SQLite) ------------
+# --- the least a receiver doing issue 2 section 4's transaction must do ---------------------
 
-_tx_queue: queue.SimpleQueue[tuple[tuple[str, str, str, bytes, str], Future[None]]] = (
-    queue.SimpleQueue()
-)
+_TxItem = tuple[str, str, str, bytes, str]  # job, digest, state, body, the job's view
+_Rows = list[tuple[Any, ...]]
+_tx_queue: queue.SimpleQueue[tuple[_TxItem, Future[None]]] = queue.SimpleQueue()
 _tx_started = [0]
 _TX_TABLES = (
     "CREATE TABLE IF NOT EXISTS j (id TEXT PRIMARY KEY, ci_job_id TEXT UNIQUE, "
@@ -214,7 +219,7 @@ def _tx_committer() -> None:
     items = _tx_queue  # this thread's, even if a test gives the module a new one
     url = os.environ.get("CIRELAY_DATABASE_URL", "")
     if url.startswith("postgresql"):
-        _tx_pg_committer(url.replace("postgresql+psycopg://", "postgresql://"), items)
+        _tx_pg_committer(_psycopg_url(url), items)
         return
     path = os.environ["FLOOR_SQLITE_PATH"]
     db = _open_sqlite(path)
@@ -241,10 +246,6 @@ def _tx_committer() -> None:
             db.execute("COMMIT")
         for _, future in batch:
             future.set_result(None)
-
-
-_TxItem = tuple[str, str, str, bytes, str]  # job, digest, state, body, the job's view
-_Rows = list[tuple[Any, ...]]
 
 
 def _tx_rows(
@@ -358,11 +359,10 @@ def _tx_pg_apply(db: Any, items: list[_TxItem]) -> None:
             "last_notified_at = %s WHERE id = %s",
             changed,
         )
-        if events:
-            cur.executemany(
-                "INSERT INTO floor_tx_e (id, type, job_id, time, data) VALUES (%s, %s, %s, %s, %s)",
-                events,
-            )
+        cur.executemany(
+            "INSERT INTO floor_tx_e (id, type, job_id, time, data) VALUES (%s, %s, %s, %s, %s)",
+            events,
+        )
 
 
 def transaction_application(environ: dict[str, Any], start_response: Any) -> list[bytes]:

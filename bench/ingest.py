@@ -52,7 +52,7 @@ TARGET_RATIO = {"sqlite": 0.5, "postgresql": 0.35}
 #: the floor: the least any receiver that validates and durably commits must do
 FLOOR_APP = "bench.floor_app:minimal_application"
 #: the floor of issue 2 section 4: the same, with the job's new state and an event in the
-#: notification's transaction (SQLite)
+#: notification's transaction (on PostgreSQL also the least a fleet needs: see floor_app.py)
 TRANSACTION_FLOOR_APP = "bench.floor_app:transaction_application"
 
 
