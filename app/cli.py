@@ -132,7 +132,7 @@ def _gunicorn_command(host: str, port: int, workers: int | None) -> list[str]:
         "-m",
         "gunicorn",
         "--config",
-        "python:app.gunicorn_conf",
+        "python:app.serving.gunicorn_conf",
         "--bind",
         f"{host}:{port}",
     ]

@@ -3,9 +3,9 @@ request it belongs to.
 
 - :func:`configure` sets up the root logger (``cirelay worker``, the CLI); ``text`` gives
   plain lines for a person at a terminal (``cirelay up`` picks it).
-- :class:`GunicornLogger` (``logger_class`` in :mod:`app.gunicorn_conf`) does the same for
-  gunicorn's own logs and writes the access log as JSON records with the request id, the
-  status and the time taken, and the path with callback tokens and secrets cut out.
+- :class:`GunicornLogger` (``logger_class`` in :mod:`app.serving.gunicorn_conf`) does the
+  same for gunicorn's own logs and writes the access log as JSON records with the request id,
+  the status and the time taken, and the path with callback tokens and secrets cut out.
 - :func:`bind_request_id` is called at the start of every request (``app.web``): the id comes
   from the ``X-Request-ID`` header when a proxy set a sane one, otherwise it is made here; it
   goes back in the response's ``X-Request-ID`` and onto every log line of the request.

@@ -3,8 +3,8 @@
 It accepts POST on the URL shapes of cirelay's callbacks (``/callbacks/ci/<job id>/<token>``
 and ``/callbacks/ci/queue/<secret>``) and does nothing else: no parsing, no validation, no
 database. ``bench/ingest.py`` runs it under gunicorn with cirelay's own config module
-(``app.gunicorn_conf``) and the same settings, so the ratio of the two measures what cirelay's
-work costs on top of gunicorn + Flask.
+(``app.serving.gunicorn_conf``) and the same settings, so the ratio of the two measures what
+cirelay's work costs on top of gunicorn + Flask.
 """
 
 from __future__ import annotations

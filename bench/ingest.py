@@ -85,8 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10,
         help="measured rounds; each round loads every server in turn (default 10)",
     )
-    # the service's own defaults (app.gunicorn_conf, which reads the CIRELAY_* variables)
-    from app import gunicorn_conf
+    # the service's own defaults (app.serving.gunicorn_conf: it reads the CIRELAY_* variables)
+    from app.serving import gunicorn_conf
 
     parser.add_argument(
         "--workers",
@@ -512,7 +512,7 @@ def bare_command(args: argparse.Namespace, app: str | None = None) -> list[str]:
         "-m",
         "gunicorn",
         "--config",
-        "python:app.gunicorn_conf",
+        "python:app.serving.gunicorn_conf",
         "--bind",
         f"{HOST}:{{port}}",
         "--workers",
@@ -792,8 +792,8 @@ def print_machine(args: argparse.Namespace, database_url: str, wrk: str) -> None
         f"machine   nproc {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), {model}\n"
         f"software  python {version[0]}, gunicorn {version[1]}, flask {version[2]}, "
         f"{wrk_version.stdout.split(' [')[0].strip() or 'wrk'}\n"
-        f"gunicorn  {args.workers} x {args.worker_class}{threads} (app.gunicorn_conf), both "
-        f"servers\n"
+        f"gunicorn  {args.workers} x {args.worker_class}{threads} "
+        f"(app.serving.gunicorn_conf), both servers\n"
         f"load      wrk -t{WRK_THREADS} -c{args.connections}, {WARMUP_SECONDS} s warm-up + "
         f"{args.duration} s, endpoint {args.endpoint}, every request a distinct job, "
         f"{NOTIFICATION.stat().st_size} B XML\n"

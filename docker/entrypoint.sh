@@ -9,7 +9,7 @@
 #
 # Every branch ends in exec: the command replaces this shell, so gunicorn (or cirelay) is the
 # container's PID 1 and receives `docker stop`'s / the kubelet's SIGTERM itself (gunicorn then
-# lets in-flight requests finish: graceful_timeout in app/gunicorn_conf.py).
+# lets in-flight requests finish: graceful_timeout in app/serving/gunicorn_conf.py).
 set -eu
 
 serve() {
@@ -32,7 +32,7 @@ serve() {
         sqlite*) cirelay db upgrade ;;
     esac
 
-    exec gunicorn --config python:app.gunicorn_conf "$@" app.wsgi:application
+    exec gunicorn --config python:app.serving.gunicorn_conf "$@" app.wsgi:application
 }
 
 if [ "$#" -eq 0 ]; then

@@ -28,7 +28,7 @@ SH = shutil.which("sh") or "/bin/sh"
 #: where `pip install` put cirelay's and gunicorn's commands (.venv/bin): /opt/venv/bin in the
 #: image, first on PATH there too
 SCRIPTS = sysconfig.get_path("scripts")
-#: gunicorn's graceful_timeout (app/gunicorn_conf.py)
+#: gunicorn's graceful_timeout (app/serving/gunicorn_conf.py)
 GRACEFUL_TIMEOUT = 30
 STARTUP_DEADLINE = 30.0
 

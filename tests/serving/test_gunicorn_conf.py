@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-import app.gunicorn_conf
+import app.serving.gunicorn_conf
 from tests.e2e_stack import CIRELAY, children_of, free_port, poll, spawn, stack_env, wait_http
 
 
@@ -20,13 +20,13 @@ def conf(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     for name in ("CIRELAY_WORKERS", "CIRELAY_THREADS", "CIRELAY_MAX_REQUESTS",
                  "CIRELAY_WORKER_CLASS", "CIRELAY_ACCESS_LOG", "CIRELAY_CPU_AFFINITY"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
-    yield importlib.reload(app.gunicorn_conf)
-    importlib.reload(app.gunicorn_conf)
+    yield importlib.reload(app.serving.gunicorn_conf)
+    importlib.reload(app.serving.gunicorn_conf)
 
 
 def test_defaults_chosen_by_benchmark_with_recycling_staggered(conf: ModuleType) -> None:
     assert (conf.worker_class, conf.workers, conf.threads) == (
-        "app.workers.BalancedThreadWorker",
+        "app.serving.balanced_worker.BalancedThreadWorker",
         2,
         16,
     )
@@ -40,9 +40,20 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, conf: ModuleType
     monkeypatch.setenv("CIRELAY_MAX_REQUESTS", "1000")
     monkeypatch.setenv("CIRELAY_ACCESS_LOG", "off")
     monkeypatch.setenv("CIRELAY_THREADS", "4")
-    reloaded = importlib.reload(app.gunicorn_conf)
+    reloaded = importlib.reload(app.serving.gunicorn_conf)
     assert (reloaded.max_requests, reloaded.max_requests_jitter) == (1000, 100)
     assert reloaded.accesslog is None and reloaded.threads == 4
+
+
+def test_the_balanced_workers_former_dotted_path_still_names_it(
+    monkeypatch: pytest.MonkeyPatch, conf: ModuleType
+) -> None:
+    """``CIRELAY_WORKER_CLASS=app.workers.BalancedThreadWorker`` from before the move to
+    ``app.serving``; plain gthread or any other class is passed on as given."""
+    monkeypatch.setenv("CIRELAY_WORKER_CLASS", "app.workers.BalancedThreadWorker")
+    assert importlib.reload(conf).worker_class == "app.serving.balanced_worker.BalancedThreadWorker"
+    monkeypatch.setenv("CIRELAY_WORKER_CLASS", "gthread")
+    assert importlib.reload(conf).worker_class == "gthread"
 
 
 def test_a_worker_quits_like_it_exits(conf: ModuleType) -> None:

@@ -1,4 +1,4 @@
-"""Connections spread evenly over gunicorn's workers (``app.workers``)."""
+"""Connections spread evenly over gunicorn's workers (``app.serving.balanced_worker``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from app.workers import STALE_AFTER, ConnectionTable
+from app.serving.balanced_worker import STALE_AFTER, ConnectionTable
 from tests.e2e_stack import Process, children_of, free_port, poll, spawn
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_worker_accepts_while_no_live_worker_has_fewer_connections() -> None:
@@ -59,9 +59,9 @@ def server(tmp_path: Path) -> Iterator[tuple[int, Process]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
     env.update(CIRELAY_CPU_AFFINITY="off", CIRELAY_ACCESS_LOG="off", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "gunicorn", "--config", "python:app.gunicorn_conf",
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:app.serving.gunicorn_conf",
                "--bind", f"127.0.0.1:{port}", "--workers", "2",
-               "tests.pid_app:application"]  # fmt: skip
+               "tests.serving.pid_app:application"]  # fmt: skip
     process = spawn("gunicorn", command, env, tmp_path)
     try:
         poll("2 workers", lambda: len(children_of(process.popen.pid)) == 2)

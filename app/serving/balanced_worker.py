@@ -1,11 +1,11 @@
 """gunicorn's gthread worker, with client connections spread evenly over the workers.
 
 Every gthread worker polls the one listening socket and accepts whatever it is woken for, so
-connections land on workers unevenly: a burst of 16 connections split 2/14 or 5/11 in the
-ingest benchmark as often as 8/8. Clients that keep their connections open (a load balancer's
-upstream keep-alive pool, CI's callback senders, wrk) then keep one worker busy, with its
-GIL and its one CPU, while another idles: on 2 cores a 5/11 split made the service a third
-slower than an even one (README, "Speed").
+a burst of connections lands on the workers unevenly, and differently every time. Clients that
+keep their connections open (a load balancer's upstream keep-alive pool, CI's callback senders,
+wrk) then keep one worker busy, with its GIL and its one CPU, while another idles: the service
+gets less than its CPUs can give, by an amount that changes from one burst to the next
+(``bench/RESULTS.md`` has the measurements).
 
 :class:`BalancedThreadWorker` accepts a connection only while it holds no more connections than
 the least-loaded live worker; the others, woken for the same connection, leave it to that one.
@@ -61,15 +61,16 @@ class ConnectionTable:
         return next((s for s in range(self.slots) if s not in taken), None)
 
 
-#: made when the master loads its config (``app.gunicorn_conf`` imports it), before any fork
+#: made when the master loads its config (``app.serving.gunicorn_conf`` imports it),
+#: before any fork
 TABLE = ConnectionTable()
 
 
 class BalancedThreadWorker(ThreadWorker):  # type: ignore[misc]
     """gthread, accepting only while it has the fewest connections (see the module).
 
-    ``cirelay_slot`` is set on the worker by the master (``app.gunicorn_conf.pre_fork``);
-    without one the worker behaves exactly as gthread."""
+    ``cirelay_slot`` is set on the worker by the master (``app.serving.gunicorn_conf``'s
+    ``pre_fork``); without one the worker behaves exactly as gthread."""
 
     cirelay_slot: int | None = None
 

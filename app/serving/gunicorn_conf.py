@@ -1,12 +1,13 @@
 """gunicorn configuration used by ``cirelay serve``, ``cirelay up`` and the image.
 
 Every value can be overridden on gunicorn's command line or with the ``CIRELAY_*`` variables
-read below. Worker class and counts were chosen with ``bench/ingest.py`` (README, "Speed"):
-``gthread`` because a notification waits for its group commit (an fsync) with the GIL
-released, so more requests in flight per process make larger batches; 2 workers x 16 threads
-gave the highest throughput on 2 cores; sync workers (one request per process) the lowest.
-The worker class is gthread spreading client connections evenly over the workers
-(:mod:`app.workers`); ``CIRELAY_WORKER_CLASS=gthread`` is plain gthread.
+read below. Worker class and counts were chosen with ``bench/ingest.py`` (its runs are in
+``bench/RESULTS.md``): ``gthread`` because a notification waits for its group commit (an
+fsync) with the GIL released, so more requests in flight per process make larger batches,
+where sync workers (one request per process) commit one at a time; 2 workers x 16 threads
+because that served the most on the 2-core host the defaults are tuned for. The worker class
+is gthread spreading client connections evenly over the workers
+(:mod:`app.serving.balanced_worker`); ``CIRELAY_WORKER_CLASS=gthread`` is plain gthread.
 Each worker is pinned to a CPU of its own when there are as many workers as CPUs (see
 :func:`pre_fork`).
 """
@@ -19,12 +20,16 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
-from app.workers import TABLE as connection_table
+from app.serving.balanced_worker import TABLE as connection_table
 
 bind = os.environ.get("CIRELAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("CIRELAY_WORKERS", "2"))
-# gthread that spreads client connections evenly over the workers (app.workers)
-worker_class = os.environ.get("CIRELAY_WORKER_CLASS", "app.workers.BalancedThreadWorker")
+# gthread that spreads client connections evenly over the workers (app.serving.balanced_worker)
+BALANCED_WORKER = "app.serving.balanced_worker.BalancedThreadWorker"
+#: CIRELAY_WORKER_CLASS values that named the balanced worker before it moved to app.serving
+FORMER_NAMES = {"app.workers.BalancedThreadWorker": BALANCED_WORKER}
+_worker_class = os.environ.get("CIRELAY_WORKER_CLASS", BALANCED_WORKER)
+worker_class = FORMER_NAMES.get(_worker_class, _worker_class)
 threads = int(os.environ.get("CIRELAY_THREADS", "16"))
 # Recycle workers now and then, staggered so they do not all restart at once.
 max_requests = int(os.environ.get("CIRELAY_MAX_REQUESTS", "20000"))
@@ -60,15 +65,15 @@ def post_worker_init(worker: Any) -> None:
 
 
 def pre_fork(server: Any, worker: Any) -> None:
-    """Give the next worker its slot in the table of connection counts (``app.workers``)
-    and choose the CPU it will be pinned to (in the master, before the fork).
+    """Give the next worker its slot in the table of connection counts
+    (:mod:`app.serving.balanced_worker`) and choose the CPU it will be pinned to (in the
+    master, before the fork).
 
     A process's threads otherwise wander between the CPUs each time the GIL changes hands,
-    and every move lands on a cold cache: on 2 cores, pinning each of 2 workers took the
-    ingest benchmark from about 540 to about 900 notifications/s at the same load (bare
-    Flask: +14 %; README, "Speed"). The CPU is remembered on the worker object, which the
-    master keeps while the worker lives, so a replacement takes the CPU its predecessor
-    freed, whichever worker died."""
+    and every move lands on a cold cache, which costs cirelay's many short requests far more
+    than a bare app's (``bench/RESULTS.md``). The CPU is remembered on the worker object,
+    which the master keeps while the worker lives, so a replacement takes the CPU its
+    predecessor freed, whichever worker died."""
     others = list(server.WORKERS.values())
     slots = [getattr(w, "cirelay_slot", None) for w in others]
     worker.cirelay_slot = connection_table.free_slot(slots)

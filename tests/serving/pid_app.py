@@ -1,4 +1,5 @@
-"""A WSGI app answering with the pid of the gunicorn worker serving it (tests/test_workers.py)."""
+"""A WSGI app answering with the pid of the gunicorn worker serving it
+(``tests/serving/test_balanced_worker.py``)."""
 
 from __future__ import annotations
 
