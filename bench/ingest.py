@@ -1,19 +1,34 @@
-"""Ingest benchmark (not a test): cirelay against a bare Flask app, same gunicorn, same load.
+"""Ingest benchmark (not a test): cirelay, a bare Flask app and two floors, same gunicorn and load.
 
-1. a fresh database (migrated); for ``--endpoint job`` many distinct jobs in state
-   Submitted, each with its own signed callback path, written to a file for wrk;
-2. ``cirelay serve`` on a free 127.0.0.1 port; 2 s warm-up, then ``--duration`` seconds of
-   wrk (``bench/notify.lua``: every request is a different job's VoiceSeparate Success
-   notification, so every one is accepted, none is a duplicate); SIGTERM;
-3. durability: every notification wrk got a 2xx for is committed (accepted row + job in
-   Success), and nothing else is;
-4. ``bench/bare_app.py`` under gunicorn with the same config module and settings, the same
-   warm-up and load;
-5. a table of requests/s, p50, p99 and non-2xx, and ``ratio = cirelay/bare``.
+1. a fresh database migrated to head (a SQLite file in the temporary directory unless
+   ``--database-url``; on PostgreSQL cirelay's tables are dropped first); for ``--endpoint
+   job`` ``--jobs`` distinct jobs in state Submitted, each with its own signed callback path,
+   written to a file for wrk and split into one slice per cirelay run (warm-up, each round),
+   so no job is notified twice (``--endpoint queue``: fresh JobIds on the queue URL);
+2. every server started at once on a free 127.0.0.1 port, each under gunicorn with
+   ``app.serving.gunicorn_conf`` and the same settings: ``cirelay serve``; "bare", the
+   baseline (``bench/bare_app.py``: reads the body, answers 200; ``--baseline`` names
+   another); and, unless ``--no-floor``, the floors of ``bench/floor_app.py``: "floor" (parse,
+   XSD, one row per notification, group commit) and, unless ``--no-transaction-floor``,
+   "floor-tx" (the same with issue 2 section 4's transaction);
+3. 2 s of warm-up for each, then ``--rounds`` rounds in which every server in turn gets
+   ``--duration`` seconds of the same wrk load (``bench/notify.lua``: every request a
+   different job's VoiceSeparate Success notification). Only the server under load uses CPU,
+   and short slices taken in turn let the VM's drift hit every server alike;
+4. durability: cirelay stopped (SIGTERM, graceful) and its database read back: every 2xx has
+   its accepted notification and its job in Success, nothing is committed twice, stale or
+   quarantined, and nothing beyond the requests wrk's deadline left in flight; then each
+   floor stopped and its rows counted against its 2xx answers (reported);
+5. a table over all rounds: per server requests/s, p50/p90/p99 (median of the rounds), max,
+   non-2xx, the server's and PostgreSQL's CPU per request and the share of the CPUs other
+   processes took; then cirelay/bare over all rounds and per round, against the database's
+   target (0.5 on SQLite, 0.35 on PostgreSQL), and floor/bare and floor-tx/bare likewise
+   (cirelay/floor-tx, as ``bench/RESULTS.md`` gives it, is the quotient of the two).
 
 Run with the project's venv: ``.venv/bin/python bench/ingest.py`` (``make bench``).
 Exit status: 0 when cirelay answered every request 2xx and every one is durably committed,
-1 otherwise, 130 when interrupted. The ratio is reported, never asserted.
+1 otherwise, or when a server fails to start or the baseline or a floor answers anything but
+2xx; 130 when interrupted. The ratios are reported, never asserted; so are the floors' rows.
 """
 
 from __future__ import annotations

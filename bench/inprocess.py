@@ -5,7 +5,7 @@ notifications from ``--threads`` threads, and prints the CPU per notification of
 threads (token check, body, parse, validation, report, metrics, answer) and of the group
 committer (``time.thread_time()`` around its ``_commit``: the batch's reads, rules, writes and
 commit). ``--no-database`` answers from the report without committing, to see the request side
-alone. Pin it to one CPU as a gunicorn worker is (README, "Speed"):
+alone. Pin it to one CPU as a gunicorn worker is (``app/serving/gunicorn_conf.py``):
 
     taskset -c 1 .venv/bin/python bench/inprocess.py --threads 16
     taskset -c 1 .venv/bin/python bench/inprocess.py --threads 1 --no-database
