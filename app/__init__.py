@@ -25,6 +25,7 @@ from app.metrics import DatabaseCollector, Metrics
 from app.models import Figures
 from app.schemas import SchemaSet
 from app.submission import Submitter
+from app.waker import EventWaker
 
 Clock = Callable[[], datetime]
 
@@ -48,7 +49,7 @@ class Services:
     #: one per open event stream (``CIRELAY_MAX_STREAMS``)
     stream_slots: threading.BoundedSemaphore
     #: wakes streams and the deliverer when events are committed (PostgreSQL)
-    waker: store.EventWaker
+    waker: EventWaker
 
 
 def build_services(
@@ -80,7 +81,7 @@ def build_services(
         metrics=metrics,
     )
     slots = threading.BoundedSemaphore(settings.max_streams)
-    waker = store.EventWaker(engine.url.render_as_string(hide_password=False))
+    waker = EventWaker(engine.url.render_as_string(hide_password=False))
     return Services(
         settings, engine, schemas, metrics, collector, receiver, submitter, clock, slots, waker
     )

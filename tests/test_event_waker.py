@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app import store
+from app.waker import EventWaker
 
 
 def event_row(n: int) -> dict[str, object]:
@@ -22,7 +23,7 @@ def event_row(n: int) -> dict[str, object]:
 def test_a_committed_event_wakes_the_waiters_at_once(pg_engine: Engine) -> None:
     with pg_engine.begin() as conn:
         conn.execute(sa.delete(store.events).where(store.events.c.id.like("evt_waker_%")))
-    waker = store.EventWaker(pg_engine.url.render_as_string(hide_password=False))
+    waker = EventWaker(pg_engine.url.render_as_string(hide_password=False))
     called = threading.Event()
     waker.on_events(called.set)
     deadline = time.monotonic() + 10
@@ -45,7 +46,7 @@ def test_a_committed_event_wakes_the_waiters_at_once(pg_engine: Engine) -> None:
 
 
 def test_without_postgresql_waiting_just_times_out(tmp_path: object) -> None:
-    waker = store.EventWaker("sqlite:///x.db")
+    waker = EventWaker("sqlite:///x.db")
     assert not waker.active
     started = time.monotonic()
     assert waker.wait(0.05) is False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from app.store import metadata
+from app.store.schema import metadata
 
 engine = context.config.attributes["engine"]
 

@@ -1,0 +1,320 @@
+"""Deliveries: fan-out and replays create them, workers claim and finish them under a lease,
+old ones are pruned; and the figures the health check and metrics report."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from app.models import (
+    Claim,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryState,
+    Event,
+    Figures,
+    Subscription,
+    TypeFilter,
+)
+from app.store.outbox import of_types
+from app.store.quarantine import count_quarantined
+from app.store.schema import UTCDateTime, deliveries, delivery_attempts, events, subscriptions
+
+
+def fan_out(conn: Connection, subscription: Subscription, *, limit: int, now: datetime) -> int:
+    """Create the deliveries of the next (at most ``limit``) events after the subscription's
+    cursor that match its types, and move the cursor past them. Returns how many."""
+    after = subscription.fanout_seq
+    window = (
+        sa.select(events.c.seq).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
+    ).subquery()
+    last = conn.execute(sa.select(sa.func.max(window.c.seq))).scalar_one()
+    if last is None:
+        return 0
+    created = _insert_deliveries(
+        conn,
+        subscription.id,
+        sa.and_(
+            events.c.seq > after,
+            events.c.seq <= last,
+            of_types(TypeFilter.from_patterns(subscription.event_types)),
+        ),
+        origin="fanout",
+        now=now,
+    )
+    conn.execute(
+        sa.update(subscriptions)
+        .where(subscriptions.c.id == subscription.id)
+        .values(fanout_seq=int(last))
+    )
+    return created
+
+
+def _insert_deliveries(
+    conn: Connection, subscription_id: str, which: sa.ColumnElement[bool], *, origin: str,
+    now: datetime,
+) -> int:  # fmt: skip
+    chosen = sa.select(
+        sa.literal(subscription_id, sa.String(40)),
+        events.c.seq,
+        events.c.job_id,
+        sa.literal(DeliveryState.PENDING.value, sa.String(16)),
+        sa.literal(0, sa.Integer),
+        sa.literal(now, UTCDateTime),
+        sa.literal(origin, sa.String(40)),
+        sa.literal(now, UTCDateTime),
+    ).where(which)
+    insert = sa.insert(deliveries).from_select(
+        ["subscription_id", "event_seq", "order_key", "state", "attempts", "next_attempt_at",
+         "origin", "created_at"],
+        chosen,
+    )  # fmt: skip
+    return len(conn.execute(insert.returning(deliveries.c.id)).all())
+
+
+def enqueue_replay(
+    conn: Connection,
+    subscription: Subscription,
+    *,
+    origin: str,
+    now: datetime,
+    event_seq: int | None = None,
+    since: datetime | None = None,
+) -> int:
+    """New deliveries of one event (``event_seq``) or of every matching event since a time."""
+    if event_seq is not None:
+        which = events.c.seq == event_seq
+    else:
+        assert since is not None
+        which = sa.and_(
+            events.c.time >= since, of_types(TypeFilter.from_patterns(subscription.event_types))
+        )
+    return _insert_deliveries(conn, subscription.id, which, origin=origin, now=now)
+
+
+def progress(conn: Connection, origin: str) -> dict[str, int]:
+    """How many deliveries of one origin (a replay) are in each state."""
+    query = (
+        sa.select(deliveries.c.state, sa.func.count())
+        .where(deliveries.c.origin == origin)
+        .group_by(deliveries.c.state)
+    )
+    return {str(state): int(n) for state, n in conn.execute(query)}
+
+
+def _claimable(now: datetime) -> sa.ColumnElement[bool]:
+    """Due, not leased by a live worker, of an enabled subscription, and not behind an
+    unfinished earlier delivery of the same job to the same subscription."""
+    earlier = deliveries.alias("earlier")
+    return sa.and_(
+        deliveries.c.state == DeliveryState.PENDING.value,
+        deliveries.c.next_attempt_at <= now,
+        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+        sa.select(subscriptions.c.enabled)
+        .where(subscriptions.c.id == deliveries.c.subscription_id)
+        .scalar_subquery(),
+        ~sa.exists().where(
+            earlier.c.subscription_id == deliveries.c.subscription_id,
+            earlier.c.order_key == deliveries.c.order_key,
+            earlier.c.state == DeliveryState.PENDING.value,
+            sa.or_(
+                earlier.c.event_seq < deliveries.c.event_seq,
+                sa.and_(
+                    earlier.c.event_seq == deliveries.c.event_seq, earlier.c.id < deliveries.c.id
+                ),
+            ),
+        ),
+    )
+
+
+def has_claimable(conn: Connection, now: datetime) -> bool:
+    query = sa.select(deliveries.c.id).where(_claimable(now)).limit(1)
+    return conn.execute(query).first() is not None
+
+
+def claim_deliveries(
+    conn: Connection, *, now: datetime, owner: str, lease_until: datetime, limit: int
+) -> list[Claim]:
+    """Lease up to ``limit`` claimable deliveries to ``owner``; rows another worker is
+    claiming at the same moment are skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
+    SQLite has one writer at a time)."""
+    ids = [
+        int(i)
+        for i in conn.execute(
+            sa.select(deliveries.c.id)
+            .where(_claimable(now))
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=deliveries)
+        ).scalars()
+    ]
+    if not ids:
+        return []
+    conn.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.id.in_(ids))
+        .values(lease_owner=owner, lease_until=lease_until)
+    )
+    query = (
+        sa.select(
+            deliveries.c.id.label("delivery_id"),
+            deliveries.c.attempts,
+            deliveries.c.origin,
+            *(c.label(f"s_{c.name}") for c in subscriptions.c),
+            *(c.label(f"e_{c.name}") for c in events.c),
+        )
+        .join(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
+        .join(events, events.c.seq == deliveries.c.event_seq)
+        .where(deliveries.c.id.in_(ids))
+        .order_by(deliveries.c.id)
+    )
+    claims = []
+    for m in conn.execute(query).mappings():
+        claims.append(
+            Claim(
+                delivery_id=int(m["delivery_id"]),
+                attempt=int(m["attempts"]) + 1,
+                lease_owner=owner,
+                origin=m["origin"],
+                subscription=Subscription(**{c.name: m[f"s_{c.name}"] for c in subscriptions.c}),
+                event=Event(**{c.name: m[f"e_{c.name}"] for c in events.c}),
+            )
+        )
+    return claims
+
+
+_FINISH = (
+    sa.update(deliveries)
+    .where(deliveries.c.id == sa.bindparam("b_id"))
+    .values(
+        state=sa.bindparam("state"),
+        attempts=sa.bindparam("attempts"),
+        next_attempt_at=sa.bindparam("next_attempt_at", type_=UTCDateTime),
+        completed_at=sa.bindparam("completed_at", type_=UTCDateTime),
+        last_status_code=sa.bindparam("last_status_code"),
+        last_error=sa.bindparam("last_error"),
+        lease_owner=None,
+        lease_until=None,
+    )
+)
+
+
+def renew_leases(conn: Connection, owner: str, ids: list[int], until: datetime) -> None:
+    """Extend ``owner``'s leases on deliveries it is still attempting."""
+    conn.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.id.in_(ids), deliveries.c.lease_owner == owner)
+        .values(lease_until=until)
+    )
+
+
+def finish_attempts(
+    conn: Connection, owner: str, updates: list[dict[str, Any]], attempts: list[dict[str, Any]]
+) -> set[int]:
+    """Record attempts and move their deliveries on. Each update names ``id``, ``state``,
+    ``attempts``, ``next_attempt_at``, ``completed_at``, ``last_status_code`` and
+    ``last_error``; it applies only while ``owner`` still holds the delivery's lease (a lapsed
+    lease belongs to whoever claimed the delivery since). Returns the ids that applied."""
+    if attempts:
+        conn.execute(sa.insert(delivery_attempts), attempts)
+    if not updates:
+        return set()
+    held = set(
+        conn.execute(
+            sa.select(deliveries.c.id)
+            .where(
+                deliveries.c.id.in_([u["id"] for u in updates]),
+                deliveries.c.lease_owner == owner,
+                deliveries.c.state == DeliveryState.PENDING.value,
+            )
+            .with_for_update()
+        ).scalars()
+    )
+    rows = [{**u, "b_id": u["id"]} for u in updates if u["id"] in held]
+    if rows:
+        conn.execute(_FINISH, [{k: v for k, v in r.items() if k != "id"} for r in rows])
+    return {int(i) for i in held}
+
+
+def prune_deliveries(conn: Connection, *, finished_before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` deliveries finished (succeeded or given up) before the time,
+    with their attempts; pending ones are never touched. Returns how many went."""
+    old = (
+        sa.select(deliveries.c.id)
+        .where(
+            deliveries.c.state != DeliveryState.PENDING.value,
+            deliveries.c.completed_at < finished_before,
+        )
+        .order_by(deliveries.c.id)
+        .limit(limit)
+    )
+    ids = [int(i) for i in conn.execute(old).scalars()]
+    if ids:
+        conn.execute(sa.delete(delivery_attempts).where(delivery_attempts.c.delivery_id.in_(ids)))
+        conn.execute(sa.delete(deliveries).where(deliveries.c.id.in_(ids)))
+    return len(ids)
+
+
+def list_deliveries(
+    conn: Connection,
+    subscription_id: str,
+    *,
+    states: Sequence[str] = (),
+    before: int | None = None,
+    limit: int = 50,
+) -> list[Delivery]:
+    """A subscription's deliveries, newest first, each with its attempts."""
+    query = (
+        sa.select(deliveries, events.c.id.label("event_id"), events.c.type.label("event_type"))
+        .join(events, events.c.seq == deliveries.c.event_seq)
+        .where(deliveries.c.subscription_id == subscription_id)
+        .order_by(deliveries.c.id.desc())
+        .limit(limit)
+    )
+    if states:
+        query = query.where(deliveries.c.state.in_(list(states)))
+    if before is not None:
+        query = query.where(deliveries.c.id < before)
+    rows = list(conn.execute(query).mappings())
+    history: dict[int, list[DeliveryAttempt]] = {}
+    if rows:
+        attempts_query = (
+            sa.select(delivery_attempts)
+            .where(delivery_attempts.c.delivery_id.in_([r["id"] for r in rows]))
+            .order_by(delivery_attempts.c.id)
+        )
+        for a in conn.execute(attempts_query).mappings():
+            values = {k: v for k, v in a.items() if k != "id"}
+            history.setdefault(int(a["delivery_id"]), []).append(DeliveryAttempt(**values))
+    fields = {f.name for f in dataclasses.fields(Delivery)} - {"history"}
+    return [
+        Delivery(**{k: r[k] for k in fields}, history=history.get(int(r["id"]), [])) for r in rows
+    ]
+
+
+def figures(conn: Connection, now: datetime) -> Figures:
+    pending = sa.select(
+        sa.func.count(), sa.func.min(deliveries.c.created_at)
+    ).where(
+        deliveries.c.state == DeliveryState.PENDING.value,
+        deliveries.c.subscription_id.in_(
+            sa.select(subscriptions.c.id).where(subscriptions.c.enabled)
+        ),
+    )  # fmt: skip
+    count, oldest = conn.execute(pending).one()
+    if isinstance(oldest, str):  # SQLite's min() loses the column type
+        oldest = datetime.fromisoformat(oldest)
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    disabled = conn.execute(sa.select(sa.func.count()).where(~subscriptions.c.enabled)).scalar_one()
+    return Figures(
+        quarantine_size=count_quarantined(conn),
+        delivery_backlog=int(count),
+        delivery_backlog_oldest_seconds=max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+        subscriptions_disabled=int(disabled),
+    )

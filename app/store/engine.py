@@ -1,0 +1,283 @@
+"""Engines, connections and transactions: SQLite's pragmas and writer lock, PostgreSQL's
+pool, the JSON codec of both, which errors are worth a retry, psycopg's pipeline mode and the
+lock that orders the writers of events."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+
+def create_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine with the settings each backend needs.
+
+    SQLite: WAL, ``synchronous=FULL`` (durable at commit), foreign keys on, a busy timeout as
+    a last resort, and ``BEGIN IMMEDIATE`` for writing transactions so one takes the write
+    lock up front rather than failing to upgrade a read lock half-way. Writers also queue on
+    a file lock next to the database (see :func:`transaction`). Readers use plain ``BEGIN``.
+    """
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, **_JSON)
+        database = engine.url.database
+        if database and database != ":memory:":
+            _WRITER_LOCKS[engine] = WriterLock(f"{database}.writer-lock")
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                "foreign_keys=ON",
+                "busy_timeout=30000",
+            ):
+                cur.execute(f"PRAGMA {pragma}")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            writer = conn.get_execution_options().get("cirelay_writer", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return sa.create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,  # a connection the server dropped is replaced, not used
+        pool_timeout=10,  # a request waits this long for a connection, then 503
+        pool_recycle=1800,
+        # a database that does not answer fails in seconds (readiness, 503), not minutes
+        connect_args={"connect_timeout": 5, "application_name": "cirelay"},
+        **_JSON,
+    )
+
+
+# --- the JSON codec -----------------------------------------------------------------------
+
+
+#: what orjson leaves to ``json_dumps``'s fallback (the standard library raises for them)
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns' text: orjson, much quicker than the standard library (the group
+    committer encodes a job's detail, its event and the headers of every notification).
+    What orjson refuses and the standard library takes (keys that are not strings, integers
+    over 64 bits) goes to the standard library, as does what both refuse (datetimes,
+    dataclasses), which raises as before."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
+def json_loads(text: str | bytes) -> Any:
+    """JSON columns' values; text orjson refuses (``NaN``, which older rows may hold) is
+    read by the standard library."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+_JSON: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json_loads}
+
+
+# --- errors -------------------------------------------------------------------------------
+
+#: PostgreSQL SQLSTATEs worth one more try: serialization failure, deadlock
+_RETRY_SQLSTATES = ("40001", "40P01")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot serve us now — unreachable, dropped the connection, out of
+    resources (PostgreSQL classes 08, 53, 57P), or any SQLite operational error (locked past
+    the busy timeout, disk full): not the request's fault, worth retrying later (503)."""
+    if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        code = getattr(exc.orig, "sqlstate", None) or ""
+        return not code or code.startswith(("08", "53", "57P"))
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same transaction again may well succeed at once: a serialization
+    failure or deadlock, a connection dropped in the middle (the pool hands out a fresh one),
+    SQLite locked. Not a database that cannot be reached at all or a pool with no connection
+    free: those waited their timeout already, and waiting it twice more helps nobody."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa.exc.OperationalError):
+        code = getattr(exc.orig, "sqlstate", None) or ""
+        return code.startswith(_RETRY_SQLSTATES) or "database is locked" in str(exc.orig)
+    return False
+
+
+# --- connections and transactions ---------------------------------------------------------
+
+
+class WriterLock:
+    """One SQLite writer at a time across threads and processes, without polling.
+
+    SQLite lets one writer in and makes the others retry on a busy handler that sleeps
+    1, 2, 5 … 100 ms between tries: under load that adds tens of milliseconds to a write.
+    An exclusive ``flock`` on a file next to the database queues writers in the kernel
+    instead and wakes the next one the moment the lock is free.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        if self._pid != os.getpid():  # a forked worker needs its own open file
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+
+_WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, WriterLock] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One writing transaction on a connection of its own: committed when the block ends,
+    rolled back if it raises."""
+    held = HeldConnection(engine)
+    try:
+        with held.transaction() as conn:
+            yield conn
+    finally:
+        held.close()
+
+
+class HeldConnection:
+    """One thread's writing transactions on a connection it keeps between them (the group
+    committer's, while batches follow each other): no pool checkout and, on PostgreSQL, no
+    pre-ping round trip per transaction. The thread gives it back with :meth:`close` when it
+    goes idle; after any error it is dropped, so a connection the server closed is replaced
+    at once (the committer's retry runs on a new one, pinged by the pool).
+
+    Not thread-safe: one per thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One writing transaction: committed when the block ends, rolled back if it raises.
+        On SQLite it first queues for the writer lock (see :class:`WriterLock`)."""
+        with _WRITER_LOCKS.get(self.engine) or contextlib.nullcontext():
+            if self._conn is None:
+                self._conn = self.engine.connect()
+                self._conn.execution_options(cirelay_writer=True)
+            try:
+                with self._conn.begin():
+                    yield self._conn
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Give the connection back to the pool (a broken one is discarded there)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # it may be broken: that is why it goes
+                conn.close()
+
+
+def ping(engine: Engine) -> None:
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
+@contextmanager
+def pipelined(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, the statements run in the block go to the server together and their
+    results come back together (psycopg's pipeline mode): one round trip for the batch's
+    writes instead of one per statement. Statements whose results are read inside the block
+    wait for them; an error of any statement is raised at the end of the block at the latest,
+    as SQLAlchemy's exception (so callers tell a conflict from a lost connection as usual).
+    Elsewhere it does nothing."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    dbapi: Any = conn.dialect.loaded_dbapi
+    try:
+        with driver.pipeline():
+            yield
+    except dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+        raise sa.exc.DBAPIError.instance(
+            None, None, exc, dbapi.Error, connection_invalidated=lost, dialect=conn.dialect
+        ) from exc
+
+
+# --- the events lock (PostgreSQL) ---------------------------------------------------------
+
+#: the PostgreSQL channel that says "new events are committed" (see
+#: :class:`app.waker.EventWaker`)
+EVENTS_CHANNEL = "cirelay_events"
+
+#: any constant: the advisory lock that orders event writers on PostgreSQL
+_EVENTS_LOCK = 0x636972656C6179  # "cirelay"
+
+
+def hold_events_lock(conn: Connection) -> None:
+    """Hold, until this transaction ends, the lock that orders the writers of events, so they
+    become visible in sequence order and a reader resuming "after N" never skips one.
+
+    A PostgreSQL sequence hands out numbers at INSERT, but transactions commit in any order:
+    seq 8 could become visible before seq 7, and a cursor at 8 would never see 7. Holding a
+    transaction-level advisory lock from before the first event insert to the commit makes
+    commit order equal sequence order. SQLite has one writer at a time already.
+
+    Lock order: this lock first, then job rows. The group committer takes it as each batch
+    begins (its batch grows while it waits); a transaction that locks a job and may then
+    write an event takes it before the job. The same statement tells the listeners of
+    :data:`EVENTS_CHANNEL` (delivered at commit, only if the transaction commits). Taken once
+    per transaction however often it is called.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    transaction = conn.get_transaction()
+    if conn.info.get(_HOLDS_EVENTS_LOCK) is not transaction:
+        conn.execute(_LOCK_AND_NOTIFY, {"key": _EVENTS_LOCK})
+        conn.info[_HOLDS_EVENTS_LOCK] = transaction
+
+
+#: the transaction of this connection that holds the events lock (``Connection.info`` lasts
+#: as long as the connection, a transaction only until it ends)
+_HOLDS_EVENTS_LOCK = "cirelay_holds_events_lock"
+
+_LOCK_AND_NOTIFY = sa.text(f"SELECT pg_advisory_xact_lock(:key), pg_notify('{EVENTS_CHANNEL}', '')")
