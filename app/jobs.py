@@ -9,6 +9,10 @@ statements per notification. The rules are applied in memory, in arrival order, 
 notifications for one job in one batch see each other exactly as if they had come one after
 the other.
 
+A single job changed outside a notification (CI accepted or refused its submission, the
+reconciler learnt CI never created it) goes through :func:`change_job`, the one place that
+writes such a change and its event and so the one place that keeps the lock order.
+
 Functions take an open transaction (``conn``) and never commit. No Flask, no SQL here:
 storage goes through :mod:`app.store`.
 """
@@ -16,10 +20,12 @@ storage goes through :mod:`app.store`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.engine import Connection
 
 from app import events, store
 from app.errors import InvalidNotificationError, NotFoundError, ServiceError
@@ -35,23 +41,62 @@ from app.models import (
     new_id,
 )
 
-#: What cirelay calls a job before CI has acknowledged it (set by submission).
-SUBMITTING = "Submitting"
 
-
-def is_transition_allowed(current: str | None, new: JobState) -> bool:
+def is_transition_allowed(current: JobState | None, new: JobState) -> bool:
     """Whether a job in ``current`` may move to ``new``.
 
     Forward only: a terminal state (Success, Failed, Cancel) is final; nothing returns to
     Submitted; Running and Pause may alternate (CI can pause and resume a job); a report of
     the state the job is already in is not a change.
     """
-    if current is None or current == SUBMITTING:
+    if current is None or current == JobState.SUBMITTING:
         return True
-    state = JobState(current)
-    if state.is_terminal or new == state:
+    if current.is_terminal or new == current:
         return False
     return new != JobState.SUBMITTED
+
+
+@dataclass(frozen=True)
+class JobChange:
+    """A single job before and after :func:`change_job` changed it."""
+
+    before: Job
+    after: Job
+
+    @property
+    def moved(self) -> bool:
+        """Whether its state changed (and so an event was recorded)."""
+        return self.after.state != self.before.state
+
+
+def change_job(
+    conn: Connection,
+    job_id: str,
+    decide: Callable[[Job], dict[str, Any] | None],
+    now: datetime,
+) -> JobChange | None:
+    """Change one job in the caller's transaction: the job as locked goes to ``decide``, which
+    returns the columns to write (``None``: leave it as it is); when ``state`` is among them
+    and differs, the job's changed-state event is recorded with it. ``None`` when there is no
+    such job or ``decide`` left it alone.
+
+    The lock order every writer of jobs and events keeps: the events lock first, then the
+    job's row (the group committer's batches take them in that order too, so two writers
+    never wait for each other the other way round)."""
+    store.hold_events_lock(conn)
+    job = store.get_job(conn, job_id, for_update=True)
+    if job is None:
+        return None
+    values = decide(job)
+    if values is None:
+        return None
+    store.update_job(conn, job_id, values)
+    changed = store.get_job(conn, job_id)
+    assert changed is not None
+    change = JobChange(job, changed)
+    if change.moved:
+        events.record_job_changed(conn, changed, job.state, now)
+    return change
 
 
 @dataclass(frozen=True)
@@ -140,7 +185,7 @@ class _Batch:
             id=new_id("job", now),
             ci_job_id=report.ci_job_id,
             origin="poll" if received.source is Source.POLL else "queue",
-            state=SUBMITTING,
+            state=JobState.SUBMITTING,
             tag=report.tag,
             queue_id=None, code=None, message=None, user_data=None,
             input={}, output={}, result_files=[], media_info={}, workflow=None, template=None,
@@ -223,7 +268,7 @@ def _moved(job: Job, report: JobReport, now: datetime) -> Job:
     return dataclasses.replace(
         job,
         ci_job_id=report.ci_job_id,
-        state=report.state.value,
+        state=report.state,
         tag=report.tag,
         queue_id=report.queue_id,
         code=report.code or None,

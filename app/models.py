@@ -10,8 +10,10 @@ from typing import Any
 
 
 class JobState(enum.StrEnum):
-    """CI's job states, spelled as CI spells them (§3.1 of the spec)."""
+    """A job's states: CI's, spelled as CI spells them (§3.1 of the spec), and before them
+    cirelay's own ``Submitting`` (stored, not yet acknowledged by CI; CI never reports it)."""
 
+    SUBMITTING = "Submitting"
     SUBMITTED = "Submitted"
     RUNNING = "Running"
     SUCCESS = "Success"
@@ -31,6 +33,7 @@ class JobState(enum.StrEnum):
 
 TERMINAL_STATES = frozenset({JobState.SUCCESS, JobState.FAILED, JobState.CANCEL})
 
+#: no event says a job is Submitting: its first event is the move out of it
 _EVENT_NAMES = {
     JobState.SUBMITTED: "submitted",
     JobState.RUNNING: "running",
@@ -120,8 +123,8 @@ class ApplyResult:
     outcome: Outcome
     job_id: str
     ci_job_id: str
-    previous_state: str | None
-    state: str
+    previous_state: JobState | None
+    state: JobState
     ci_duration_seconds: float | None = None
     details: list[str] = field(default_factory=list)
 
@@ -133,7 +136,7 @@ class Job:
     id: str
     ci_job_id: str | None
     origin: str  # "api" (submitted through cirelay) or "queue" (learnt from a notification)
-    state: str
+    state: JobState
     tag: str
     queue_id: str | None
     code: str | None

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from app import events, store
+from app import store
 from app.ci.client import CIClient
 from app.ci.errors import CIError
 from app.ingest import Receiver
-from app.jobs import SUBMITTING
+from app.jobs import change_job
 from app.models import Job, JobReport, JobState
 from app.submission import Submitter
 
@@ -76,20 +76,17 @@ def _output_matches(pattern: str, actual: str | None, report: JobReport) -> bool
     return re.fullmatch(regex, actual) is not None
 
 
-def never_created(conn: Any, job_id: str, now: datetime) -> None:
+def never_created(conn: Connection, job_id: str, now: datetime) -> None:
     """CI never created a job whose submission timed out: it is Failed."""
-    store.hold_events_lock(conn)  # before the job: the lock order
-    job = store.get_job(conn, job_id, for_update=True)
-    if job is None or job.state != SUBMITTING or job.ci_job_id is not None:
-        return
-    error = {"code": "ci_job_not_found",
-             "message": "the submission timed out and CI has no such job"}  # fmt: skip
-    store.update_job(conn, job_id, {"state": JobState.FAILED.value, "code": error["code"],
-                                    "message": error["message"], "updated_at": now,
-                                    "last_polled_at": now})  # fmt: skip
-    failed = store.get_job(conn, job_id)
-    assert failed is not None
-    events.record_job_changed(conn, failed, SUBMITTING, now)
+
+    def failed(job: Job) -> dict[str, Any] | None:
+        if job.state != JobState.SUBMITTING or job.ci_job_id is not None:
+            return None
+        return {"state": JobState.FAILED, "code": "ci_job_not_found",
+                "message": "the submission timed out and CI has no such job",
+                "updated_at": now, "last_polled_at": now}  # fmt: skip
+
+    change_job(conn, job_id, failed, now)
 
 
 class Reconciler:

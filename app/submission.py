@@ -25,12 +25,12 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from app import events, store
+from app import store
 from app.ci import rules
 from app.ci.client import CIClient
 from app.ci.errors import CIError, CITimeoutError
 from app.errors import ConflictError, UnavailableError, UnprocessableError
-from app.jobs import SUBMITTING, is_transition_allowed
+from app.jobs import JobChange, change_job, is_transition_allowed
 from app.metrics import Metrics
 from app.models import Job, JobReport, JobState, new_id
 from app.tokens import sign_job
@@ -199,10 +199,9 @@ class Submitter:
             exc.details = [*exc.details, {"job_id": job_id}]
             raise
         with store.transaction(self.engine) as conn:
-            job, moved = record_submitted(conn, job_id, result.reports[0], now)
-        if moved and self.metrics:
-            self.metrics.transitions.labels(SUBMITTING, job.state).inc()
-        return job, False
+            change = record_submitted(conn, job_id, result.reports[0], now)
+        self._count(change)
+        return change.after, False
 
     def resubmit(self, job_id: str, now: datetime) -> Job | None:
         """Send a stored job CI never got: the process that stored it died before (or while)
@@ -213,7 +212,7 @@ class Submitter:
         once CI took it, else ``None``."""
         with store.transaction(self.engine) as conn:
             job = store.get_job(conn, job_id, for_update=True)
-            if (job is None or job.state != SUBMITTING or job.ci_job_id or job.submit_error
+            if (job is None or job.state != JobState.SUBMITTING or job.ci_job_id or job.submit_error
                     or not job.request):  # fmt: skip
                 return None
             mark = {"code": "resubmitted", "ambiguous": True,
@@ -226,10 +225,9 @@ class Submitter:
             self._record_refusal(job_id, exc, now)
             return None
         with store.transaction(self.engine) as conn:
-            submitted, moved = record_submitted(conn, job_id, result.reports[0], now)
-        if moved and self.metrics:
-            self.metrics.transitions.labels(SUBMITTING, submitted.state).inc()
-        return submitted
+            change = record_submitted(conn, job_id, result.reports[0], now)
+        self._count(change)
+        return change.after
 
     def _earlier(self, key: str, digest: str) -> Job | None:
         with self.engine.connect() as conn:
@@ -247,45 +245,38 @@ class Submitter:
             "message": exc.ci_message or exc.message,
             "request_id": exc.request_id,
         }
+        ambiguous = isinstance(exc, CITimeoutError)  # CI may have the job: wait for its callback
+
+        def refused(job: Job) -> dict[str, Any]:
+            if ambiguous:
+                return {"submit_error": error | {"ambiguous": True}}
+            return {"state": JobState.FAILED, "submit_error": error, "updated_at": now,
+                    "code": error["code"], "message": error["message"]}  # fmt: skip
+
         with store.transaction(self.engine) as conn:
-            store.hold_events_lock(conn)  # before the job: the lock order
-            job = store.get_job(conn, job_id, for_update=True)
-            assert job is not None
-            if isinstance(exc, CITimeoutError):  # CI may have the job: wait for its callback
-                store.update_job(conn, job_id, {"submit_error": error | {"ambiguous": True}})
-                return
-            store.update_job(
-                conn,
-                job_id,
-                {"state": JobState.FAILED.value, "submit_error": error, "updated_at": now,
-                 "code": error["code"], "message": error["message"]},
-            )  # fmt: skip
-            failed = store.get_job(conn, job_id)
-            assert failed is not None
-            events.record_job_changed(conn, failed, SUBMITTING, now)
-        if self.metrics:
-            self.metrics.transitions.labels(SUBMITTING, JobState.FAILED.value).inc()
+            self._count(change_job(conn, job_id, refused, now))
+
+    def _count(self, change: JobChange | None) -> None:
+        if change and change.moved and self.metrics:
+            self.metrics.transitions.labels(change.before.state, change.after.state).inc()
 
 
-def record_submitted(conn: Any, job_id: str, report: JobReport, now: datetime) -> tuple[Job, bool]:
+def record_submitted(conn: Any, job_id: str, report: JobReport, now: datetime) -> JobChange:
     """CI accepted the job: bind its JobId and move Submitting -> Submitted, unless the job's
     first notification got here first (then only the JobId is filled in, if missing)."""
-    store.hold_events_lock(conn)  # before the job: the lock order
-    job = store.get_job(conn, job_id, for_update=True)
-    assert job is not None
-    values: dict[str, Any] = {"updated_at": now}
-    if job.ci_job_id is None:
-        values |= {"ci_job_id": report.ci_job_id, "queue_id": report.queue_id,
-                   "ci_created_at": report.created_at}  # fmt: skip
-    moves = job.state == SUBMITTING and is_transition_allowed(job.state, report.state)
-    if moves:
-        values["state"] = report.state.value
-    store.update_job(conn, job_id, values)
-    updated = store.get_job(conn, job_id)
-    assert updated is not None
-    if moves:
-        events.record_job_changed(conn, updated, SUBMITTING, now)
-    return updated, moves
+
+    def accepted(job: Job) -> dict[str, Any]:
+        values: dict[str, Any] = {"updated_at": now}
+        if job.ci_job_id is None:
+            values |= {"ci_job_id": report.ci_job_id, "queue_id": report.queue_id,
+                       "ci_created_at": report.created_at}  # fmt: skip
+        if job.state == JobState.SUBMITTING and is_transition_allowed(job.state, report.state):
+            values["state"] = report.state
+        return values
+
+    change = change_job(conn, job_id, accepted, now)
+    assert change is not None
+    return change
 
 
 def _new_job_values(
@@ -297,7 +288,7 @@ def _new_job_values(
         "id": job_id,
         "ci_job_id": None,
         "origin": "api",
-        "state": SUBMITTING,
+        "state": JobState.SUBMITTING,
         "tag": "VoiceSeparate",
         "queue_id": request.get("QueueId"),
         "user_data": operation.get("UserData"),

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.models import Job, NotificationRecord
+from app.models import TERMINAL_STATES, Job, JobState, NotificationRecord
 from app.store.schema import jobs, notifications
 
 
@@ -20,7 +20,7 @@ def _job(row: sa.Row[Any]) -> Job:
         id=m["id"],
         ci_job_id=m["ci_job_id"],
         origin=m["origin"],
-        state=m["state"],
+        state=JobState(m["state"]),
         tag=m["tag"],
         queue_id=m["queue_id"],
         code=m["code"],
@@ -98,7 +98,7 @@ def job_values(job: Job, *, only: frozenset[str] | None = None) -> dict[str, Any
         "id": job.id,
         "ci_job_id": job.ci_job_id,
         "origin": job.origin,
-        "state": job.state,
+        "state": job.state.value,
         "tag": job.tag,
         "queue_id": job.queue_id,
         "code": job.code,
@@ -190,7 +190,7 @@ def list_silent_jobs(conn: Connection, *, silent_since: datetime, limit: int) ->
         sa.select(jobs)
         .where(
             jobs.c.ci_job_id.is_not(None),
-            jobs.c.state.not_in(["Success", "Failed", "Cancel"]),
+            jobs.c.state.not_in(sorted(s.value for s in TERMINAL_STATES)),
             heard < silent_since,
             asked < silent_since,
         )
@@ -208,7 +208,7 @@ def list_unbound_jobs(conn: Connection, *, created_before: datetime, limit: int)
         sa.select(jobs)
         .where(
             jobs.c.ci_job_id.is_(None),
-            jobs.c.state == "Submitting",
+            jobs.c.state == JobState.SUBMITTING.value,
             jobs.c.origin == "api",
             jobs.c.created_at < created_before,
             asked < created_before,
