@@ -120,6 +120,7 @@ def create_app(
 ) -> Flask:
     from app import web
     from app.web.callbacks import CallbackLane
+    from app.web.request_ids import RequestIds
 
     if services is None:
         services = build_services(settings or Settings.from_env(), registry=registry)
@@ -128,7 +129,8 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = services.settings.max_body_bytes + 1
     app.extensions["cirelay"] = services
     web.init_app(app)
-    app.wsgi_app = CallbackLane(app.wsgi_app, services)  # type: ignore[method-assign]
+    # every request's id is bound around both lanes: CI's callbacks, then Flask
+    app.wsgi_app = RequestIds(CallbackLane(app.wsgi_app, services))  # type: ignore[method-assign]
     if services.settings.proxy_hops:  # outermost: the lane sees the client's address too
         hops = services.settings.proxy_hops
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from app import events, jobs, store
 from app.commits import GroupCommitter
@@ -27,7 +26,6 @@ from app.errors import (
     BadRequestError,
     InvalidNotificationError,
     NotFoundError,
-    UnavailableError,
 )
 from app.metrics import Metrics
 from app.models import (
@@ -68,17 +66,15 @@ class Receiver:
             notification = parse_notification(
                 received.body, received.content_type, self.schemas, max_depth=self.max_depth
             )
-            results = self.committer.run(jobs.Pending(notification, received, now))
+            # a database that is down: 503, CI retries (so do replay and reconciler callers)
+            with store.raising_unavailable():
+                results = self.committer.run(jobs.Pending(notification, received, now))
         except BadRequestError as exc:  # malformed, invalid, or valid but for another job
             if quarantine:
                 self._quarantine(received, exc, now)
             raise
         except NotFoundError:
             self.metrics.notifications.labels(Outcome.UNAUTHENTICATED.value).inc()
-            raise
-        except SQLAlchemyError as exc:
-            if store.is_unavailable(exc):  # CI retries; so do replay and reconciler callers
-                raise UnavailableError("database unavailable, retry later") from exc
             raise
         for result in results:
             self._count(result)
@@ -123,27 +119,22 @@ class Receiver:
             "notification quarantined",
             extra={"error": exc.code, "reasons": exc.details, "job_id": received.job_id},
         )
-        try:
-            item = QuarantinedNotification(
-                id=0,
-                received_at=now,
-                source=received.source.value,
-                job_id=received.job_id,
-                content_type=received.content_type[:128],
-                headers=received.headers,
-                body=received.body,
-                error=outcome.value,
-                reasons=exc.details or [{"path": "", "reason": exc.message}],
-                replayed_at=None,
-                replay_outcome=None,
-            )
-            with store.transaction(self.engine) as conn:
-                item = store.insert_quarantined(conn, item)
-                events.record_quarantined(conn, item, now)
-        except SQLAlchemyError as db_exc:
-            if store.is_unavailable(db_exc):
-                raise UnavailableError("database unavailable, retry later") from db_exc
-            raise
+        item = QuarantinedNotification(
+            id=0,
+            received_at=now,
+            source=received.source.value,
+            job_id=received.job_id,
+            content_type=received.content_type[:128],
+            headers=received.headers,
+            body=received.body,
+            error=outcome.value,
+            reasons=exc.details or [{"path": "", "reason": exc.message}],
+            replayed_at=None,
+            replay_outcome=None,
+        )
+        with store.raising_unavailable(), store.transaction(self.engine) as conn:
+            item = store.insert_quarantined(conn, item)
+            events.record_quarantined(conn, item, now)
 
     def replay(self, ident: int, now: datetime) -> str:
         """Send a quarantined notification through :meth:`ingest` again (after a schema fix).

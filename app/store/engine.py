@@ -18,6 +18,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from app.errors import UnavailableError
+
 
 def create_engine(url: str, *, pool_size: int = 5) -> Engine:
     """An engine with the settings each backend needs.
@@ -116,6 +118,29 @@ def is_unavailable(exc: BaseException) -> bool:
         code = getattr(exc.orig, "sqlstate", None) or ""
         return not code or code.startswith(("08", "53", "57P"))
     return False
+
+
+def unavailable_error(exc: BaseException) -> UnavailableError | None:
+    """The service's answer to a database that cannot serve us now (:func:`is_unavailable`):
+    503, so CI and clients retry. ``None`` for any other error, which is our own fault. The
+    one place a database error becomes "unavailable": the web layer's handler and
+    :func:`raising_unavailable` both ask it."""
+    if not is_unavailable(exc):
+        return None
+    return UnavailableError("the database is not reachable; try again")
+
+
+@contextmanager
+def raising_unavailable() -> Iterator[None]:
+    """Run the block; a database error that :func:`unavailable_error` turns into a 503 is
+    raised as that (chained), any other goes on as it is."""
+    try:
+        yield
+    except sa.exc.SQLAlchemyError as exc:
+        error = unavailable_error(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from app import Services, logs, store
-from app.errors import ServiceError, UnauthorizedError, UnavailableError
+from app import Services, store
+from app.errors import ServiceError, UnauthorizedError
 from app.web import errors
 
 log = logging.getLogger(__name__)
@@ -56,29 +56,18 @@ def _render_http_error(exc: HTTPException) -> ResponseReturnValue:
 def _render_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
     """The database is down or unreachable: 503 (CI and clients retry; nothing was
     committed). Any other database error is the service's own fault: 500."""
-    if not store.is_unavailable(exc):
+    unavailable = store.unavailable_error(exc)
+    if unavailable is None:
         raise exc
     log.warning("database unavailable: %s", type(exc).__name__)
-    return _render_service_error(UnavailableError("the database is not reachable; try again"))
+    return _render_service_error(unavailable)
 
 
 def init_app(app: Flask) -> None:
-    """The blueprints and hooks; CI's callbacks are served in front of Flask
-    (:class:`app.web.callbacks.CallbackLane`, installed by :func:`app.create_app`)."""
-    from app.web import events, health, jobs, subscriptions
-
-    @app.before_request
-    def _bind_request_id() -> None:
-        g.request_id = logs.bind_request_id(request.headers.get("X-Request-ID"))
-
-    @app.after_request
-    def _send_request_id(response: Response) -> Response:
-        response.headers["X-Request-ID"] = g.get("request_id") or ""
-        return response
-
-    @app.teardown_request
-    def _unbind_request_id(exc: BaseException | None) -> None:
-        logs.REQUEST_ID.set(None)  # the thread serves other requests next
+    """The blueprints and error handlers. CI's callbacks are served in front of Flask
+    (:class:`app.web.callbacks.CallbackLane`) and every request's id is bound around both
+    (:class:`app.web.request_ids.RequestIds`): :func:`app.create_app` installs them."""
+    from app.web import callbacks, events, health, jobs, subscriptions
 
     app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
@@ -87,3 +76,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(events.bp)
     app.register_blueprint(subscriptions.bp)
     app.register_blueprint(health.bp)
+    callbacks.register_routes(app)

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
@@ -370,6 +371,7 @@ def test_other_methods_on_a_callback_url_are_json_405_allowing_post(
         "/callbacks/ci/job_01",
         "/callbacks/ci/job_01/",
         "/callbacks/ci//token",
+        "/callbacks/ci/job_01//token",  # not merged into a callback URL by Flask's map
         "/callbacks/ci/job_01/token/",
         "/callbacks/ci/job_01/token/more",
         "/callbacks/ci/queue/",
@@ -382,6 +384,12 @@ def test_paths_that_are_not_callback_urls_are_flask_json_404(
     assert response.status_code == 404
     assert response.json["error"] == "not_found"
     assert outcome_count(registry, "unauthenticated") == 0  # never reached the callback checks
+
+
+def test_flasks_url_map_lists_the_lanes_routes(app: Flask) -> None:
+    rules = {rule.rule: rule for rule in app.url_map.iter_rules()}
+    for path in ("/callbacks/ci/<job_id>/<token>", "/callbacks/ci/queue/<secret>"):
+        assert "POST" in (rules[path].methods or set())
 
 
 def test_request_id_is_kept_or_made_on_every_callback_answer(
