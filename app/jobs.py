@@ -23,9 +23,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy.engine import Connection
+from typing import TYPE_CHECKING, Any
 
 from app import events, store
 from app.errors import InvalidNotificationError, NotFoundError, ServiceError
@@ -40,6 +38,9 @@ from app.models import (
     Source,
     new_id,
 )
+
+if TYPE_CHECKING:  # a type only: the domain imports no SQLAlchemy
+    from sqlalchemy.engine import Connection
 
 
 def is_transition_allowed(current: JobState | None, new: JobState) -> bool:
