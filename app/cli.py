@@ -442,7 +442,7 @@ def cmd_subscriptions_replay(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     try:
-        replay = delivery.enqueue_replay(
+        replay = delivery.start_replay(
             services.engine, args.id, now=utc_now(), event_id=args.event, since=since
         )
     except ServiceError as exc:

@@ -448,9 +448,9 @@ def test_the_address_is_checked_again_when_connecting() -> None:
         sender = Sender(
             allowed_networks=(), timeout=1.0, resolver=lambda host, port: ["127.0.0.1"]
         )
-        outcome = sender.post(f"http://hooks.example.com:{hook.port}/", b"{}", {})
-        assert outcome.result == "forbidden_address"
-        assert "127.0.0.1" in (outcome.error or "")
+        report = sender.post(f"http://hooks.example.com:{hook.port}/", b"{}", {})
+        assert report.result == "forbidden_address"
+        assert "127.0.0.1" in (report.error or "")
         assert hook.received() == []
 
         for address in ("169.254.169.254", "10.0.0.5", "::1", "::ffff:127.0.0.1", "0.0.0.0"):
@@ -466,8 +466,8 @@ def test_the_address_is_checked_again_when_connecting() -> None:
         # an allowed network lets it through, to the address that was checked
         sender = Sender(allowed_networks=LOOPBACK, timeout=1.0,
                         resolver=lambda host, port: ["127.0.0.1"])  # fmt: skip
-        outcome = sender.post(f"http://hooks.example.com:{hook.port}/p?q=1", b"{}", {})
-        assert outcome.result == "success"
+        report = sender.post(f"http://hooks.example.com:{hook.port}/p?q=1", b"{}", {})
+        assert report.result == "success"
         (request,) = hook.received()
         assert request.headers["host"] == f"hooks.example.com:{hook.port}"
         assert request.path == "/p?q=1"

@@ -154,9 +154,7 @@ def replay(ident: str) -> ResponseReturnValue:
             "invalid event_id", [{"field": "event_id", "message": "an event id"}]
         )
     since = delivery.parse_since(body["since"]) if "since" in body else None
-    done = delivery.enqueue_replay(
-        svc.engine, ident, now=svc.clock(), event_id=event_id, since=since
-    )
+    done = delivery.start_replay(svc.engine, ident, now=svc.clock(), event_id=event_id, since=since)
     response = jsonify(
         {"replay_id": done.id, "subscription_id": ident, "deliveries": done.deliveries}
     )

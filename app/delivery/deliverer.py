@@ -1,0 +1,382 @@
+"""The worker loop (:class:`Deliverer`): fan out, claim, send, record, and keep each
+subscription's health. :func:`build_deliverer` makes the one ``cirelay worker`` runs.
+
+A live worker renews the leases of its attempts in flight, so a slow subscriber is never sent
+the same delivery by two workers at once. A worker that dies mid-delivery stops renewing and its
+lease lapses; the delivery is then sent again with the same ``webhook-id`` (the event id), which
+subscribers deduplicate on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Connection, Engine
+
+from app import store
+from app.config import Settings
+from app.delivery.policy import Policy
+from app.delivery.rows import DeliveryUpdate, NewEvent
+from app.delivery.sender import AttemptReport, Sender, describe_error, signed_headers
+from app.events import TYPE_PREFIX, to_cloudevent
+from app.metrics import Metrics
+from app.models import (
+    AttemptResult,
+    Claim,
+    DeliveryAttempt,
+    DeliveryState,
+    Subscription,
+    new_id,
+)
+
+if TYPE_CHECKING:
+    from app.waker import EventWaker
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTION_DISABLED = f"{TYPE_PREFIX}.subscription.disabled"
+#: how often a worker woken by NOTIFY still looks, for retries coming due
+WOKEN_POLL_SECONDS = 0.25
+#: events fanned out per subscription per round
+FANOUT_BATCH = 1000
+#: a failing subscription is healthy again after this many 2xx in a row (or, for one that
+#: gets few events, after a 2xx a quarter of the disable period after its last failure)
+HEALTHY_STREAK = 10
+
+
+@dataclass(frozen=True)
+class _Finished:
+    claim: Claim
+    report: AttemptReport
+    started_at: datetime
+    finished_at: datetime
+
+
+@dataclass
+class Round:
+    """What one round of the loop did (for logs and tests)."""
+
+    fanned_out: int = 0
+    claimed: int = 0
+    recorded: int = 0
+
+
+class Deliverer:
+    """Fans out, claims, sends and records. :meth:`run` is the worker loop; :meth:`run_round`
+    one pass of it (tests drive it directly)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        policy: Policy,
+        sender: Sender,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], datetime],
+        concurrency: int = 16,
+        owner: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.sender = sender
+        self.metrics = metrics
+        self.clock = clock
+        self.concurrency = concurrency
+        self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(6)}"
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self._finished: queue.SimpleQueue[_Finished] = queue.SimpleQueue()
+        #: claims being attempted: delivery id -> when its lease was last set (monotonic)
+        self._leased: dict[int, float] = {}
+        self._wake = threading.Event()
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="deliver")
+
+    # the loop
+
+    def run(
+        self,
+        stop: threading.Event,
+        poll_seconds: float = 0.01,
+        waker: EventWaker | None = None,
+    ) -> None:
+        """Rounds until ``stop``; between idle rounds, wait for an attempt to finish, for new
+        events (``waker``: PostgreSQL's NOTIFY, so polling can be slow), or ``poll_seconds``."""
+        if waker is not None and waker.active:
+            waker.on_events(self._wake.set)
+            poll_seconds = max(poll_seconds, WOKEN_POLL_SECONDS)
+        log.info("deliverer %s: up to %d deliveries at once", self.owner, self.concurrency)
+        while not stop.is_set():
+            try:
+                did = self.run_round()
+            except Exception:  # a failing round (database down) must not end the worker
+                log.exception("delivery round failed")
+                stop.wait(1.0)
+                continue
+            if not (did.fanned_out or did.claimed or did.recorded):
+                self._wake.wait(poll_seconds)
+                self._wake.clear()
+        self.close()
+
+    def close(self, wait: bool = True) -> None:
+        """Let the attempts in flight finish and record them (a SIGTERM mid-delivery loses
+        nothing; a SIGKILL leaves the lease to lapse)."""
+        self._pool.shutdown(wait=wait)
+        finished = self._drain() if wait else []
+        if finished:
+            self._record(finished)
+
+    def run_round(self) -> Round:
+        """Record what finished; then, in one transaction, fan out new events and claim what
+        is due (one read first, so an idle round writes nothing)."""
+        done = Round()
+        finished = self._drain()
+        if finished:
+            done.recorded = self._record(finished)
+        self._renew_leases()
+        free = self.concurrency - self._in_flight
+        now = self.clock()
+        with self.engine.connect() as conn:
+            head = store.events_head(conn)
+            behind = store.any_behind(conn, head)
+            due = free > 0 and not behind and store.has_claimable(conn, now)
+            conn.rollback()
+        if not (behind or due):
+            return done
+        with store.transaction(self.engine) as conn:
+            if behind:
+                done.fanned_out = self._fan_out(conn, head, now)
+            claims = self._claim(conn, now, free) if free > 0 else []
+        done.claimed = len(claims)
+        for claim in claims:
+            self._leased[claim.delivery_id] = time.monotonic()
+            self._pool.submit(self._attempt, claim)
+        return done
+
+    @property
+    def _in_flight(self) -> int:
+        return len(self._leased)
+
+    def _renew_leases(self) -> None:
+        """Attempts still running after a third of their lease get it extended, so a slow
+        subscriber's delivery is never taken over by another worker while this one lives;
+        a dead worker stops renewing and its leases lapse."""
+        due = time.monotonic() - self.policy.lease.total_seconds() / 3
+        stale = [i for i, at in self._leased.items() if at < due]
+        if not stale:
+            return
+        with store.transaction(self.engine) as conn:
+            store.renew_leases(conn, self.owner, stale, self.clock() + self.policy.lease)
+        renewed = time.monotonic()
+        for ident in stale:
+            self._leased[ident] = renewed
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Tests: run rounds until nothing is in flight and nothing is due."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            did = self.run_round()
+            if not (did.fanned_out or did.claimed or did.recorded) and self._in_flight == 0:
+                return
+            if self._in_flight:
+                self._wake.wait(0.05)
+                self._wake.clear()
+        raise TimeoutError("deliveries still in flight")
+
+    def _drain(self) -> list[_Finished]:
+        finished = []
+        while True:
+            try:
+                finished.append(self._finished.get_nowait())
+            except queue.Empty:
+                break
+        for f in finished:
+            self._leased.pop(f.claim.delivery_id, None)
+        return finished
+
+    # 1. fan out
+
+    def _fan_out(self, conn: Connection, head: int, now: datetime) -> int:
+        created = 0
+        for subscription in store.subscriptions_to_fan_out(conn, head):
+            created += store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now)
+        return created
+
+    # 2. claim
+
+    def _claim(self, conn: Connection, now: datetime, limit: int) -> list[Claim]:
+        return store.claim_deliveries(
+            conn, now=now, owner=self.owner, lease_until=now + self.policy.lease, limit=limit
+        )
+
+    # 3. send
+
+    def _attempt(self, claim: Claim) -> None:
+        started_at = self.clock()
+        try:
+            report = self.send(claim, started_at)
+        except Exception as exc:  # never lose the claim's result to a bug in a thread
+            log.exception("delivery %s: attempt failed unexpectedly", claim.delivery_id)
+            report = AttemptReport(AttemptResult.CONNECTION_ERROR, error=describe_error(exc))
+        self._finished.put(_Finished(claim, report, started_at, self.clock()))
+        self._wake.set()
+
+    def send(self, claim: Claim, now: datetime) -> AttemptReport:
+        body = json.dumps(to_cloudevent(claim.event), separators=(",", ":"))
+        # the timestamp is checked against the subscriber's own clock: always the wall clock
+        secrets_now = claim.subscription.signing_secrets(now)
+        headers = signed_headers(claim.event.id, body, secrets_now, datetime.now(UTC))
+        return self.sender.post(claim.subscription.url, body.encode(), headers)
+
+    # 4. record
+
+    def _record(self, finished: list[_Finished]) -> int:
+        attempts = [_attempt_row(f) for f in finished]
+        updates = [self._next_step(f) for f in finished]
+        disabled: list[str] = []
+        with store.transaction(self.engine) as conn:
+            now = self.clock()
+            applied = store.finish_attempts(
+                conn, self.owner, [asdict(u) for u in updates], [asdict(a) for a in attempts]
+            )
+            for results in _by_subscription(finished):
+                sub = results[0].claim.subscription
+                reason = self._health(conn, sub.id, results, now)
+                if reason and store.disable_subscription(conn, sub.id, reason, now):
+                    disabled.append(sub.id)
+                    store.insert_event(conn, asdict(_disabled_event(sub, reason, now)))
+        for f in finished:
+            self._count(f, f.claim.delivery_id in applied)
+        for sub_id in disabled:
+            log.warning("subscription %s disabled", sub_id)
+            self.metrics.deliveries.labels("subscription_disabled").inc()
+        return len(finished)
+
+    # 5. health
+
+    def _health(
+        self, conn: Connection, subscription_id: str, results: list[_Finished], now: datetime
+    ) -> str | None:
+        """Update the subscription's health with one batch of its attempts (in the order
+        they finished); returns why it must be disabled, if it must."""
+        kinds = [f.report.result for f in results]
+        if AttemptResult.GONE in kinds:
+            gone = results[kinds.index(AttemptResult.GONE)]
+            return f"the endpoint answered 410 Gone at {_iso(gone.finished_at)}"
+        failed = [i for i, kind in enumerate(kinds) if kind is not AttemptResult.SUCCESS]
+        reason = None
+        if failed:
+            since = store.record_failure(conn, subscription_id, now)
+            if since is not None and now - since >= self.policy.disable_after:
+                reason = f"deliveries failing since {_iso(since)}"
+        in_a_row = len(kinds) - (failed[-1] + 1 if failed else 0)
+        if in_a_row and reason is None:
+            store.record_success(
+                conn, subscription_id, in_a_row, streak=HEALTHY_STREAK,
+                quiet_since=now - self.policy.disable_after / 4,
+            )  # fmt: skip
+        return reason
+
+    def _next_step(self, f: _Finished) -> DeliveryUpdate:
+        report = f.report
+        done = DeliveryUpdate(
+            id=f.claim.delivery_id,
+            attempts=f.claim.attempt,
+            last_status_code=report.status_code,
+            last_error=report.error,
+            state=DeliveryState.SUCCEEDED.value,
+            next_attempt_at=f.finished_at,
+            completed_at=f.finished_at,
+        )
+        if report.result is AttemptResult.SUCCESS:
+            return done
+        delay = (
+            None
+            if report.result is AttemptResult.GONE
+            else self.policy.retry_delay(f.claim.attempt, report.retry_after, self.rng)
+        )
+        if delay is None:
+            return replace(done, state=DeliveryState.FAILED.value)
+        return replace(
+            done,
+            state=DeliveryState.PENDING.value,
+            next_attempt_at=f.finished_at + timedelta(seconds=delay),
+            completed_at=None,
+        )
+
+    def _count(self, f: _Finished, applied: bool) -> None:
+        m = self.metrics
+        m.delivery_attempts.labels(f.report.result.value).inc()
+        if not applied:
+            return  # the lease had lapsed: another worker owns the delivery's fate now
+        if f.report.result is AttemptResult.SUCCESS:
+            m.deliveries.labels("delivered").inc()
+            m.attempts_per_delivery.observe(f.claim.attempt)
+            if f.claim.origin == "fanout":  # a replay's latency says nothing about the pipe
+                latency = (f.finished_at - f.claim.event.time).total_seconds()
+                m.delivery_latency.observe(max(0.0, latency))
+        elif f.report.result is AttemptResult.GONE or f.claim.attempt > len(self.policy.schedule):
+            m.deliveries.labels("given_up").inc()
+            m.attempts_per_delivery.observe(f.claim.attempt)
+
+
+def _attempt_row(f: _Finished) -> DeliveryAttempt:
+    return DeliveryAttempt(
+        delivery_id=f.claim.delivery_id,
+        attempt=f.claim.attempt,
+        started_at=f.started_at,
+        duration_ms=f.report.duration_ms,
+        result=f.report.result.value,
+        status_code=f.report.status_code,
+        error=f.report.error,
+    )
+
+
+def _by_subscription(finished: list[_Finished]) -> list[list[_Finished]]:
+    groups: dict[str, list[_Finished]] = {}
+    for f in sorted(finished, key=lambda f: f.finished_at):
+        groups.setdefault(f.claim.subscription.id, []).append(f)
+    return list(groups.values())
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _disabled_event(sub: Subscription, reason: str, now: datetime) -> NewEvent:
+    """The operator event: a subscription stopped receiving deliveries."""
+    return NewEvent(
+        id=new_id("evt", now),
+        type=SUBSCRIPTION_DISABLED,
+        source="/cirelay/subscriptions",
+        subject=sub.id,
+        job_id=None,
+        time=now,
+        data={"subscription_id": sub.id, "url": sub.url, "reason": reason},
+    )
+
+
+def build_deliverer(
+    settings: Settings, engine: Engine, metrics: Metrics, clock: Callable[[], datetime]
+) -> Deliverer:
+    """The deliverer ``cirelay worker`` runs, configured from the settings."""
+    policy = Policy.from_settings(settings)
+    sender = Sender(
+        allowed_networks=settings.delivery_allowed_networks,
+        timeout=policy.timeout,
+        pool_size=settings.delivery_concurrency,
+    )
+    return Deliverer(
+        engine, policy, sender, metrics, clock=clock, concurrency=settings.delivery_concurrency
+    )

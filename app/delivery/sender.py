@@ -1,0 +1,209 @@
+"""Sending one delivery: a POST of the CloudEvent (JSON structured mode) with the Standard
+Webhooks headers, signed with the ``standardwebhooks`` package (with both secrets during a
+rotation's grace period).
+
+The host is resolved and every address checked again here, then the connection goes to a
+checked address, so DNS rebinding does not get past the check made when the URL was saved. No
+redirects are followed. ``Retry-After`` is read from 429 and 503 answers.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import urllib3
+from standardwebhooks.webhooks import Webhook
+
+from app.models import AttemptResult
+from app.subscriptions import ForbiddenAddress, Resolver, allowed_address, resolve
+
+USER_AGENT = "cirelay-webhooks/1"
+#: how much of a subscriber's answer is kept with a failed attempt
+EXCERPT_BYTES = 512
+#: a connection error this soon after sending is a kept-alive connection gone stale
+STALE_CONNECTION_SECONDS = 1.0
+
+
+# --- signing -------------------------------------------------------------------------------
+
+
+def signed_headers(
+    event_id: str, body: str, secrets_: Sequence[str], now: datetime
+) -> dict[str, str]:
+    """The Standard Webhooks headers: one ``v1`` signature per secret, space-separated."""
+    signatures = " ".join(Webhook(s).sign(event_id, now, body) for s in secrets_)
+    return {
+        "webhook-id": event_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signatures,
+    }
+
+
+# --- sending -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptReport:
+    """What one attempt came to: its :class:`~app.models.AttemptResult`, and what the
+    subscriber answered (or what went wrong) and how long it took."""
+
+    result: AttemptResult
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    duration_ms: float = 0.0
+
+
+class Sender:
+    """POSTs to subscriber URLs, connecting only to addresses the SSRF rule allows.
+
+    One urllib3 connection pool per (scheme, checked address, port, host name) keeps
+    connections to a busy subscriber open between deliveries.
+    """
+
+    def __init__(
+        self,
+        *,
+        allowed_networks: Sequence[str],
+        timeout: float,
+        resolver: Resolver = resolve,
+        pool_size: int = 4,
+    ) -> None:
+        self.allowed_networks = tuple(allowed_networks)
+        self.timeout = timeout
+        self.resolver = resolver
+        self.pool_size = pool_size
+        self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    def _pool(self, scheme: str, address: str, port: int, host: str) -> urllib3.HTTPConnectionPool:
+        key = (scheme, address, port, host)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                timeout = urllib3.Timeout(total=self.timeout)
+                if scheme == "https":
+                    pool = urllib3.HTTPSConnectionPool(
+                        address, port, timeout=timeout, maxsize=self.pool_size,
+                        server_hostname=host, assert_hostname=host, retries=False,
+                    )  # fmt: skip
+                else:
+                    pool = urllib3.HTTPConnectionPool(
+                        address, port, timeout=timeout, maxsize=self.pool_size, retries=False
+                    )
+                self._pools[key] = pool
+            return pool
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptReport:
+        started = time.perf_counter()
+        report = self._post(url, body, headers)
+        return replace(report, duration_ms=(time.perf_counter() - started) * 1000)
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptReport:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            address = allowed_address(host, port, self.allowed_networks, self.resolver)
+        except ForbiddenAddress as exc:
+            return AttemptReport(AttemptResult.FORBIDDEN_ADDRESS, error=str(exc))
+        except (OSError, ValueError) as exc:
+            return AttemptReport(
+                AttemptResult.CONNECTION_ERROR, error=f"cannot resolve {host}: {exc}"
+            )
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        request_headers = {
+            "Host": parts.netloc,
+            "Content-Type": "application/cloudevents+json",
+            "User-Agent": USER_AGENT,
+            **headers,
+        }
+        pool = self._pool(parts.scheme, address, port, host)
+        try:
+            started = time.monotonic()
+            try:
+                response = self._urlopen(pool, path, body, request_headers)
+            except urllib3.exceptions.ProtocolError:
+                if time.monotonic() - started > STALE_CONNECTION_SECONDS:
+                    raise
+                # a kept-alive connection the subscriber had closed meanwhile: once more, on a
+                # new connection (at worst a duplicate, which webhook-id lets it drop)
+                response = self._urlopen(pool, path, body, request_headers)
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
+            return AttemptReport(AttemptResult.CONNECTION_ERROR, error=describe_error(exc))
+        except (TimeoutError, urllib3.exceptions.TimeoutError):
+            return AttemptReport(
+                AttemptResult.TIMEOUT, error=f"no answer within {self.timeout:g} s"
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return AttemptReport(AttemptResult.CONNECTION_ERROR, error=describe_error(exc))
+        try:
+            excerpt = response.read(EXCERPT_BYTES)
+            rest = response.read(64 * 1024)  # drain a small answer so the connection is reused
+            if rest or response.length_remaining:
+                response.close()  # a big answer: drop the connection rather than read it all
+            else:
+                response.release_conn()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            response.close()
+            return AttemptReport(
+                AttemptResult.TIMEOUT
+                if isinstance(exc, urllib3.exceptions.TimeoutError)
+                else AttemptResult.CONNECTION_ERROR,
+                status_code=response.status,
+                error=describe_error(exc),
+            )
+        status = response.status
+        if 200 <= status < 300:
+            return AttemptReport(AttemptResult.SUCCESS, status_code=status)
+        text = excerpt.decode("utf-8", "replace").strip()
+        if 300 <= status < 400:
+            text = f"redirect to {response.headers.get('Location', '?')} not followed"
+        return AttemptReport(
+            AttemptResult.GONE if status == 410 else AttemptResult.HTTP_ERROR,
+            status_code=status,
+            error=f"HTTP {status}" + (f": {text}" if text else ""),
+            retry_after=(
+                parse_retry_after(response.headers.get("Retry-After"))
+                if status in (429, 503)
+                else None
+            ),
+        )
+
+    @staticmethod
+    def _urlopen(
+        pool: urllib3.HTTPConnectionPool, path: str, body: bytes, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        return pool.urlopen(
+            "POST", path, body=body, headers=headers, redirect=False, retries=False,
+            preload_content=False, assert_same_host=False,
+        )  # fmt: skip
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as an attempt's ``error``: its type and reason, cut to the excerpt size."""
+    reason = getattr(exc, "reason", None)
+    return f"{type(exc).__name__}: {reason or exc}"[:EXCERPT_BYTES]
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; ``None`` if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
