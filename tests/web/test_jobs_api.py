@@ -8,7 +8,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy.engine import Engine
 
-from app.models import new_id
+from app import store
+from app.models import JobState, new_id
 from tests.conftest import CORPUS, Clock, ci_job_id, make_job, notification_xml
 
 XML = {"Content-Type": "application/xml"}
@@ -118,6 +119,17 @@ def test_list_filters_by_state_tag_and_time(
     after = (clock.now - timedelta(minutes=1)).isoformat().replace("+00:00", "Z")
     assert ids(f"created_after={after}") == ["job_b"]
     assert ids(f"created_before={after}") == ["job_a"]
+
+
+def test_list_filters_jobs_cirelay_has_not_yet_had_acknowledged(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock
+) -> None:
+    make_job(engine, "job_a", clock.now, ci_id=ci_job_id(1))
+    make_job(engine, "job_b", clock.now)
+    with store.transaction(engine) as conn:
+        store.update_job(conn, "job_b", {"state": JobState.SUBMITTING})
+    listed = client.get("/v1/jobs?state=Submitting", headers=auth).json["jobs"]
+    assert [(j["id"], j["state"]) for j in listed] == [("job_b", "Submitting")]
 
 
 @pytest.mark.parametrize(
