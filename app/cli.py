@@ -18,6 +18,7 @@ from app import build_services, logs, store, utc_now
 from app.config import ConfigError, Settings
 from app.errors import ServiceError
 from app.migrations import upgrade
+from app.models import JobState
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,6 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     s_replay.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
     s_replay.set_defaults(func=cmd_subscriptions_replay)
+
+    routes = commands.add_parser(
+        "routes", help="every HTTP route: the API's and CI's callbacks (needs no settings)"
+    )
+    routes.set_defaults(func=cmd_routes)
 
     args = parser.parse_args(argv)
     try:
@@ -318,8 +324,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         time.sleep(1)
         state = requests.get(f"{args.url}/v1/jobs/{job_id}", headers=headers, timeout=30).json()
         print(f"{job_id}: {state['state']}", flush=True)
-        if state["state"] in ("Success", "Failed", "Cancel"):
-            return 0 if state["state"] == "Success" else 1
+        if JobState(state["state"]).is_terminal:
+            return 0 if state["state"] == JobState.SUCCESS else 1
 
 
 def _without_none(value: Any) -> Any:
@@ -343,6 +349,26 @@ def _dev_default(name: str) -> str:
     from app.config import DEV_DEFAULTS
 
     return DEV_DEFAULTS[name]
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    """Like ``flask routes``, without settings or a database: the URL map the web layer
+    builds, which lists the callback lane's routes too."""
+    from flask import Flask
+
+    from app import web
+
+    app = Flask("app")
+    web.init_app(app)
+    rows = [
+        (rule.rule, ",".join(sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})), rule.endpoint)
+        for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule)
+        if rule.endpoint != "static"
+    ]
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    for path, methods, endpoint in rows:
+        print(f"{path:<{width[0]}}  {methods:<{width[1]}}  {endpoint}")
+    return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

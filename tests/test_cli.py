@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from flask import Flask
 
 from tests.conftest import (
     CALLBACK_KEYS,
@@ -141,6 +142,19 @@ def test_db_upgrade_creates_the_schema(env: dict[str, str], tmp_path: Path) -> N
     assert (tmp_path / "cirelay.db").exists()
     again = cirelay(env, "db", "upgrade")
     assert again.returncode == 0
+
+
+def test_routes_lists_every_route_of_the_service_without_settings(app: Flask) -> None:
+    """Every rule the running service has, the callback lane's among them, from a bare
+    environment (no CIRELAY_* settings, no database)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
+    result = subprocess.run([*CIRELAY, "routes"], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    listed = {tuple(line.split()[::2]) for line in result.stdout.splitlines()}
+    expected = {(r.rule, r.endpoint) for r in app.url_map.iter_rules() if r.endpoint != "static"}
+    assert listed == expected
+    assert ("/callbacks/ci/<job_id>/<token>", "callbacks.job") in listed
 
 
 def test_missing_configuration_is_reported_in_full(tmp_path: Path) -> None:
