@@ -1,9 +1,9 @@
 """Group commit: many threads' notifications, one transaction, one fsync.
 
 A notification is answered only after it is durably committed. On SQLite with
-``synchronous=FULL`` the commit waits for an fsync (1-4 ms on this kind of disk), and only one
-writer may hold the database at a time, so one transaction per notification caps a node at a
-few hundred notifications per second however many cores it has. Databases solve this with
+``synchronous=FULL`` the commit waits for an fsync, and only one writer may hold the database
+at a time, so one transaction per notification caps a node at one fsync per notification
+however many cores it has. Databases solve this with
 group commit; this is the same idea one level up:
 
     request threads ──run(item)──▶ queue ──▶ committer thread:

@@ -1,8 +1,8 @@
 """PostgreSQL: compress large values (raw bodies, job details, event data) with lz4
 
-Values over about 2 kB are compressed when stored ("TOAST"); PostgreSQL's default, pglz, cost
-the server about 30 us of CPU per notification in the ingest benchmark, lz4 a fraction of that
-at a similar size. Only values written from now on are affected; nothing is rewritten. Skipped
+Values over about 2 kB are compressed when stored ("TOAST"); PostgreSQL's default, pglz, is a
+measurable share of the server's CPU per notification (every one carries a raw body), lz4 a
+fraction of that at a similar size. Only values written from now on are affected; nothing is rewritten. Skipped
 where the server has no lz4 (built without it, or older than PostgreSQL 14) and on SQLite.
 
 Revision ID: 0005
