@@ -261,7 +261,9 @@ def _tx_rows(
             continue  # the same notification again: recorded once
         seen.add((job, digest))
         current = states.get(job)
-        moves = is_transition_allowed(current, JobState(state))  # cirelay's own rule
+        moves = is_transition_allowed(  # cirelay's own rule
+            JobState(current) if current else None, JobState(state)
+        )
         outcome = "accepted" if moves else "stale"
         notifications.append((job, digest, state, outcome, body, now))
         if moves:
