@@ -9,13 +9,16 @@ from these columns at delivery time.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cloudevents.v1.conversion import to_dict
 from cloudevents.v1.http import CloudEvent
 
 from app import store
 from app.models import Event, Job, JobState, QuarantinedNotification, new_id
+
+if TYPE_CHECKING:  # a type only: the domain imports no SQLAlchemy
+    from sqlalchemy.engine import Connection
 
 TYPE_PREFIX = "com.cirelay"
 QUARANTINED = f"{TYPE_PREFIX}.notification.quarantined"
@@ -38,8 +41,8 @@ def to_cloudevent(event: Event) -> dict[str, Any]:
     return document
 
 
-def job_event_type(state: str) -> str:
-    return f"{TYPE_PREFIX}.job.{JobState(state).event_name}"
+def job_event_type(state: JobState) -> str:
+    return f"{TYPE_PREFIX}.job.{state.event_name}"
 
 
 def event_source(job: Job) -> str:
@@ -50,7 +53,7 @@ def event_source(job: Job) -> str:
     return f"https://{bucket}.ci.{region}.myqcloud.com/queues/{queue}"
 
 
-def job_changed_event(job: Job, previous: str | None, now: datetime) -> dict[str, Any]:
+def job_changed_event(job: Job, previous: JobState | None, now: datetime) -> dict[str, Any]:
     """The outbox row announcing that ``job`` moved from ``previous`` to its state."""
     data = job.view()
     data["previous_state"] = previous
@@ -65,11 +68,13 @@ def job_changed_event(job: Job, previous: str | None, now: datetime) -> dict[str
     }
 
 
-def record_job_changed(conn: Any, job: Job, previous: str | None, now: datetime) -> None:
+def record_job_changed(
+    conn: Connection, job: Job, previous: JobState | None, now: datetime
+) -> None:
     store.insert_event(conn, job_changed_event(job, previous, now))
 
 
-def record_quarantined(conn: Any, item: QuarantinedNotification, now: datetime) -> None:
+def record_quarantined(conn: Connection, item: QuarantinedNotification, now: datetime) -> None:
     store.insert_event(
         conn,
         {

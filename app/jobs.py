@@ -109,7 +109,9 @@ class Pending:
     now: datetime
 
 
-def apply_batch(conn: Any, items: Sequence[Pending]) -> list[list[ApplyResult] | ServiceError]:
+def apply_batch(
+    conn: Connection, items: Sequence[Pending]
+) -> list[list[ApplyResult] | ServiceError]:
     """Apply ``items`` in order. Per item: its results, or the error that rejects it (an
     unknown job, a JobId that is not the URL's job), in which case nothing of it is written.
     Any other exception leaves the transaction to be rolled back by the caller."""
@@ -132,7 +134,7 @@ def apply_batch(conn: Any, items: Sequence[Pending]) -> list[list[ApplyResult] |
 class _Batch:
     """The jobs a batch touches, in memory, and the rows it will write."""
 
-    conn: Any
+    conn: Connection
     jobs: dict[str, Job] = field(default_factory=dict)
     by_ci_id: dict[str, str] = field(default_factory=dict)
     digests: set[tuple[str, str]] = field(default_factory=set)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from app import store
@@ -261,7 +261,7 @@ class Submitter:
             self.metrics.transitions.labels(change.before.state, change.after.state).inc()
 
 
-def record_submitted(conn: Any, job_id: str, report: JobReport, now: datetime) -> JobChange:
+def record_submitted(conn: Connection, job_id: str, report: JobReport, now: datetime) -> JobChange:
     """CI accepted the job: bind its JobId and move Submitting -> Submitted, unless the job's
     first notification got here first (then only the JobId is filled in, if missing)."""
 

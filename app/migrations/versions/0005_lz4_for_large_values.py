@@ -2,8 +2,9 @@
 
 Values over about 2 kB are compressed when stored ("TOAST"); PostgreSQL's default, pglz, is a
 measurable share of the server's CPU per notification (every one carries a raw body), lz4 a
-fraction of that at a similar size. Only values written from now on are affected; nothing is rewritten. Skipped
-where the server has no lz4 (built without it, or older than PostgreSQL 14) and on SQLite.
+fraction of that at a similar size. Only values written from now on are affected; nothing is
+rewritten. Skipped where the server has no lz4 (built without it, or older than PostgreSQL 14)
+and on SQLite.
 
 Revision ID: 0005
 Revises: 0004
