@@ -42,8 +42,6 @@ from app import store
 
 #: seconds before the first retry of a transient failure (doubled for each next one)
 RETRY_PAUSE = 0.05
-#: the longest a request thread gives way to a batch holding the shared lock (seconds)
-GIVE_WAY_SECONDS = 0.05
 
 I = TypeVar("I")  # noqa: E741 - the item type
 R = TypeVar("R")
@@ -69,9 +67,6 @@ class GroupCommitter(Generic[I, R]):
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[I, Future[R]]] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        #: clear while this process's batch holds the lock every writer shares
-        self._unlocked = threading.Event()
-        self._unlocked.set()
         self._pid = 0
         self._connection = store.HeldConnection(engine)
         #: batches committed and items in them, for the tests and for tuning
@@ -85,21 +80,6 @@ class GroupCommitter(Generic[I, R]):
         self._queue.put((item, future))
         return future.result()
 
-    def give_way(self, timeout: float | None = None) -> bool:
-        """Before a request thread starts its CPU work (parsing, validating): wait, at most
-        ``timeout`` seconds (:data:`GIVE_WAY_SECONDS`), while this process's batch holds the
-        lock all writers share.
-        True when no batch holds it (any more); False when the wait timed out.
-
-        That lock serialises every writer of the database, in all workers and replicas, so
-        the time a batch holds it bounds everyone's throughput. The committer releases the
-        GIL at every statement and at the commit; a request thread that takes it meanwhile
-        keeps it until it blocks or CPython's switch interval (5 ms) runs out, while the
-        batch, and every other writer, waits. Measured under load on 2 cores: a batch held
-        the lock 2-3 times as long as its own work took. Giving way keeps new parses off the
-        GIL while a batch is in flight; requests already past this point run on."""
-        return self._unlocked.wait(GIVE_WAY_SECONDS if timeout is None else timeout)
-
     def _ensure_thread(self) -> None:
         # Started lazily, and again in a forked gunicorn worker (threads do not survive fork).
         if self._pid == os.getpid():
@@ -107,8 +87,6 @@ class GroupCommitter(Generic[I, R]):
         with self._lock:
             if self._pid != os.getpid():
                 self._queue = queue.SimpleQueue()
-                self._unlocked = threading.Event()
-                self._unlocked.set()
                 # the committer's own connection (a forked worker must not share its parent's)
                 self._connection = store.HeldConnection(self.engine)
                 threading.Thread(target=self._loop, name="group-commit", daemon=True).start()
@@ -128,16 +106,11 @@ class GroupCommitter(Generic[I, R]):
     @contextmanager
     def _locked_transaction(self) -> Iterator[Connection]:
         """A batch's transaction, once it holds the lock all writers share (SQLite's writer
-        lock; the ``begin`` hook's), until its commit or rollback ends: request threads
-        give way meanwhile (:meth:`give_way`)."""
-        try:
-            with self._connection.transaction() as conn:
-                if self.begin is not None:
-                    self.begin(conn)
-                self._unlocked.clear()
-                yield conn
-        finally:
-            self._unlocked.set()
+        lock; the ``begin`` hook's), until its commit or rollback ends."""
+        with self._connection.transaction() as conn:
+            if self.begin is not None:
+                self.begin(conn)
+            yield conn
 
     def _commit(self, batch: list[tuple[I, Future[R]]], *, more: bool = False) -> None:
         """Commit ``batch``; with ``more``, also what is queued once the transaction has

@@ -61,7 +61,6 @@ class Receiver:
         A malformed or invalid notification is quarantined (unless ``quarantine`` is false,
         as for a replay out of quarantine) and the error re-raised.
         """
-        self.committer.give_way()  # the batch holding the database's write lock goes first
         try:
             notification = parse_notification(
                 received.body, received.content_type, self.schemas, max_depth=self.max_depth

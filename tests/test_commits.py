@@ -221,38 +221,3 @@ def test_a_permanent_error_is_not_retried(engine: Engine) -> None:
     with pytest.raises(sa.exc.OperationalError):
         committer.run("a")
     assert calls == [1]
-
-
-def test_request_threads_give_way_while_a_batch_holds_the_shared_lock(
-    engine: Engine, clock: Clock
-) -> None:
-    """From the moment a batch holds the lock every writer shares until its commit ends,
-    ``give_way`` waits (at most its timeout); while the committer only waits for that lock,
-    and once the batch is done, it does not."""
-    recorder = Recorder(clock)
-    committer: GroupCommitter[str, str] = GroupCommitter(
-        engine, recorder, begin=store.hold_events_lock
-    )
-    assert committer.give_way(0)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        with store.transaction(engine) as other:  # another writer holds the lock
-            store.hold_events_lock(other)
-            waiting = pool.submit(committer.run, "a")
-            while committer._queue.qsize() or not committer._pid:
-                threading.Event().wait(0.01)
-            assert committer.give_way(0)  # waiting for the lock is not holding it
-        assert waiting.result(10) == "a"
-        held = pool.submit(committer.run, "block")
-        assert recorder.started.wait(10)
-        assert not committer.give_way(0.05)  # timed out: the batch holds the lock
-        recorder.gate.set()
-        assert held.result(10) == "block"
-    assert committer.give_way(0)
-
-
-def test_a_failed_batch_no_longer_holds_request_threads(engine: Engine, clock: Clock) -> None:
-    recorder = Recorder(clock)
-    committer: GroupCommitter[str, str] = GroupCommitter(engine, recorder)
-    with pytest.raises(RuntimeError, match="boom"):
-        committer.run("boom")
-    assert committer.give_way(0)

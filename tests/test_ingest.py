@@ -3,7 +3,6 @@ counted twice, also under concurrency."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,7 +12,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app import Services, events, jobs, store
-from app.errors import BadRequestError
 from app.models import Outcome, Received, Source
 from app.notifications import parse_notification
 from app.schemas import SchemaSet
@@ -188,47 +186,3 @@ def pending(
 ) -> jobs.Pending:
     notification = parse_notification(body.encode(), "application/xml", schemas)
     return jobs.Pending(notification, received(body, job_id), at or clock.now)
-
-
-@pytest.mark.parametrize("bound", [30.0, 0.05])
-def test_parsing_waits_while_a_batch_holds_the_write_lock_at_most_its_bound(
-    services: Services,
-    engine: Engine,
-    clock: Clock,
-    monkeypatch: pytest.MonkeyPatch,
-    bound: float,
-) -> None:
-    """A notification is parsed only once no batch of this process holds the lock every
-    writer shares (``GroupCommitter.give_way``), and never waits longer than the bound."""
-    from app import commits
-
-    monkeypatch.setattr(commits, "GIVE_WAY_SECONDS", bound)
-    make_job(engine, "job_01", clock.now, ci_id=ci_job_id(1))
-    inside, release = threading.Event(), threading.Event()
-    job_changed_event = events.job_changed_event
-
-    def held(*args: Any, **kwargs: Any) -> Any:  # the batch, inside its transaction
-        inside.set()
-        release.wait(10)
-        return job_changed_event(*args, **kwargs)
-
-    monkeypatch.setattr(events, "job_changed_event", held)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        valid = pool.submit(
-            services.receiver.ingest, received(notification_xml(ci_job_id(1)), "job_01"), clock.now
-        )
-        assert inside.wait(10)
-        malformed = pool.submit(
-            services.receiver.ingest, received(b"<Response>", "job_01"), clock.now,
-            quarantine=False,
-        )  # fmt: skip
-        if bound > 1:
-            threading.Event().wait(0.3)
-            assert not malformed.done()  # not parsed: it gives way to the batch
-        else:
-            with pytest.raises(BadRequestError):
-                malformed.result(5)  # the batch is still held, the bound is over
-        release.set()
-        assert valid.result(10)[0].outcome is Outcome.ACCEPTED
-        with pytest.raises(BadRequestError):
-            malformed.result(10)
