@@ -3,7 +3,8 @@
 A subscription's URL is checked when it is saved (and again by the deliverer when it
 connects, so DNS rebinding does not get through): the host must resolve only to public
 addresses — not loopback, private, link-local (cloud metadata lives there), multicast,
-reserved or unspecified — unless ``CIRELAY_DELIVERY_ALLOWED_NETWORKS`` permits the network.
+reserved or unspecified, nor an IPv6 address carrying an IPv4 one (NAT64, 6to4, Teredo,
+IPv4-compatible or -mapped) — unless ``CIRELAY_DELIVERY_ALLOWED_NETWORKS`` permits the network.
 Secrets are in Standard Webhooks form (``whsec_`` + base64 of 24 random bytes), returned once;
 rotating keeps the previous secret valid (and signing) for a grace period.
 """
@@ -38,16 +39,51 @@ def resolve(host: str, port: int) -> list[str]:
     return sorted({str(info[4][0]) for info in infos})
 
 
+#: IPv6 ranges whose addresses carry an IPv4 address that some translator or tunnel (ours,
+#: the network's or the kernel's) would reach instead: NAT64 (RFC 6052, RFC 8215), 6to4,
+#: Teredo, IPv4-compatible, IPv4-mapped and IPv4-translated (SIIT). ``is_global`` says
+#: nothing about the IPv4 inside (``64:ff9b::7f00:1`` is "global" and is 127.0.0.1 behind a
+#: NAT64), so they are refused whole: a subscriber has a native address.
+EMBEDDING_IPV4 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "2002::/16",
+        "2001::/32",
+        "::/96",
+        "::ffff:0:0/96",
+        "::ffff:0:0:0/96",
+    )
+)
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether ``address`` is on the public internet: global, not multicast, and no IPv6
+    address that embeds an IPv4 one (see :data:`EMBEDDING_IPV4`)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped or address.sixtofour or address.teredo:
+            return False
+        if any(address in net for net in EMBEDDING_IPV4):
+            return False
+    # is_global is false for loopback, private, link-local (metadata), shared (CGNAT),
+    # reserved and unspecified; multicast is "global" for some ranges, so refuse it too
+    return address.is_global and not address.is_multicast
+
+
 def is_forbidden(address: IPAddress, allowed: Sequence[str]) -> bool:
     """Whether connecting to ``address`` would reach something inside rather than the public
-    internet — unless an allowed network covers it."""
-    if any(address in ipaddress.ip_network(net, strict=False) for net in allowed):
+    internet — unless an allowed network covers it (for an IPv4-mapped address, the network
+    of the IPv4 address it is)."""
+    if _is_allowed(address, allowed):
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        return is_forbidden(address.ipv4_mapped, allowed)
-    # not is_global covers loopback, private, link-local (metadata), shared (CGNAT),
-    # reserved and unspecified; multicast is "global" for some ranges, so refuse it too
-    return not address.is_global or address.is_multicast
+        return not _is_allowed(address.ipv4_mapped, allowed)
+    return not is_public(address)
+
+
+def _is_allowed(address: IPAddress, allowed: Sequence[str]) -> bool:
+    return any(address in ipaddress.ip_network(net, strict=False) for net in allowed)
 
 
 class ForbiddenAddress(Exception):
@@ -85,8 +121,8 @@ def check_url(
         allowed_address(parts.hostname, port, allowed, resolver)
     except ForbiddenAddress:
         message = (
-            "resolves to an address that is not public (loopback, private, link-local or "
-            "metadata); see CIRELAY_DELIVERY_ALLOWED_NETWORKS"
+            "resolves to an address that is not public (loopback, private, link-local, "
+            "metadata, or an IPv4 one inside IPv6); see CIRELAY_DELIVERY_ALLOWED_NETWORKS"
         )
         return [{"field": "url", "message": message}]
     except (OSError, ValueError) as exc:

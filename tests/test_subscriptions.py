@@ -6,6 +6,8 @@ import ipaddress
 
 import pytest
 
+from app.delivery.sender import Sender
+from app.models import AttemptResult
 from app.subscriptions import check_url, is_forbidden
 
 
@@ -41,3 +43,43 @@ def test_an_unresolvable_host_is_refused() -> None:
         raise OSError("Name or service not known")
 
     assert check_url("https://nowhere.invalid/x", [], resolver=fails)
+
+
+#: IPv6 addresses that carry an IPv4 one: refused whether or not the IPv4 inside is public
+EMBEDDED_IPV4 = [
+    pytest.param("::127.0.0.1", id="ipv4-compatible-loopback"),
+    pytest.param("::93.184.216.34", id="ipv4-compatible-public"),
+    pytest.param("64:ff9b::7f00:1", id="nat64-loopback"),
+    pytest.param("64:ff9b::a9fe:a9fe", id="nat64-metadata"),
+    pytest.param("64:ff9b::5db8:d822", id="nat64-public"),
+    pytest.param("64:ff9b:1::a9fe:a9fe", id="local-nat64-metadata"),
+    pytest.param("2002:7f00:1::", id="6to4-loopback"),
+    pytest.param("2002:5db8:d822::1", id="6to4-public"),
+    pytest.param("2001:0:4136:e378:8000:63bf:3fff:fdd2", id="teredo"),
+    pytest.param("::ffff:127.0.0.1", id="ipv4-mapped-loopback"),
+    pytest.param("::ffff:93.184.216.34", id="ipv4-mapped-public"),
+    pytest.param("::ffff:0:7f00:1", id="ipv4-translated-loopback"),
+]
+
+
+@pytest.mark.parametrize("address", EMBEDDED_IPV4)
+def test_an_ipv6_address_carrying_an_ipv4_one_is_refused_when_saved(address: str) -> None:
+    """The literal goes through the real resolver, as a subscriber URL's host does."""
+    assert is_forbidden(ipaddress.ip_address(address), [])
+    (problem,) = check_url(f"http://[{address}]:8080/hook", [])
+    assert problem["field"] == "url" and "not public" in problem["message"]
+
+
+@pytest.mark.parametrize("address", EMBEDDED_IPV4)
+def test_an_ipv6_address_carrying_an_ipv4_one_is_refused_at_connect(address: str) -> None:
+    """DNS rebinding to such an address: the sender refuses it before connecting."""
+    sender = Sender(allowed_networks=(), timeout=1.0, resolver=lambda host, port: [address])
+    report = sender.post("http://hooks.example.com/", b"{}", {})
+    assert report.result == AttemptResult.FORBIDDEN_ADDRESS
+
+
+def test_an_allowed_network_still_covers_the_ipv4_of_a_mapped_address() -> None:
+    loopback = ["127.0.0.0/8"]
+    assert not is_forbidden(ipaddress.ip_address("::ffff:127.0.0.1"), loopback)
+    assert is_forbidden(ipaddress.ip_address("64:ff9b::7f00:1"), loopback)
+    assert not is_forbidden(ipaddress.ip_address("64:ff9b::7f00:1"), ["64:ff9b::/96"])
