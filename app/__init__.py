@@ -61,7 +61,9 @@ def build_services(
     clock: Clock = utc_now,
 ) -> Services:
     registry = registry if registry is not None else CollectorRegistry()
-    engine = engine or store.create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = engine or store.create_engine(
+        settings.database_url, pool_size=settings.db_pool_size, timeouts=database_timeouts(settings)
+    )
     schemas = schemas or SchemaSet.load(settings.schema_dir)
     metrics = Metrics(registry)
 
@@ -84,6 +86,15 @@ def build_services(
     waker = EventWaker(engine.url.render_as_string(hide_password=False))
     return Services(
         settings, engine, schemas, metrics, collector, receiver, submitter, clock, slots, waker
+    )
+
+
+def database_timeouts(settings: Settings) -> store.DatabaseTimeouts:
+    """How long PostgreSQL may keep the service waiting (``CIRELAY_DB_*_TIMEOUT_SECONDS``)."""
+    return store.DatabaseTimeouts(
+        connect=settings.db_connect_timeout_seconds,
+        statement=settings.db_statement_timeout_seconds or None,
+        checkout=settings.db_pool_timeout_seconds,
     )
 
 

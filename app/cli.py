@@ -373,7 +373,9 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    upgrade(store.create_engine(settings.database_url))
+    # a migration may build an index for minutes: no statement timeout
+    no_limit = store.DatabaseTimeouts(statement=None)
+    upgrade(store.create_engine(settings.database_url, timeouts=no_limit))
     print("database is at the latest revision")
     return 0
 

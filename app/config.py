@@ -79,6 +79,20 @@ class Settings:
     delivery_retention_days: int = 30
     #: PostgreSQL connections kept per process (as many more may open under load)
     db_pool_size: int = 5
+    #: PostgreSQL: seconds to open a connection (2 at least, libpq's minimum)
+    db_connect_timeout_seconds: float = 2.0
+    #: PostgreSQL: the server's ``statement_timeout``, and how long cirelay waits for any
+    #: answer (plus a quarter second); 0 = no limit. A database that stops answering costs a
+    #: request a 503 after this, not a hang.
+    db_statement_timeout_seconds: float = 1.5
+    #: PostgreSQL: how long a request waits for a pooled connection to come free (then 503)
+    db_pool_timeout_seconds: float = 2.0
+    #: deliveries in flight at once to one subscription, counted over every worker (default:
+    #: half of ``delivery_concurrency``), so a slow subscriber leaves slots for the others
+    delivery_per_subscription: int = 0
+    #: deliveries per second a subscription that answers 2xx again is sent from its backlog
+    #: of retries (brought forward, in order, instead of waiting out their backoff)
+    delivery_recovery_rate: float = 200.0
     #: open event streams per process; each holds a gunicorn thread, so this keeps threads
     #: free for notifications (with 16 threads: half). Above it: 503 with Retry-After.
     max_streams: int = 8
@@ -170,6 +184,13 @@ class Settings:
             delivery_poll_seconds=number("CIRELAY_DELIVERY_POLL_SECONDS", 0.01, 0.001),
             delivery_retention_days=integer("CIRELAY_DELIVERY_RETENTION_DAYS", 30, minimum=1),
             db_pool_size=integer("CIRELAY_DB_POOL_SIZE", 5, minimum=1),
+            db_connect_timeout_seconds=number("CIRELAY_DB_CONNECT_TIMEOUT_SECONDS", 2.0, 2.0),
+            db_statement_timeout_seconds=number(
+                "CIRELAY_DB_STATEMENT_TIMEOUT_SECONDS", 1.5, 0.0
+            ),
+            db_pool_timeout_seconds=number("CIRELAY_DB_POOL_TIMEOUT_SECONDS", 2.0, 0.0),
+            delivery_per_subscription=integer("CIRELAY_DELIVERY_PER_SUBSCRIPTION", 0, minimum=0),
+            delivery_recovery_rate=number("CIRELAY_DELIVERY_RECOVERY_RATE", 200.0, 0.1),
             max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
         )
         if not settings.callback_keys:

@@ -1,8 +1,12 @@
-"""A TCP proxy on loopback that a test can cut and restore: the database "goes down".
+"""A TCP proxy on loopback that a test can cut, silence and restore: the database "goes down"
+or the network to it fails silently.
 
     with TcpProxy("127.0.0.1", 5432) as proxy:      # listens on 127.0.0.1:<proxy.port>
         proxy.cut()       # every open connection is reset; new ones are refused
         proxy.restore()   # accepting again
+        proxy.silence()   # a silent partition: connections stay open (new ones too) but
+                          # nothing is forwarded either way, and nobody is told
+        proxy.resume()    # forwarding again (what was held back goes through)
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ class TcpProxy:
         self.target = (host, port)
         self.port = 0
         self._up = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -44,6 +50,14 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
             self._sockets.clear()
 
+    def silence(self) -> None:
+        """Forward nothing, either way, until :meth:`resume`; keep every connection open and
+        accept new ones (whose handshake then never gets an answer)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
@@ -52,6 +66,7 @@ class TcpProxy:
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
             except OSError:
                 client.close()
                 continue
@@ -63,6 +78,7 @@ class TcpProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()  # silenced: held here (the kernel still acknowledges)
                 sink.sendall(data)
         except OSError:
             pass
@@ -77,4 +93,5 @@ class TcpProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._flowing.set()
         self.cut()

@@ -34,6 +34,7 @@ from app.store.delivery import (
 )
 from app.store.engine import (
     EVENTS_CHANNEL,
+    DatabaseTimeouts,
     HeldConnection,
     WriterLock,
     create_engine,
@@ -100,6 +101,7 @@ __all__ = [
     "EVENTS_CHANNEL",
     "NOTIFIED_COLUMNS",
     "BigId",
+    "DatabaseTimeouts",
     "HeldConnection",
     "UTCDateTime",
     "WriterLock",

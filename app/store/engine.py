@@ -12,22 +12,102 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from app.errors import UnavailableError
 
 
-def create_engine(url: str, *, pool_size: int = 5) -> Engine:
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """How long PostgreSQL may keep us waiting, so that a database that stops answering (a
+    silent network partition: connections open, nothing coming back) costs a request a 503
+    in about two seconds instead of a hang. SQLite is local and ignores these.
+
+    - ``connect``: opening a connection (libpq's ``connect_timeout``; 2 s is its minimum);
+    - ``statement``: the server's ``statement_timeout``, and how long the client waits for any
+      answer on a connection (this plus :data:`ANSWER_GRACE`, so a slow statement normally
+      ends with the server's own cancel and the connection stays usable); ``None``: no limit
+      (migrations, which may build an index for minutes);
+    - ``checkout``: waiting for a pooled connection to come free;
+    - ``ping``: the check of a pooled connection before it is handed out.
+
+    TCP keepalive and ``tcp_user_timeout`` (:data:`KEEPALIVE`) also drop a connection whose
+    packets go unacknowledged, which a real partition does and a proxy on loopback cannot.
+    """
+
+    connect: float = 2.0
+    statement: float | None = 1.5
+    checkout: float = 2.0
+    ping: float = 0.5
+
+    @property
+    def answer(self) -> float | None:
+        """How long the client waits for the server's answer to anything it sent."""
+        return None if self.statement is None else self.statement + ANSWER_GRACE
+
+
+#: what the client waits beyond the server's ``statement_timeout``
+ANSWER_GRACE = 0.25
+#: libpq's TCP settings: probes after 5 s idle, every 2 s, 3 unanswered = dead; and data
+#: unacknowledged for 5 s = dead
+KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5000,
+}
+
+
+class NoAnswerError(psycopg.OperationalError):
+    """The database did not answer within :attr:`DatabaseTimeouts.answer` (or the ping's
+    limit): the connection is dropped, as if the network had cut it."""
+
+
+#: what psycopg's ``wait`` raises when its timeout runs out (internal to psycopg, hence the
+#: lookup; psycopg 3.3's name)
+_WAIT_TIMEOUT: type[Exception] = psycopg.errors._WaitTimeout
+
+
+class BoundedConnection(psycopg.Connection[Any]):
+    """A psycopg connection that waits for the server at most :attr:`answer_timeout` seconds.
+
+    psycopg runs every exchange with the server (a statement, a commit, a pipeline's sync) as
+    a generator driven by :meth:`wait`, which takes a timeout; this gives one to every call.
+    When it runs out the connection is closed (so the pool discards it and SQLAlchemy reports
+    it invalidated) and :class:`NoAnswerError` raised.
+    """
+
+    answer_timeout: float | None = None
+
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) < 2 and kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.answer_timeout
+        limit = kwargs["timeout"] if len(args) < 2 else args[1]
+        try:
+            return super().wait(gen, *args, **kwargs)
+        except _WAIT_TIMEOUT:
+            self.pgconn.finish()  # broken now: the pool drops it, SQLAlchemy sees a disconnect
+            raise NoAnswerError(f"the database did not answer within {limit:g} s") from None
+
+
+def create_engine(
+    url: str, *, pool_size: int = 5, timeouts: DatabaseTimeouts | None = None
+) -> Engine:
     """An engine with the settings each backend needs.
 
     SQLite: WAL, ``synchronous=FULL`` (durable at commit), foreign keys on, a busy timeout as
     a last resort, and ``BEGIN IMMEDIATE`` for writing transactions so one takes the write
     lock up front rather than failing to upgrade a read lock half-way. Writers also queue on
     a file lock next to the database (see :func:`transaction`). Readers use plain ``BEGIN``.
+
+    PostgreSQL: every wait bounded (:class:`DatabaseTimeouts`, the defaults unless given).
     """
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30}, **_JSON)
@@ -56,17 +136,56 @@ def create_engine(url: str, *, pool_size: int = 5) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return sa.create_engine(
+    limits = timeouts or DatabaseTimeouts()
+    connect_args: dict[str, Any] = {
+        "connect_timeout": max(2, round(limits.connect)),  # whole seconds, 2 at least
+        "application_name": "cirelay",
+        **KEEPALIVE,
+    }
+    if limits.statement is not None:
+        connect_args["options"] = f"-c statement_timeout={round(limits.statement * 1000)}"
+    engine = sa.create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,  # a connection the server dropped is replaced, not used
-        pool_timeout=10,  # a request waits this long for a connection, then 503
+        pool_timeout=limits.checkout,  # a request waits this long for a connection, then 503
         pool_recycle=1800,
-        # a database that does not answer fails in seconds (readiness, 503), not minutes
-        connect_args={"connect_timeout": 5, "application_name": "cirelay"},
+        connect_args=connect_args,
         **_JSON,
     )
+
+    @sa.event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> BoundedConnection:
+        conn = BoundedConnection.connect(*cargs, **cparams)
+        conn.answer_timeout = limits.answer
+        return conn
+
+    @sa.event.listens_for(engine, "connect")
+    def _fresh(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_FRESH] = True
+
+    @sa.event.listens_for(engine, "checkout")
+    def _check(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        """SQLAlchemy's pre-ping, with its own short limit: a pooled connection that does
+        not answer in time is dropped and the caller gets the error at once (a 503), rather
+        than a new connection that may wait ``connect`` more."""
+        if record.info.pop(_FRESH, False):
+            return  # it has just answered the handshake
+        dbapi_conn.answer_timeout = limits.ping
+        try:
+            dbapi_conn.execute(";")
+        except psycopg.OperationalError as exc:
+            if dbapi_conn.broken and not isinstance(exc, NoAnswerError):
+                raise sa.exc.DisconnectionError() from exc  # dropped: the pool reconnects
+            raise
+        finally:
+            dbapi_conn.answer_timeout = limits.answer
+
+    return engine
+
+
+#: a connection's record says it was opened and has not been handed out yet
+_FRESH = "cirelay_fresh"
 
 
 # --- the JSON codec -----------------------------------------------------------------------
@@ -107,8 +226,9 @@ _RETRY_SQLSTATES = ("40001", "40P01")
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    """The database cannot serve us now — unreachable, dropped the connection, out of
-    resources (PostgreSQL classes 08, 53, 57P), or any SQLite operational error (locked past
+    """The database cannot serve us now — unreachable, dropped the connection, did not answer
+    in time, out of resources (PostgreSQL classes 08, 53, 57P), too busy to finish a statement
+    within ``statement_timeout`` (57014), or any SQLite operational error (locked past
     the busy timeout, disk full): not the request's fault, worth retrying later (503)."""
     if isinstance(exc, sa.exc.TimeoutError):  # no pooled connection came free in time
         return True
@@ -116,8 +236,12 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
         code = getattr(exc.orig, "sqlstate", None) or ""
-        return not code or code.startswith(("08", "53", "57P"))
+        return not code or code.startswith(("08", "53", "57P", _STATEMENT_TIMEOUT))
     return False
+
+
+#: the server cancelled a statement that ran past ``statement_timeout``: it is too busy
+_STATEMENT_TIMEOUT = "57014"
 
 
 def unavailable_error(exc: BaseException) -> UnavailableError | None:
@@ -146,8 +270,11 @@ def raising_unavailable() -> Iterator[None]:
 def is_transient(exc: BaseException) -> bool:
     """Whether running the same transaction again may well succeed at once: a serialization
     failure or deadlock, a connection dropped in the middle (the pool hands out a fresh one),
-    SQLite locked. Not a database that cannot be reached at all or a pool with no connection
-    free: those waited their timeout already, and waiting it twice more helps nobody."""
+    SQLite locked. Not a database that cannot be reached at all, one that did not answer in
+    time, or a pool with no connection free: those waited their timeout already, and waiting
+    it twice more helps nobody."""
+    if isinstance(exc, sa.exc.DBAPIError) and isinstance(exc.orig, NoAnswerError):
+        return False  # it waited its limit already
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, sa.exc.OperationalError):
