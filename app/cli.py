@@ -195,7 +195,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         "CIRELAY_DATABASE_URL": settings.database_url,
         "CIRELAY_API_KEYS": ",".join(settings.api_keys),
         "CIRELAY_CALLBACK_KEYS": ",".join(settings.callback_keys),
-        "CIRELAY_QUEUE_CALLBACK_SECRET": settings.queue_callback_secret,
+        "CIRELAY_QUEUE_CALLBACK_SECRET": ",".join(settings.queue_callback_secrets),
         "CIRELAY_CI_SECRET_ID": settings.ci_secret_id,
         "CIRELAY_CI_SECRET_KEY": settings.ci_secret_key,
         "CIRELAY_CI_BUCKET": settings.ci_bucket,
@@ -224,7 +224,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f" WAV files in {data_dir / 'buckets' / settings.ci_bucket} are really split)\n"
         f"  worker      reconciles jobs silent for {settings.reconcile_after_seconds}s\n"
         f"  database    {settings.database_url}\n"
-        f"  API key     {settings.api_keys[0]}\n"
+        f"  API key     {settings.admin_api_key}\n"
         f"  queue URL   {base}/callbacks/ci/queue/{settings.queue_callback_secret}\n"
         f"  Ctrl-C stops everything.",
         flush=True,

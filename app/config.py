@@ -7,10 +7,12 @@ the whole list instead of one variable at a time. No secret has a default outsid
 
 from __future__ import annotations
 
+import enum
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/cirelay.db"
@@ -30,6 +32,56 @@ DEV_DEFAULTS = {
 }
 
 
+class Scope(enum.StrEnum):
+    """What an API key may do."""
+
+    READ = "read"  # GET (and HEAD) only; never another job's callback token
+    ADMIN = "admin"  # everything
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One entry of ``CIRELAY_API_KEYS``: ``name:scope:key``, or a bare key (admin, named
+    ``key<position>``, as every key was before names and scopes). The name goes into the
+    logs in place of the key."""
+
+    name: str
+    scope: Scope
+    secret: bytes = field(repr=False)
+
+
+_KEY_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+#: the shortest secret accepted, as for the callback keys and the queue secret
+MIN_SECRET_LENGTH = 16
+
+
+def parse_api_keys(entries: Sequence[str]) -> tuple[tuple[ApiKey, ...], list[str]]:
+    """The keys of ``CIRELAY_API_KEYS``' entries, and every problem with them."""
+    keys: list[ApiKey] = []
+    problems: list[str] = []
+    for position, entry in enumerate(entries, start=1):
+        where = f"CIRELAY_API_KEYS entry {position}"
+        if ":" not in entry:
+            name, scope, secret = f"key{position}", Scope.ADMIN.value, entry
+        else:
+            name, _, rest = entry.partition(":")
+            scope, _, secret = rest.partition(":")
+            if not secret:
+                problems.append(f"{where}: name:scope:key, or a bare key without ':'")
+                continue
+        if not name or len(name) > 64 or set(name) - _KEY_NAME:
+            problems.append(f"{where}: a name is 1 to 64 of A-Z a-z 0-9 . _ -")
+        if scope not in set(Scope):
+            problems.append(f"{where}: the scope is read or admin, not {scope!r}")
+        if len(secret) < MIN_SECRET_LENGTH:
+            problems.append(f"{where}: the key must be at least {MIN_SECRET_LENGTH} characters")
+        if any(k.name == name for k in keys):
+            problems.append(f"{where}: the name {name!r} is used twice")
+        keys.append(ApiKey(name, Scope(scope) if scope in set(Scope) else Scope.READ,
+                           secret.encode()))  # fmt: skip
+    return tuple(keys), problems
+
+
 class ConfigError(Exception):
     """One or more environment variables are missing or malformed."""
 
@@ -42,9 +94,11 @@ class ConfigError(Exception):
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     public_url: str = "http://127.0.0.1:8080"
+    #: ``CIRELAY_API_KEYS`` as given (``name:scope:key`` or bare keys); see :attr:`api_credentials`
     api_keys: tuple[str, ...] = ()
     callback_keys: tuple[str, ...] = ()
-    queue_callback_secret: str = ""
+    #: every one is accepted on the queue URL; the first is the one printed
+    queue_callback_secrets: tuple[str, ...] = ()
     ci_endpoint: str | None = None
     ci_secret_id: str = ""
     ci_secret_key: str = field(default="", repr=False)
@@ -96,6 +150,25 @@ class Settings:
     #: open event streams per process; each holds a gunicorn thread, so this keeps threads
     #: free for notifications (with 16 threads: half). Above it: 503 with Retry-After.
     max_streams: int = 8
+
+    @property
+    def queue_callback_secret(self) -> str:
+        """The queue secret to print (the first of ``CIRELAY_QUEUE_CALLBACK_SECRET``)."""
+        return self.queue_callback_secrets[0] if self.queue_callback_secrets else ""
+
+    @cached_property
+    def api_credentials(self) -> tuple[ApiKey, ...]:
+        """The API keys with their names and scopes (:func:`parse_api_keys`)."""
+        keys, problems = parse_api_keys(self.api_keys)
+        if problems:
+            raise ConfigError(problems)
+        return keys
+
+    @property
+    def admin_api_key(self) -> str | None:
+        """The first admin key, as a client sends it (what ``cirelay up`` prints)."""
+        admin = [k for k in self.api_credentials if k.scope is Scope.ADMIN]
+        return admin[0].secret.decode() if admin else None
 
     def __repr__(self) -> str:  # never print secrets
         return (
@@ -161,7 +234,7 @@ class Settings:
             public_url=text("CIRELAY_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
             api_keys=csv("CIRELAY_API_KEYS"),
             callback_keys=csv("CIRELAY_CALLBACK_KEYS"),
-            queue_callback_secret=text("CIRELAY_QUEUE_CALLBACK_SECRET"),
+            queue_callback_secrets=csv("CIRELAY_QUEUE_CALLBACK_SECRET"),
             ci_endpoint=text("CIRELAY_CI_ENDPOINT").rstrip("/") or None,
             ci_secret_id=text("CIRELAY_CI_SECRET_ID"),
             ci_secret_key=text("CIRELAY_CI_SECRET_KEY"),
@@ -197,8 +270,11 @@ class Settings:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")
         if not settings.api_keys:
             problems.append("CIRELAY_API_KEYS: required (comma-separated bearer tokens)")
-        if settings.queue_callback_secret and len(settings.queue_callback_secret) < 16:
-            problems.append("CIRELAY_QUEUE_CALLBACK_SECRET: must be at least 16 characters")
+        if any(len(s) < MIN_SECRET_LENGTH for s in settings.queue_callback_secrets):
+            problems.append(
+                "CIRELAY_QUEUE_CALLBACK_SECRET: every secret must be at least 16 characters"
+            )
+        problems += parse_api_keys(settings.api_keys)[1]
         if any(len(k) < 16 for k in settings.callback_keys):
             problems.append("CIRELAY_CALLBACK_KEYS: every key must be at least 16 characters")
         if problems:

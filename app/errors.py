@@ -3,8 +3,10 @@
     ServiceError                      500 internal_error
     ├── BadRequestError               400 bad_request
     │   ├── MalformedNotificationError    400 malformed_notification  (not XML/JSON, DTD, depth…)
-    │   └── InvalidNotificationError      400 invalid_notification    (schema violations)
+    │   ├── InvalidNotificationError      400 invalid_notification    (schema violations)
+    │   └── WrongEndpointError            400 wrong_endpoint          (queue URL, API job)
     ├── UnauthorizedError             401 unauthorized
+    ├── ForbiddenError                403 insufficient_scope           (a read key writing)
     ├── NotFoundError                 404 not_found
     ├── ConflictError                 409 conflict                     (Idempotency-Key reused)
     ├── PayloadTooLargeError          413 payload_too_large
@@ -51,9 +53,21 @@ class InvalidNotificationError(BadRequestError):
     code = "invalid_notification"
 
 
+class WrongEndpointError(BadRequestError):
+    """A queue notification about a job that has its own CallBack URL: CI sends that job's
+    notifications there, never to the queue's URL, so this one is not CI's."""
+
+    code = "wrong_endpoint"
+
+
 class UnauthorizedError(ServiceError):
     status_code = 401
     code = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    status_code = 403
+    code = "insufficient_scope"
 
 
 class NotFoundError(ServiceError):

@@ -26,6 +26,7 @@ from app.errors import (
     BadRequestError,
     InvalidNotificationError,
     NotFoundError,
+    WrongEndpointError,
 )
 from app.metrics import Metrics
 from app.models import (
@@ -111,6 +112,8 @@ class Receiver:
         outcome = (
             Outcome.SCHEMA_VIOLATION
             if isinstance(exc, InvalidNotificationError)
+            else Outcome.WRONG_ENDPOINT
+            if isinstance(exc, WrongEndpointError)
             else Outcome.MALFORMED
         )
         self.metrics.notifications.labels(outcome.value).inc()
@@ -157,6 +160,8 @@ class Receiver:
             outcome = results[0].outcome.value
         except InvalidNotificationError:
             outcome = Outcome.SCHEMA_VIOLATION.value
+        except WrongEndpointError:
+            outcome = Outcome.WRONG_ENDPOINT.value
         except BadRequestError:
             outcome = Outcome.MALFORMED.value
         with store.transaction(self.engine) as conn:

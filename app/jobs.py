@@ -26,7 +26,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from app import events, store
-from app.errors import InvalidNotificationError, NotFoundError, ServiceError
+from app.errors import (
+    InvalidNotificationError,
+    NotFoundError,
+    ServiceError,
+    WrongEndpointError,
+)
 from app.models import (
     ApplyResult,
     Job,
@@ -120,8 +125,9 @@ def apply_batch(
     outcomes: list[list[ApplyResult] | ServiceError] = []
     for item in items:
         try:
+            batch.check_endpoint(item)  # before job_for creates any job of a queue notification
             jobs = [batch.job_for(report, item) for report in item.notification.reports]
-        except (NotFoundError, InvalidNotificationError) as exc:
+        except (NotFoundError, InvalidNotificationError, WrongEndpointError) as exc:
             outcomes.append(exc)
             continue
         reports = item.notification.reports
@@ -165,7 +171,13 @@ class _Batch:
     def job_for(self, report: JobReport, item: Pending) -> Job:
         """The job a report is about. A per-job callback names its job in the URL and must
         carry that job's JobId; a queue callback (or a poll) finds the job by JobId and
-        creates it when nobody submitted it through cirelay."""
+        creates it when nobody submitted it through cirelay.
+
+        A job cirelay submitted has its own CallBack URL, which CI notifies instead of the
+        queue's: a notification about it that did not come through that URL (the queue's, or
+        a replay of what came there) is refused by :meth:`check_endpoint` first, so the queue
+        secret, shared by every job of the queue, cannot rewrite a job whose token it does not
+        hold."""
         received = item.received
         if received.job_id is not None:
             job = self.jobs.get(received.job_id)
@@ -179,9 +191,24 @@ class _Batch:
                 )  # fmt: skip
             return job
         known = self.by_ci_id.get(report.ci_job_id)
-        if known is not None:
-            return self.jobs[known]
-        return self._new_job(report, received, item.now)
+        if known is None:
+            return self._new_job(report, received, item.now)
+        return self.jobs[known]
+
+    def check_endpoint(self, item: Pending) -> None:
+        """Refuse (:class:`WrongEndpointError`) a notification that names no job in its URL
+        but reports on a job cirelay submitted (see :meth:`job_for`)."""
+        if item.received.job_id is not None:
+            return
+        for report in item.notification.reports:
+            known = self.by_ci_id.get(report.ci_job_id)
+            if known is not None and self.jobs[known].origin == "api":
+                raise WrongEndpointError(
+                    "notification for a job with its own callback URL",
+                    [{"path": "/Response/JobsDetail/JobId",
+                      "reason": f"job {report.ci_job_id} reports to its own CallBack URL, "
+                                "not to the queue's"}],
+                )  # fmt: skip
 
     def _new_job(self, report: JobReport, received: Received, now: datetime) -> Job:
         job = Job(

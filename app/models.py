@@ -55,6 +55,8 @@ class Outcome(enum.StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    # a queue notification about a job cirelay submitted (it has its own CallBack URL)
+    WRONG_ENDPOINT = "wrong_endpoint"
 
 
 class Source(enum.StrEnum):

@@ -1,4 +1,4 @@
-"""Per-job callback tokens.
+"""Per-job callback tokens and the queue secret.
 
 CI does not sign its callbacks, so each job's CallBack URL carries an unguessable token: an
 HMAC-SHA256 of the cirelay job id under the first of ``CIRELAY_CALLBACK_KEYS``. Every key in
@@ -32,5 +32,13 @@ def is_valid_token(job_id: str, token: str, keys: Sequence[str]) -> bool:
     return valid
 
 
-def is_valid_secret(given: str, expected: str) -> bool:
-    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+def is_valid_secret(given: str, expected: str | Sequence[str]) -> bool:
+    """Whether ``given`` is one of the queue secrets (``CIRELAY_QUEUE_CALLBACK_SECRET``, a
+    list so that it rotates like the callback keys): every one compared, as bytes, in
+    constant time, so the time taken tells neither whether nor which one matched."""
+    secrets = (expected,) if isinstance(expected, str) else expected
+    given_bytes = given.encode("utf-8", "surrogateescape")
+    valid = False
+    for secret in secrets:  # no early exit
+        valid |= hmac.compare_digest(given_bytes, secret.encode()) and bool(secret)
+    return valid

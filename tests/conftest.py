@@ -88,7 +88,7 @@ def settings(engine: Engine) -> Settings:
         public_url="http://cirelay.test",
         api_keys=(API_KEY,),
         callback_keys=CALLBACK_KEYS,
-        queue_callback_secret=QUEUE_SECRET,
+        queue_callback_secrets=(QUEUE_SECRET,),
     )
 
 

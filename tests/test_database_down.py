@@ -66,7 +66,7 @@ def settings(pg_engine: Engine) -> Settings:
         database_url="postgresql://via-proxy",
         api_keys=(API_KEY,),
         callback_keys=CALLBACK_KEYS,
-        queue_callback_secret=QUEUE_SECRET,
+        queue_callback_secrets=(QUEUE_SECRET,),
     )
 
 

@@ -275,7 +275,7 @@ def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flas
         public_url="http://cirelay.test",
         api_keys=(API_KEY,),
         callback_keys=CALLBACK_KEYS,
-        queue_callback_secret=QUEUE_SECRET,
+        queue_callback_secrets=(QUEUE_SECRET,),
     )
     services = build_services(settings_, registry=CollectorRegistry(), engine=engine)
     app = create_app(services=services)

@@ -1048,7 +1048,7 @@ body_path, content_type, db_path = sys.argv[1:4]
 engine = store.create_engine(f"sqlite:///{db_path}")
 upgrade(engine)
 settings = Settings(database_url=f"sqlite:///{db_path}", api_keys=(API_KEY,),
-                    callback_keys=CALLBACK_KEYS, queue_callback_secret=QUEUE_SECRET)
+                    callback_keys=CALLBACK_KEYS, queue_callback_secrets=(QUEUE_SECRET,))
 app = create_app(services=build_services(settings, registry=CollectorRegistry(), engine=engine))
 client = app.test_client()
 client.post(queue_path(), data=b"<warm-up/>", content_type="application/xml")

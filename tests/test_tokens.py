@@ -27,3 +27,13 @@ def test_queue_secret() -> None:
     assert is_valid_secret("s" * 20, "s" * 20)
     assert not is_valid_secret("s" * 20, "t" * 20)
     assert not is_valid_secret("", "")
+
+
+def test_every_queue_secret_is_accepted() -> None:
+    secrets = ("queue-new-0123456789", "queue-old-0123456789")
+    assert is_valid_secret("queue-new-0123456789", secrets)
+    assert is_valid_secret("queue-old-0123456789", secrets)
+    assert not is_valid_secret("queue-gone-0123456789", secrets)
+    assert not is_valid_secret("q", "queue-new-0123456789")  # a str is one secret, not its chars
+    assert not is_valid_secret("", ())
+    assert not is_valid_secret("\u00e9\u00e9", secrets)  # not ASCII: no error, just no

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from app import Services, store
-from app.errors import ServiceError, UnauthorizedError
+from app import Services, logs, store
+from app.config import ApiKey, Scope
+from app.errors import ForbiddenError, ServiceError, UnauthorizedError
 from app.web import errors
 
 log = logging.getLogger(__name__)
@@ -26,21 +27,61 @@ def services() -> Services:
     return cast(Services, current_app.extensions["cirelay"])
 
 
+#: what a ``read`` key may do
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def authenticate(header: str, keys: Sequence[ApiKey]) -> ApiKey | None:
+    """The key an ``Authorization: Bearer <key>`` header names, or ``None``. Every key is
+    compared, as bytes, in constant time: the time taken tells neither whether a key matched
+    nor which one."""
+    scheme, _, given = header.partition(" ")
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    found = None
+    for key in keys:  # no early exit
+        if hmac.compare_digest(given_bytes, key.secret):
+            found = key
+    return found if scheme.lower() == "bearer" else None
+
+
 def require_api_key(view: F) -> F:
-    """Bearer authentication against ``CIRELAY_API_KEYS``, compared in constant time."""
+    """Bearer authentication against ``CIRELAY_API_KEYS``: any key may read (GET), only an
+    ``admin`` key may change anything (403 ``insufficient_scope`` for a ``read`` key). The
+    key's name, never the key, goes on the request's log lines and its access line."""
 
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        keys = services().settings.api_keys
-        ok = False
-        for key in keys:
-            ok |= hmac.compare_digest(given.strip().encode(), key.encode())
-        if scheme.lower() != "bearer" or not ok:
+        key = authenticate(
+            request.headers.get("Authorization", ""), services().settings.api_credentials
+        )
+        if key is None:
             raise UnauthorizedError("a valid bearer token is required")
+        g.api_key = key
+        request.environ[logs.API_KEY_ENVIRON] = key.name
+        logs.bind_api_key(key.name)
+        if key.scope is not Scope.ADMIN and request.method not in READ_METHODS:
+            raise ForbiddenError(
+                f"the API key {key.name!r} may only read (scope {key.scope}); "
+                f"{request.method} needs an admin key"
+            )
         return view(*args, **kwargs)
 
     return cast(F, wrapper)
+
+
+def is_admin() -> bool:
+    """Whether the request's API key has the ``admin`` scope."""
+    key: ApiKey | None = g.get("api_key")
+    return key is not None and key.scope is Scope.ADMIN
+
+
+def audit(action: str, **fields: Any) -> None:
+    """A "who did what" line: ``action`` and its subject, with the API key's name (never the
+    key) as ``api_key`` (see :func:`app.logs.bind_api_key`)."""
+    key: ApiKey | None = g.get("api_key")
+    who = key.name if key is not None else "-"
+    subject = " ".join(f"{name}={value}" for name, value in fields.items())
+    log.info("%s by %s: %s", action, who, subject, extra={"api_key": who, **fields})
 
 
 def _render_service_error(exc: ServiceError) -> ResponseReturnValue:

@@ -140,7 +140,7 @@ class CallbackLane:
         settings = self.services.settings
         if first == "queue":  # jobs nobody submitted through cirelay (queue or workflow jobs)
             source, job_id = Source.QUEUE, None
-            known = is_valid_secret(second, settings.queue_callback_secret)
+            known = is_valid_secret(second, settings.queue_callback_secrets)
         else:  # the CallBack URL cirelay gave one job when it submitted it
             source, job_id = Source.CALLBACK, first
             known = is_valid_token(first, second, settings.callback_keys)

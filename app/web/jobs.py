@@ -20,7 +20,7 @@ from app.errors import (
 from app.models import Job, JobState
 from app.notifications import XML_CONTENT_TYPES, media_type
 from app.submission import request_from_json
-from app.web import require_api_key, services
+from app.web import audit, is_admin, require_api_key, services
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -58,6 +58,8 @@ def submit_job() -> ResponseReturnValue:
     job, replayed = svc.submitter.submit(
         ci_request, bucket, region, svc.clock(), idempotency_key=key
     )
+    if not replayed:
+        audit("job submitted", job_id=job.id, ci_job_id=job.ci_job_id)
     response = jsonify(_job_resource(job))
     response.status_code = 201
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -67,8 +69,10 @@ def submit_job() -> ResponseReturnValue:
 
 
 def _job_resource(job: Job) -> dict[str, Any]:
+    """The job as the API shows it; its ``callback_url`` (the job's callback token: whoever
+    holds it can report the job's state) only to an admin key."""
     view = job.view()
-    if job.origin == "api":
+    if job.origin == "api" and is_admin():
         view["callback_url"] = services().submitter.callback_url(job.id)
     return view
 

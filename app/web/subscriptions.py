@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from app import delivery, store, subscriptions
 from app.errors import BadRequestError, NotFoundError, UnprocessableError
 from app.models import DeliveryState, Subscription, new_id
-from app.web import require_api_key, services
+from app.web import audit, require_api_key, services
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 
@@ -46,6 +46,7 @@ def create() -> ResponseReturnValue:
         # deliveries start with the events after this moment
         item = dataclasses.replace(item, fanout_seq=store.events_head(conn))
         store.insert_subscription(conn, item)
+    audit("subscription created", subscription_id=item.id)
     response = jsonify(item.view() | {"secret": item.secret})
     response.status_code = 201
     response.headers["Location"] = f"/v1/subscriptions/{item.id}"
@@ -83,6 +84,7 @@ def update(ident: str) -> ResponseReturnValue:
             values |= {"disabled_reason": None, "failing_since": None, "successes_in_a_row": 0}
             values["fanout_seq"] = store.events_head(conn)
         store.update_subscription(conn, ident, values | {"updated_at": svc.clock()})
+    audit("subscription updated", subscription_id=ident)
     return jsonify(_get(ident).view())
 
 
@@ -92,6 +94,7 @@ def delete(ident: str) -> ResponseReturnValue:
     with store.transaction(services().engine) as conn:
         if not store.delete_subscription(conn, ident):
             raise NotFoundError(f"no subscription {ident!r}")
+    audit("subscription deleted", subscription_id=ident)
     return Response(status=204)
 
 
@@ -132,6 +135,7 @@ def rotate_secret(ident: str) -> ResponseReturnValue:
                 "updated_at": now,
             },
         )
+    audit("subscription secret rotated", subscription_id=ident)
     return jsonify(rotated.view() | {"secret": rotated.secret})
 
 
@@ -155,6 +159,7 @@ def replay(ident: str) -> ResponseReturnValue:
         )
     since = delivery.parse_since(body["since"]) if "since" in body else None
     done = delivery.start_replay(svc.engine, ident, now=svc.clock(), event_id=event_id, since=since)
+    audit("replay started", subscription_id=ident, replay_id=done.id, deliveries=done.deliveries)
     response = jsonify(
         {"replay_id": done.id, "subscription_id": ident, "deliveries": done.deliveries}
     )
