@@ -190,7 +190,8 @@ def test_failures_are_retried_on_the_schedule_and_every_attempt_is_recorded(
     history = delivery["history"]
     assert [a["status_code"] for a in history] == [500, 500, 200]
     assert [a["result"] for a in history] == ["http_error", "http_error", "success"]
-    assert history[0]["error"] == "HTTP 500: db down"
+    # a subscriber on loopback (an allowed network): its answer is not kept
+    assert history[0]["error"] == "HTTP 500"
     assert all(a["duration_ms"] > 0 for a in history)
     assert sample(registry, "cirelay_delivery_attempts_per_delivery_sum") == 3
     assert sample(registry, "cirelay_delivery_attempts_total", result="http_error") == 2

@@ -8,7 +8,8 @@ import pytest
 
 from app.delivery.sender import Sender
 from app.models import AttemptResult
-from app.subscriptions import check_url, is_forbidden
+from app.subscriptions import check_url, is_forbidden, is_public
+from tests.subscriber import Answer, Subscriber
 
 
 @pytest.mark.parametrize(
@@ -83,3 +84,27 @@ def test_an_allowed_network_still_covers_the_ipv4_of_a_mapped_address() -> None:
     assert not is_forbidden(ipaddress.ip_address("::ffff:127.0.0.1"), loopback)
     assert is_forbidden(ipaddress.ip_address("64:ff9b::7f00:1"), loopback)
     assert not is_forbidden(ipaddress.ip_address("64:ff9b::7f00:1"), ["64:ff9b::/96"])
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [("93.184.216.34", True), ("2606:2800:220:1:248:1893:25c8:1946", True),
+     ("127.0.0.1", False), ("10.0.0.7", False), ("::1", False), ("64:ff9b::5db8:d822", False)],
+)  # fmt: skip
+def test_only_a_public_address_is_public(address: str, public: bool) -> None:
+    """What decides whether a subscriber's answer is kept with a failed attempt."""
+    assert is_public(ipaddress.ip_address(address)) is public
+
+
+def test_the_answer_of_a_subscriber_on_an_allowed_inside_network_is_not_kept() -> None:
+    """A real subscriber on loopback, allowed by CIRELAY_DELIVERY_ALLOWED_NETWORKS: its error
+    page and its redirect target stay out of the attempt (and so out of the deliveries API)."""
+    with Subscriber() as hook:
+        sender = Sender(allowed_networks=("127.0.0.0/8",), timeout=2.0)
+        hook.answer = lambda n, req: Answer(500, body=b"db password is hunter2")
+        report = sender.post(f"http://127.0.0.1:{hook.port}/", b"{}", {})
+        assert report.result == AttemptResult.HTTP_ERROR and report.status_code == 500
+        assert report.error == "HTTP 500"
+        hook.answer = lambda n, req: Answer(302, {"Location": "http://10.0.0.7/admin?x=1"})
+        report = sender.post(f"http://127.0.0.1:{hook.port}/", b"{}", {})
+        assert report.status_code == 302 and report.error == "HTTP 302: redirect not followed"

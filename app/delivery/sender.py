@@ -10,6 +10,7 @@ redirects are followed. ``Retry-After`` is read from 429 and 503 answers.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import threading
 import time
 from collections.abc import Sequence
@@ -21,10 +22,11 @@ import urllib3
 from standardwebhooks.webhooks import Webhook
 
 from app.models import AttemptResult
-from app.subscriptions import ForbiddenAddress, Resolver, allowed_address, resolve
+from app.subscriptions import ForbiddenAddress, Resolver, allowed_address, is_public, resolve
 
 USER_AGENT = "cirelay-webhooks/1"
-#: how much of a subscriber's answer is kept with a failed attempt
+#: how much of a subscriber's answer is kept with a failed attempt (none for an address that
+#: is not on the public internet)
 EXCERPT_BYTES = 512
 #: a connection error this soon after sending is a kept-alive connection gone stale
 STALE_CONNECTION_SECONDS = 1.0
@@ -167,6 +169,10 @@ class Sender:
         text = excerpt.decode("utf-8", "replace").strip()
         if 300 <= status < 400:
             text = f"redirect to {response.headers.get('Location', '?')} not followed"
+        if not is_public(ipaddress.ip_address(address)):
+            # an address inside, reached because CIRELAY_DELIVERY_ALLOWED_NETWORKS allows it:
+            # its answer is not kept, or the deliveries API would read internal services
+            text = "redirect not followed" if 300 <= status < 400 else ""
         return AttemptReport(
             AttemptResult.GONE if status == 410 else AttemptResult.HTTP_ERROR,
             status_code=status,
