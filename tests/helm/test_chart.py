@@ -755,6 +755,47 @@ def test_production_ingress_publishes_only_callbacks_and_api(production: Release
         assert path["backend"]["service"] == {"name": FULLNAME, "port": {"name": "http"}}
 
 
+#: what answers without an API key: never published by the ingress
+KEYLESS_PATHS = ("/metrics", "/healthz", "/readyz")
+
+
+def _published(path: str, rules: list[dict[str, Any]]) -> bool:
+    """Whether a request for ``path`` matches one of the rules' paths (Kubernetes semantics:
+    Exact is the whole path, Prefix whole path elements)."""
+    for rule in rules:
+        for item in rule["http"]["paths"]:
+            prefix = item["path"].rstrip("/")
+            if item["pathType"] == "Exact" and path == item["path"]:
+                return True
+            if item["pathType"] == "Prefix" and (
+                prefix == "" or path == prefix or path.startswith(prefix + "/")
+            ):
+                return True
+    return False
+
+
+def test_the_ingress_never_publishes_what_needs_no_key(
+    chart: helm.Chart, production: Release
+) -> None:
+    default_hosts = render(chart, {"ingress": {"enabled": True}})
+    for release in (production, default_hosts):
+        rules = release.get("Ingress", FULLNAME)["spec"]["rules"]
+        assert not [p for p in KEYLESS_PATHS if _published(p, rules)]
+        assert _published("/callbacks/ci/queue/x", rules) and _published("/v1/jobs", rules)
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/metrics", "/healthz", "/readyz", "//metrics", "/readyz/", "/healthz/x"]
+)
+def test_the_schema_refuses_an_ingress_path_that_would_publish_them(
+    chart: helm.Chart, path: str
+) -> None:
+    paths = [{"path": path, "pathType": "Prefix"}]
+    ingress = {"enabled": True, "hosts": [{"host": "relay.example.org", "paths": paths}]}
+    with pytest.raises(helm.HelmValuesError):
+        render(chart, {"ingress": ingress})
+
+
 def test_default_has_no_ingress_or_monitoring(default: Release) -> None:
     assert not default.all("Ingress")
     assert not [o for o in default.objects if o["kind"] in CRD_KINDS]
