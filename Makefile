@@ -31,14 +31,16 @@ system-deps: ## install the Debian packages the tests use (prometheus, nginx) wh
 
 .PHONY: help
 help: ## show this help
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+	  '{ name[NR] = $$1; text[NR] = $$2; if (length($$1) > width) width = length($$1) } \
+	   END { for (i = 1; i <= NR; i++) printf "  make %-" width "s  %s\n", name[i], text[i] }'
 
 .PHONY: install
 install: $(STAMP) ## create .venv and install cirelay with its test extras
 
 .PHONY: run
 run: $(STAMP) ## run the local stack (cirelay up): service on 127.0.0.1:8080, SQLite under ./var
-	$(BIN)/cirelay up
+	@$(BIN)/cirelay up
 
 .PHONY: test
 test: $(STAMP) system-deps lint ## lint, then run every test (PostgreSQL too when CIRELAY_TEST_DATABASE_URL is set)

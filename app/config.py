@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +30,19 @@ DEV_DEFAULTS = {
     # subscribers on this machine are fine for a local stack
     "CIRELAY_DELIVERY_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
 }
+
+#: where ``cirelay up`` keeps the secrets it generated, and every other command finds them
+DEV_SECRETS = Path("var") / "dev-secrets"
+#: the secrets ``Settings.dev`` generates and keeps in ``dev-secrets``
+DEV_SECRET_NAMES = (
+    "CIRELAY_API_KEYS",
+    "CIRELAY_CALLBACK_KEYS",
+    "CIRELAY_QUEUE_CALLBACK_SECRET",
+    "CIRELAY_CI_SECRET_ID",
+    "CIRELAY_CI_SECRET_KEY",
+)
+#: what the service needs; a command asks ``from_env`` only for what it uses (``requires``)
+REQUIRED = frozenset({"CIRELAY_API_KEYS", "CIRELAY_CALLBACK_KEYS"})
 
 
 class Scope(enum.StrEnum):
@@ -178,7 +191,11 @@ class Settings:
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, requires: Collection[str] = REQUIRED
+    ) -> Settings:
+        """The settings in ``environ`` (default ``os.environ``); of the required secrets only
+        those named in ``requires`` must be set (``cirelay quarantine list`` needs none)."""
         env = os.environ if environ is None else environ
         problems: list[str] = []
 
@@ -266,9 +283,9 @@ class Settings:
             delivery_recovery_rate=number("CIRELAY_DELIVERY_RECOVERY_RATE", 200.0, 0.1),
             max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
         )
-        if not settings.callback_keys:
+        if "CIRELAY_CALLBACK_KEYS" in requires and not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")
-        if not settings.api_keys:
+        if "CIRELAY_API_KEYS" in requires and not settings.api_keys:
             problems.append("CIRELAY_API_KEYS: required (comma-separated bearer tokens)")
         if any(len(s) < MIN_SECRET_LENGTH for s in settings.queue_callback_secrets):
             problems.append(
@@ -292,12 +309,9 @@ class Settings:
         data_dir.mkdir(parents=True, exist_ok=True)
         stored = _load_dev_secrets(data_dir / "dev-secrets")
         env.setdefault("CIRELAY_DATABASE_URL", f"sqlite:///{data_dir / 'cirelay.db'}")
-        for name in (
-            "CIRELAY_API_KEYS",
-            "CIRELAY_CALLBACK_KEYS",
-            "CIRELAY_QUEUE_CALLBACK_SECRET",
-            "CIRELAY_CI_SECRET_KEY",
-        ):
+        for name in DEV_SECRET_NAMES:
+            if name == "CIRELAY_CI_SECRET_ID":
+                continue
             if not env.get(name):
                 env[name] = stored.setdefault(name, secrets.token_hex(20))  # no leading "-"
         if not env.get("CIRELAY_CI_SECRET_ID"):
@@ -323,6 +337,24 @@ def _redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+def command_environ(
+    environ: Mapping[str, str] | None = None, secrets_path: Path = DEV_SECRETS
+) -> Mapping[str, str]:
+    """The environment a ``cirelay`` command reads its settings from: ``environ`` itself,
+    unless it sets neither the database nor any secret and ``secrets_path`` (what ``cirelay
+    up`` wrote, ``var/dev-secrets``) exists; then that file's secrets, the dev defaults and
+    the database beside it, under what ``environ`` does set (e.g. ``CIRELAY_LOG_LEVEL``).
+    Never a mix of a deployment's settings with dev secrets."""
+    env = os.environ if environ is None else environ
+    if any(env.get(name) for name in (*DEV_SECRET_NAMES, "CIRELAY_DATABASE_URL")):
+        return env
+    stored = _load_dev_secrets(secrets_path)
+    if not stored:
+        return env
+    database = f"sqlite:///{secrets_path.parent.resolve() / 'cirelay.db'}"
+    return {**DEV_DEFAULTS, "CIRELAY_DATABASE_URL": database, **stored, **env}
+
+
 def _load_dev_secrets(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
@@ -331,5 +363,10 @@ def _load_dev_secrets(path: Path) -> dict[str, str]:
 
 
 def _save_dev_secrets(path: Path, values: dict[str, str]) -> None:
-    path.write_text("".join(f"{k}={v}\n" for k, v in sorted(values.items())))
-    path.chmod(0o600)
+    """Written by its owner alone from the first byte: created 0600 whatever the umask (a
+    chmod after writing would leave a moment when others may open it)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        if os.fstat(fd).st_mode & 0o077:  # an older file, made before this rule
+            os.fchmod(fd, 0o600)
+        out.write("".join(f"{k}={v}\n" for k, v in sorted(values.items())))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import re
 import signal
@@ -17,6 +19,7 @@ import pytest
 import requests
 from flask import Flask
 
+from app import store
 from tests.conftest import (
     CALLBACK_KEYS,
     QUEUE_SECRET,
@@ -159,7 +162,7 @@ def test_routes_lists_every_route_of_the_service_without_settings(app: Flask) ->
 
 def test_missing_configuration_is_reported_in_full(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
-    result = cirelay(env, "db", "upgrade")
+    result = run_in(tmp_path, env, "serve", "--port", str(free_port()))
     assert result.returncode == 2
     assert "CIRELAY_API_KEYS" in result.stderr and "CIRELAY_CALLBACK_KEYS" in result.stderr
 
@@ -195,16 +198,16 @@ def test_up_prints_the_api_key_serves_and_stops_on_ctrl_c(tmp_path: Path) -> Non
     # block them once full
     output = (tmp_path / "up.log").open("wb")
     process = subprocess.Popen(
-        [*CIRELAY, "up", "--port", str(port), "--data-dir", str(tmp_path / "var")],
+        [*CIRELAY, "up", "--port", str(port), "--emulator-port", str(free_port()),
+         "--data-dir", str(tmp_path / "var")],
         env=env,
         stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-    )
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, process)
-        banner = (tmp_path / "up.log").read_bytes()
+        banner = read_until(tmp_path / "up.log", b"Ctrl-C stops everything.", process)
         key = re.search(rb"API key\s+(\S+)", banner)
         assert key
         response = requests.get(
@@ -226,6 +229,10 @@ def test_up_prints_the_api_key_serves_and_stops_on_ctrl_c(tmp_path: Path) -> Non
             output.close()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{base}/healthz", timeout=2)
+    text = (tmp_path / "up.log").read_text()
+    assert text.splitlines()[-1] == "cirelay up: stopped"
+    assert "a process exited" not in text and "Traceback" not in text
+    assert re.search(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO gunicorn.error ", text, re.MULTILINE)
 
 
 @pytest.mark.slow
@@ -400,3 +407,258 @@ def test_ctrl_c_under_load_stops_gunicorn_promptly(env: dict[str, str]) -> None:
         finally:
             done.set()
             stop(process, signal.SIGKILL)
+
+
+# --- issue 14 §1: the front door ----------------------------------------------------------
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """The environment of a user who has set nothing."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}, **extra}
+
+
+def run_in(directory: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CIRELAY, *args], cwd=directory, env={**env, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def test_dev_secrets_are_created_owner_only_without_a_chmod(tmp_path: Path) -> None:
+    """0600 from the moment the file exists, whatever the umask: never written readable by
+    others and narrowed afterwards (os.chmod would show in the audit log)."""
+    from app.config import Settings
+
+    chmods: list[object] = []
+    target = str(tmp_path / "var" / "dev-secrets")
+    sys.addaudithook(lambda event, args: event == "os.chmod" and chmods.append(args[0]))
+    old = os.umask(0)
+    try:
+        Settings.dev(tmp_path / "var", {})
+    finally:
+        os.umask(old)
+    assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+    assert not [p for p in chmods if str(p) == target]
+
+
+def test_dev_secrets_written_before_are_narrowed_to_the_owner(tmp_path: Path) -> None:
+    from app.config import Settings
+
+    (tmp_path / "var").mkdir()
+    old = tmp_path / "var" / "dev-secrets"
+    old.write_text("CIRELAY_API_KEYS=0123456789abcdef0123\n")
+    old.chmod(0o644)
+    settings = Settings.dev(tmp_path / "var", {})
+    assert oct(old.stat().st_mode & 0o777) == "0o600"
+    assert settings.api_keys == ("0123456789abcdef0123",)  # kept
+
+
+def all_parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    from app.cli import build_parser
+
+    todo = [("cirelay", build_parser())]
+    while todo:
+        name, parser = todo.pop()
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {n}", p) for n, p in action.choices.items()]
+
+
+def test_every_command_and_option_has_help_showing_its_default() -> None:
+    missing = []
+    for name, parser in all_parsers():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                continue
+            text = formatter._expand_help(action) if action.help else ""
+            if not text or (action.option_strings and "default" not in text):
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+        assert parser.description, name
+    assert not missing, missing
+
+
+def test_help_lists_every_command_without_markup() -> None:
+    from app.cli import build_parser
+
+    text = build_parser().format_help()
+    commands = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    ).choices
+    assert {"up", "subscriptions", "routes", "quarantine", "submit"} <= set(commands)
+    listed = re.findall(r"^    (\S+)\s", text, re.MULTILINE)
+    assert listed == list(commands)
+    assert "``" not in text and ":func:" not in text
+
+
+def test_make_help_columns_fit_the_longest_target() -> None:
+    result = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, check=True)  # fmt: skip
+    rows = [re.match(r"  make (\S+)( +)(\S.*)", line) for line in result.stdout.splitlines()]
+    assert rows and all(rows)
+    starts = {m.start(3) for m in rows if m}
+    names = {m.group(1) for m in rows if m}
+    assert len(starts) == 1 and {"bench-delivery", "system-deps", "run", "test"} <= names
+
+
+@pytest.fixture
+def after_make_run(tmp_path: Path) -> Path:
+    """A project directory as `make run` leaves it: var/dev-secrets and the database, with
+    one quarantined notification and one subscription."""
+    from app import build_services, create_app
+    from app.config import Settings
+    from app.migrations import upgrade
+
+    settings = Settings.dev(tmp_path / "var", {"CIRELAY_DELIVERY_ALLOWED_NETWORKS": "127.0.0.0/8"})
+    engine = store.create_engine(settings.database_url)
+    upgrade(engine)
+    client = create_app(services=build_services(settings, engine=engine)).test_client()
+    secret = settings.queue_callback_secret
+    client.post(f"/callbacks/ci/queue/{secret}", data="<Request/>", headers=XML)
+    auth = {"Authorization": f"Bearer {settings.api_keys[0]}"}
+    body = {"url": "http://127.0.0.1:9/hook", "event_types": ["*"]}
+    assert client.post("/v1/subscriptions", json=body, headers=auth).status_code == 201
+    engine.dispose()
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("quarantine", "list"),
+        ("quarantine", "show", "1"),
+        ("quarantine", "replay"),
+        ("subscriptions", "list"),
+        ("db", "upgrade"),
+    ],
+)
+def test_commands_read_dev_secrets_when_the_environment_sets_nothing(
+    after_make_run: Path, args: tuple[str, ...]
+) -> None:
+    result = run_in(after_make_run, bare_env(), *args)
+    assert "CIRELAY_" not in result.stderr, result.stderr
+    assert result.returncode == (1 if args[-1] == "replay" else 0), result.stderr  # still bad
+    assert "Traceback" not in result.stderr
+
+
+def test_listing_the_quarantine_needs_only_the_database(after_make_run: Path) -> None:
+    database = f"sqlite:///{after_make_run / 'var' / 'cirelay.db'}"
+    (after_make_run / "var" / "dev-secrets").unlink()
+    result = run_in(after_make_run, bare_env(CIRELAY_DATABASE_URL=database), "quarantine", "list")
+    assert result.returncode == 0, result.stderr
+    assert "schema_violation" in result.stdout
+
+
+def test_a_deployment_environment_never_mixes_with_dev_secrets(tmp_path: Path) -> None:
+    from app.config import Settings, command_environ
+
+    Settings.dev(tmp_path / "var", {})
+    env = {"CIRELAY_DATABASE_URL": "postgresql://db/prod"}
+    assert command_environ(env, tmp_path / "var" / "dev-secrets") == env
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """Something else holding a port, as a first `make run` does."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", ["up", "serve", "emulator"])
+def test_a_taken_port_is_said_first_and_only_and_nothing_starts(
+    tmp_path: Path, listener: int, command: str
+) -> None:
+    args = [command, "--port", str(listener)]
+    if command == "up":
+        args += ["--emulator-port", str(free_port()), "--data-dir", str(tmp_path / "var")]
+    result = run_in(tmp_path, bare_env(), *args)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {listener} (--port) is in use by pid {os.getpid()}" in lines[0]
+    assert not (tmp_path / "var").exists()  # no database, no secrets, nothing
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("submit", "songs/a.wav", "--api-key", "k" * 20, "--url", "http://127.0.0.1:{port}"),
+         "could not reach http://127.0.0.1:{port}/v1/jobs (connection refused)"),
+        (("quarantine", "list"), "the database postgresql://postgres:***@127.0.0.1:{port}/x"),
+        (("subscriptions", "list"), "the database postgresql://postgres:***@127.0.0.1:{port}/x"),
+        (("db", "upgrade"), "the database postgresql://postgres:***@127.0.0.1:{port}/x failed"),
+    ],
+)  # fmt: skip
+def test_a_network_error_is_one_line_saying_what_was_tried(
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    port = free_port()  # nothing listens there
+    env = bare_env(CIRELAY_DATABASE_URL=f"postgresql://postgres:pw@127.0.0.1:{port}/x")
+    result = run_in(tmp_path, env, *(a.format(port=port) for a in args))
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert expected.format(port=port) in result.stderr
+    assert "pw" not in result.stderr
+
+
+def read_until(path: Path, needle: bytes, process: subprocess.Popen[bytes]) -> bytes:
+    deadline = time.monotonic() + 120
+    while needle not in (text := path.read_bytes()):
+        assert process.poll() is None and time.monotonic() < deadline, text.decode()
+        time.sleep(0.05)
+    return text
+
+
+@pytest.mark.slow
+def test_up_answers_only_once_all_three_are_ready_and_logs_json_lines(tmp_path: Path) -> None:
+    """The first request to reach the service finds the emulator there: a job submitted the
+    moment /healthz answers is accepted by CI (it got 502 ci_unavailable when the service
+    started before the emulator). The banner comes after the emulator and the worker said
+    they run; with --log-format json every other line is a JSON object."""
+    port = free_port()
+    log = tmp_path / "up.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*CIRELAY, "up", "--port", str(port), "--emulator-port", str(free_port()),
+             "--data-dir", str(tmp_path / "var"), "--log-format", "json"],
+            env=bare_env(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            while True:
+                assert process.poll() is None, log.read_text()
+                with contextlib.suppress(requests.ConnectionError):
+                    if requests.get(f"{base}/healthz", timeout=60).status_code == 200:
+                        break
+                time.sleep(0.02)
+            key = re.search(r"CIRELAY_API_KEYS=(\S+)", (tmp_path / "var/dev-secrets").read_text())
+            assert key
+            audio = {"codec": "mp3", "samplerate": 44100, "bitrate": 128, "channels": 2}
+            job = {
+                "input": {"object": "songs/a.wav"},
+                "voice_separate": {"audio_mode": "AudioAndBackground", "audio_config": audio},
+                "output": {"object": "o/${jobid}.${ext}", "au_object": "v/${jobid}.${ext}",
+                           "bucket": "media-1250000000", "region": "ap-guangzhou"},
+            }  # fmt: skip
+            answer = requests.post(f"{base}/v1/jobs", json=job, timeout=30,
+                                   headers={"Authorization": f"Bearer {key.group(1)}"})  # fmt: skip
+            assert answer.status_code == 201, answer.text
+            text = read_until(log, b"Ctrl-C stops everything.", process).decode()
+        finally:
+            os.killpg(process.pid, signal.SIGINT)
+            assert process.wait(timeout=60) == 0
+    before, banner = text.split("cirelay up: ready\n")
+    assert "cirelay emulator listening" in before and "worker: reconciling" in before
+    lines = log.read_text().splitlines()
+    assert lines[-1] == "cirelay up: stopped"
+    banner_lines = set(banner.split("Ctrl-C stops everything.")[0].splitlines())
+    others = [line for line in lines[1:-1] if line not in banner_lines and
+              line not in ("cirelay up: ready", "  Ctrl-C stops everything.")]  # fmt: skip
+    assert others
+    for line in others:
+        assert isinstance(json.loads(line), dict), line

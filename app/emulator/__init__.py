@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -260,13 +259,21 @@ class _Handler(WSGIRequestHandler):
         super().send_header(keyword, value)
 
 
-def serve(host: str, port: int, config: EmulatorConfig) -> None:
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def serve(
+    host: str, port: int, config: EmulatorConfig, announce: Callable[[str], None] | None = None
+) -> None:
     """Run the emulator on ``host:port`` until SIGTERM or SIGINT (blocking; threaded).
 
     Prints ``cirelay emulator listening on http://<host>:<port>`` once bound (``port=0``
-    picks a free port: read it from that line). On a signal, the HTTP server stops taking
-    requests, then the ticker, the job finishers and the notifier stop (pending callback
-    retries are dropped; attempts in flight finish within ``callback_timeout``).
+    picks a free port: read it from that line), or hands it to ``announce`` (``cirelay
+    emulator`` logs it, so that every line is in the log format). On a signal, the HTTP
+    server stops taking requests, then the ticker, the job finishers and the notifier stop
+    (pending callback retries are dropped; attempts in flight finish within
+    ``callback_timeout``).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -288,7 +295,7 @@ def serve(host: str, port: int, config: EmulatorConfig) -> None:
         signal.signal(signal.SIGTERM, shut_down)
         signal.signal(signal.SIGINT, shut_down)
     bound = server.server_address[1]
-    print(f"cirelay emulator listening on http://{host}:{bound}", flush=True)
+    (announce or _print)(f"cirelay emulator listening on http://{host}:{bound}")
     log.info(
         "CI emulator: job_seconds=%s retries=%s admin=%s data_dir=%s",
         config.job_seconds,
@@ -301,4 +308,4 @@ def serve(host: str, port: int, config: EmulatorConfig) -> None:
     finally:
         server.server_close()
         emulator_of(app).stop()
-        print("cirelay emulator stopped", file=sys.stderr, flush=True)
+        log.info("cirelay emulator stopped")

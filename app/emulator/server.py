@@ -346,7 +346,8 @@ def get_faults() -> Response:
 
 @admin.post("/faults")
 def set_faults() -> Response | tuple[Response, int]:
-    changes = request.get_json(silent=True)
+    # whatever its declared type: `curl -d '{"drop": …}'` sends a form type (a dev tool)
+    changes = request.get_json(force=True, silent=True)
     if not isinstance(changes, dict):
         return jsonify({"error": "bad_request", "message": "a JSON object is required"}), 400
     try:

@@ -256,3 +256,23 @@ def test_reorder_reverse_releases_a_lone_notification_after_the_hold(
     [delivery] = wait_until(lambda: [d for d in emulator.deliveries(job_id) if d["attempts"]])
     assert delivery["faults"] == ["reorder:reverse"]
     assert delivery["attempts"][0]["elapsed"] >= 0.3
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/x-www-form-urlencoded", "text/plain", "application/json"],
+)
+def test_faults_take_a_json_body_whatever_its_content_type(
+    emulator: EmulatorProcess, content_type: str | None
+) -> None:
+    """`curl -d '{"drop": …}'` (README) declares a form: the body is JSON all the same."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = requests.post(f"{emulator.url}/_emulator/faults", data='{"drop": {"next": 1}}',
+                           headers=headers, timeout=10)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert emulator.admin("GET", "/faults")["remaining"]["drop"] == 1
+
+
+def test_faults_refuse_a_body_that_is_not_a_json_object(emulator: EmulatorProcess) -> None:
+    answer = requests.post(f"{emulator.url}/_emulator/faults", data="drop=1", timeout=10)
+    assert answer.status_code == 400 and answer.json()["error"] == "bad_request"
