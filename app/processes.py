@@ -104,7 +104,7 @@ def _command_line(pid_dir: Path) -> str:
         words = (pid_dir / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     except OSError:
         return "?"
-    text = " ".join(w.decode(errors="replace") for w in words)
+    text = " ".join(" ".join(w.decode(errors="replace") for w in words).split())  # one line
     return text if len(text) <= 80 else text[:79] + "…"
 
 
