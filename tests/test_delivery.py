@@ -8,8 +8,12 @@ What subscribers receive is checked with the ``standardwebhooks`` verifier and p
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Iterator
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -24,9 +28,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from app import Services, build_services, store
 from app.config import Settings
 from app.delivery import SUBSCRIPTION_DISABLED, Deliverer, Policy, Sender
+from app.models import AttemptResult
 from app.schemas import SchemaSet
 from tests.conftest import Clock, ci_job_id, make_job, notification_xml
-from tests.subscriber import Answer, Subscriber
+from tests.subscriber import Answer, Request, Subscriber
 
 LOOPBACK = ("127.0.0.0/8",)
 XML = {"Content-Type": "application/xml"}
@@ -221,8 +226,10 @@ def test_retry_after_on_429_and_503_is_honoured(
     client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
     deliverer: Deliverer, hook: Subscriber,
 ) -> None:  # fmt: skip
-    hook.answer = lambda n, req: Answer(429, {"Retry-After": "33"}) if n == 0 else (
-        Answer(503, {"Retry-After": "7"}) if n == 1 else Answer()
+    hook.answer = lambda n, req: (
+        Answer(429, {"Retry-After": "33"})
+        if n == 0
+        else (Answer(503, {"Retry-After": "7"}) if n == 1 else Answer())
     )
     subscribe(client, auth, hook.url())
     notify(client, engine, clock, 1, "Running")
@@ -446,9 +453,7 @@ def test_the_address_is_checked_again_when_connecting() -> None:
     """DNS rebinding: the name resolved to a public address when the URL was saved and to
     loopback now. The sender refuses without connecting."""
     with Subscriber() as hook:
-        sender = Sender(
-            allowed_networks=(), timeout=1.0, resolver=lambda host, port: ["127.0.0.1"]
-        )
+        sender = Sender(allowed_networks=(), timeout=1.0, resolver=lambda host, port: ["127.0.0.1"])
         report = sender.post(f"http://hooks.example.com:{hook.port}/", b"{}", {})
         assert report.result == "forbidden_address"
         assert "127.0.0.1" in (report.error or "")
@@ -493,7 +498,6 @@ def test_two_workers_share_the_work_and_send_nothing_twice(
         Deliverer(services.engine, policy, sender, services.metrics, clock=clock, owner=f"w{i}")
         for i in range(2)
     ]
-    import threading
 
     def drive(worker: Deliverer) -> None:
         worker.wait_idle(timeout=60)
@@ -692,3 +696,155 @@ def test_finished_deliveries_past_their_retention_are_pruned_pending_ones_never(
     with engine.connect() as conn:
         attempts = conn.execute(sa.select(store.delivery_attempts.c.delivery_id)).scalars().all()
     assert attempts == [left["id"]]
+
+
+# --- a slow subscriber: a deadline per attempt, a cap per subscription ----------------------
+
+
+class DripFeeder:
+    """A subscriber that reads the request, then answers one byte every 0.1 s for
+    ``seconds``: each read gets a byte long before any read timeout."""
+
+    def __init__(self, seconds: float = 20.0) -> None:
+        self.seconds = seconds
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.recv(65536)
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+            until = time.monotonic() + self.seconds
+            for byte in answer:
+                if time.monotonic() > until:
+                    break
+                conn.sendall(bytes([byte]))
+                time.sleep(0.1)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_drip_feeding_subscriber_s_attempt_ends_at_its_deadline() -> None:
+    feeder = DripFeeder(seconds=20.0)
+    sender = Sender(allowed_networks=LOOPBACK, timeout=1.0)
+    try:
+        report = sender.post(f"http://127.0.0.1:{feeder.port}/hook", b"{}", {})
+    finally:
+        feeder.close()
+    assert report.result is AttemptResult.TIMEOUT
+    assert report.error == "no answer within 1 s"
+    assert report.duration_ms < 10_000  # the deadline (1 s), far from the 20 s of dripping
+
+
+def test_a_slow_subscriber_holds_at_most_its_cap_while_a_healthy_one_is_delivered(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, hook: Subscriber,
+) -> None:  # fmt: skip
+    policy = Policy(schedule=(10.0,), disable_after=timedelta(hours=1), timeout=30.0)
+    sender = Sender(allowed_networks=LOOPBACK, timeout=30.0)
+    deliverer = Deliverer(services.engine, policy, sender, services.metrics, clock=clock,
+                          concurrency=4, per_subscription=2)  # fmt: skip
+    release = threading.Event()
+    lock = threading.Lock()
+    held = [0, 0]  # now, most at once
+
+    def stuck(n: int, request: Request) -> Answer:
+        with lock:
+            held[0] += 1
+            held[1] = max(held)
+        release.wait(30)
+        with lock:
+            held[0] -= 1
+        return Answer()
+
+    def rounds_until(done: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not done() and time.monotonic() < deadline:
+            deliverer.run_round()
+            time.sleep(0.02)
+
+    with Subscriber() as slow:
+        slow.answer = stuck
+        subscribe(client, auth, slow.url())
+        for n in range(8):
+            notify(client, engine, clock, n, "Running")
+        try:
+            rounds_until(lambda: held[0] >= 2)  # the slow one's attempts are stuck
+            subscribe(client, auth, hook.url())
+            for n in range(10, 18):
+                notify(client, engine, clock, n, "Running")
+            rounds_until(lambda: len(hook.accepted()) == 8)
+            delivered_meanwhile = len(hook.accepted())
+            at_once = held[1]
+        finally:
+            release.set()
+        deliverer.wait_idle()
+        deliverer.close()
+        assert len(slow.accepted()) == 16  # the slow one gets everything too, in the end
+    assert delivered_meanwhile == 8
+    assert at_once == 2
+
+
+def test_a_subscriber_that_answers_again_has_its_waiting_retries_brought_forward_in_order(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    sub = subscribe(client, auth, hook.url())
+    hook.stop()
+    for n in range(6):
+        notify(client, engine, clock, n, "Running")
+    deliverer.wait_idle()
+    clock.now += timedelta(seconds=13)  # the first retries (10 s +- 20 %) fail too
+    deliverer.wait_idle()
+    waiting = deliveries(engine)
+    assert {d["attempts"] for d in waiting} == {2}
+    assert min(d["next_attempt_at"] for d in waiting) > clock() + timedelta(seconds=15)
+
+    hook.start()
+    notify(client, engine, clock, 99, "Running")  # a new event: it goes at once, and succeeds
+    deliverer.recovery_rate = 100.0  # one every 10 ms
+    deliverer.wait_idle()
+    pending = sorted(
+        (d for d in deliveries(engine) if d["state"] == "pending"),
+        key=lambda d: d["next_attempt_at"],
+    )
+    seqs = [d["event_seq"] for d in pending]  # those not sent yet (the first went at once)
+    assert len(seqs) >= 4 and seqs == sorted(seqs)
+    assert pending[-1]["next_attempt_at"] <= clock() + timedelta(seconds=1)  # in event order
+    clock.now += timedelta(seconds=1)  # not the 16 s and more of their backoff
+    deliverer.wait_idle()
+
+    assert {d["state"] for d in deliveries(engine)} == {"succeeded"}
+    assert len(hook.verified(sub["secret"])) == 7
+
+
+def test_a_subscription_deleted_while_its_delivery_is_in_flight_is_recorded_without_error(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    started, release = threading.Event(), threading.Event()
+
+    def held(n: int, request: Request) -> Answer:
+        started.set()
+        release.wait(10)
+        return Answer()
+
+    hook.answer = held
+    sub = subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    deliverer.run_round()
+    assert started.wait(10)
+    assert client.delete(f"/v1/subscriptions/{sub['id']}", headers=auth).status_code < 300
+    release.set()
+
+    deliverer.wait_idle()  # the attempt's record does not fail the round
+
+    assert deliveries(engine) == []

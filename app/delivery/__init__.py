@@ -13,7 +13,9 @@ The flow, run by ``cirelay worker`` (:class:`Deliverer`):
    same subscription is still pending: one job's events reach a subscriber in order.
 3. **Send**, outside any transaction: a POST of the CloudEvent (JSON structured mode) with the
    Standard Webhooks headers, signed, to an address checked again at connect (DNS rebinding);
-   no redirects followed.
+   no redirects followed; the whole attempt ends at its deadline. No subscription has more
+   than its cap of deliveries leased at once (counted in the database over every worker), so
+   a slow one cannot take every slot.
 4. **Record** the attempt and move the delivery on: 2xx done; 410 Gone disables the
    subscription; anything else retries on the configured schedule with jitter (``Retry-After``
    honoured on 429 and 503) until the schedule is exhausted.
@@ -22,7 +24,8 @@ The flow, run by ``cirelay worker`` (:class:`Deliverer`):
    the last failure (for subscribers that get few events). One failing for the configured
    period (a subscriber that is down, or flapping: up now and then, failing mostly) is
    disabled, and an operator event (``com.cirelay.subscription.disabled``) goes into the
-   outbox.
+   outbox. One that had been down and answers 2xx again has its retries brought forward, in
+   event order, at a bounded rate, instead of each waiting out its backoff.
 
 Leases are renewed while an attempt runs and lapse when its worker dies; the delivery is then
 sent again with the same ``webhook-id``, which subscribers deduplicate on.

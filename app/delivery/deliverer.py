@@ -54,6 +54,9 @@ FANOUT_BATCH = 1000
 #: a failing subscription is healthy again after this many 2xx in a row (or, for one that
 #: gets few events, after a 2xx a quarter of the disable period after its last failure)
 HEALTHY_STREAK = 10
+#: a subscription that answers again has this many seconds' worth of its waiting retries
+#: (at the recovery rate) brought forward; the rest keep their schedule
+RECOVERY_HORIZON_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -86,15 +89,22 @@ class Deliverer:
         *,
         clock: Callable[[], datetime],
         concurrency: int = 16,
+        per_subscription: int | None = None,
+        recovery_rate: float = 200.0,
         owner: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """``per_subscription``: deliveries in flight to one subscription at once, over every
+        worker (default: half of ``concurrency``). ``recovery_rate``: deliveries per second
+        brought forward from the backlog of a subscription that answers 2xx after failures."""
         self.engine = engine
         self.policy = policy
         self.sender = sender
         self.metrics = metrics
         self.clock = clock
         self.concurrency = concurrency
+        self.per_subscription = per_subscription or max(1, concurrency // 2)
+        self.recovery_rate = recovery_rate
         self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(6)}"
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._finished: queue.SimpleQueue[_Finished] = queue.SimpleQueue()
@@ -150,7 +160,11 @@ class Deliverer:
         with self.engine.connect() as conn:
             head = store.events_head(conn)
             behind = store.any_behind(conn, head)
-            due = free > 0 and not behind and store.has_claimable(conn, now)
+            due = (
+                free > 0
+                and not behind
+                and store.has_claimable(conn, now, per_subscription=self.per_subscription)
+            )
             conn.rollback()
         if not (behind or due):
             return done
@@ -217,8 +231,9 @@ class Deliverer:
 
     def _claim(self, conn: Connection, now: datetime, limit: int) -> list[Claim]:
         return store.claim_deliveries(
-            conn, now=now, owner=self.owner, lease_until=now + self.policy.lease, limit=limit
-        )
+            conn, now=now, owner=self.owner, lease_until=now + self.policy.lease, limit=limit,
+            per_subscription=self.per_subscription,
+        )  # fmt: skip
 
     # 3. send
 
@@ -252,10 +267,15 @@ class Deliverer:
             )
             for results in _by_subscription(finished):
                 sub = results[0].claim.subscription
+                recovered = _answers_again(
+                    conn, sub, results, now=now, failing_for=self.policy.first_delay
+                )
                 reason = self._health(conn, sub.id, results, now)
                 if reason and store.disable_subscription(conn, sub.id, reason, now):
                     disabled.append(sub.id)
                     store.insert_event(conn, asdict(_disabled_event(sub, reason, now)))
+                elif recovered:
+                    self._bring_forward(conn, sub.id, now)
         for f in finished:
             self._count(f, f.claim.delivery_id in applied)
         for sub_id in disabled:
@@ -264,6 +284,18 @@ class Deliverer:
         return len(finished)
 
     # 5. health
+
+    def _bring_forward(self, conn: Connection, subscription_id: str, now: datetime) -> None:
+        """The subscription answers again: its retries waiting on their backoff go now, in
+        event order, :attr:`recovery_rate` a second (so a backlog drains in seconds, not on
+        the backoff schedule), within the per-subscription cap like any delivery."""
+        moved = store.bring_forward(
+            conn, subscription_id, now=now, interval=1 / self.recovery_rate,
+            limit=round(self.recovery_rate * RECOVERY_HORIZON_SECONDS),
+        )  # fmt: skip
+        if moved:
+            log.info("subscription %s answers again: %d retries brought forward",
+                     subscription_id, moved)  # fmt: skip
 
     def _health(
         self, conn: Connection, subscription_id: str, results: list[_Finished], now: datetime
@@ -343,6 +375,26 @@ def _attempt_row(f: _Finished) -> DeliveryAttempt:
     )
 
 
+def _answers_again(
+    conn: Connection, sub: Subscription, results: list[_Finished], *, failing_for: timedelta,
+    now: datetime,
+) -> bool:  # fmt: skip
+    """Whether this batch brings a 2xx from a subscription that had been failing, with no 2xx
+    since, for at least ``failing_for`` (the first retry's delay): down, not one event it
+    refused while it took the others (whose retry keeps its backoff). Read again only when it
+    was failing when claimed."""
+    if sub.failing_since is None or all(f.report.result is not AttemptResult.SUCCESS
+                                        for f in results):  # fmt: skip
+        return False
+    current = store.get_subscription(conn, sub.id)
+    return (
+        current is not None
+        and current.failing_since is not None
+        and current.failing_since <= now - failing_for
+        and current.successes_in_a_row == 0
+    )
+
+
 def _by_subscription(finished: list[_Finished]) -> list[list[_Finished]]:
     groups: dict[str, list[_Finished]] = {}
     for f in sorted(finished, key=lambda f: f.finished_at):
@@ -378,5 +430,7 @@ def build_deliverer(
         pool_size=settings.delivery_concurrency,
     )
     return Deliverer(
-        engine, policy, sender, metrics, clock=clock, concurrency=settings.delivery_concurrency
-    )
+        engine, policy, sender, metrics, clock=clock, concurrency=settings.delivery_concurrency,
+        per_subscription=settings.delivery_per_subscription or None,
+        recovery_rate=settings.delivery_recovery_rate,
+    )  # fmt: skip

@@ -28,6 +28,11 @@ class Policy:
         )
 
     @property
+    def first_delay(self) -> timedelta:
+        """The first retry's delay: a subscription failing longer than this is down."""
+        return timedelta(seconds=self.schedule[0] if self.schedule else 0)
+
+    @property
     def lease(self) -> timedelta:
         """How long a claim stays with its worker: one attempt's timeout, plus room."""
         return timedelta(seconds=self.timeout + 5)

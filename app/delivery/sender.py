@@ -5,21 +5,33 @@ rotation's grace period).
 The host is resolved and every address checked again here, then the connection goes to a
 checked address, so DNS rebinding does not get past the check made when the URL was saved. No
 redirects are followed. ``Retry-After`` is read from 429 and 503 answers.
+
+Each attempt has a wall-clock deadline, the whole of it (connect, send, read the answer):
+urllib3's timeouts bound each socket operation, so a subscriber that drip-feeds its answer a
+byte at a time would hold an attempt, and a delivery slot, for as long as it liked.
+:class:`_Deadlines` shuts the socket of an attempt past its deadline, which ends the read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import heapq
 import ipaddress
+import itertools
+import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
 from standardwebhooks.webhooks import Webhook
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from app.models import AttemptResult
 from app.subscriptions import ForbiddenAddress, Resolver, allowed_address, is_public, resolve
@@ -45,6 +57,111 @@ def signed_headers(
         "webhook-timestamp": str(int(now.timestamp())),
         "webhook-signature": signatures,
     }
+
+
+# --- the attempt's deadline ------------------------------------------------------------------
+
+
+class _Attempt:
+    """One attempt in flight: the connection it uses (set by the connection itself, see
+    :class:`_DeadlineHTTPConnection`) and whether its deadline has passed."""
+
+    def __init__(self) -> None:
+        self.connection: HTTPConnection | None = None
+        self.expired = False
+        self.finished = False
+        self._lock = threading.Lock()
+
+    def expire(self) -> None:
+        with self._lock:
+            if self.finished:
+                return
+            self.expired = True
+            self.cut()
+
+    def cut(self) -> None:
+        """Shut the connection's socket: a read blocked on it returns at once. The base
+        class's ``shutdown``, also for TLS (``SSLSocket.shutdown`` would unwrap it under the
+        reading thread's feet)."""
+        sock = self.connection.sock if self.connection is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        with self._lock:
+            self.finished = True
+
+
+#: the attempt the current thread is making (a delivery thread makes one at a time)
+_current = threading.local()
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    """Tells the thread's attempt which connection it uses, and is cut at once when it
+    connects after the deadline passed."""
+
+    def connect(self) -> None:
+        super().connect()
+        attempt: _Attempt | None = getattr(_current, "attempt", None)
+        if attempt is not None and attempt.expired:
+            attempt.cut()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        attempt: _Attempt | None = getattr(_current, "attempt", None)
+        if attempt is not None:
+            attempt.connection = self
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPSConnection(_DeadlineHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _Deadlines:
+    """One thread that expires attempts past their deadline (a heap of them; a finished
+    attempt is skipped when its turn comes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Attempt]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, at: float, attempt: _Attempt) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (at, next(self._order), attempt))
+            if self._thread is None or not self._thread.is_alive():  # also after a fork
+                self._thread = threading.Thread(
+                    target=self._run, name="delivery-deadlines", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(wait)
+                _, _, attempt = heapq.heappop(self._heap)
+            attempt.expire()
+
+
+_DEADLINES = _Deadlines()
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[_Attempt]:
+    """The block is one attempt that ends, whatever it is doing, ``seconds`` from now."""
+    attempt = _Attempt()
+    _current.attempt = attempt
+    _DEADLINES.arm(time.monotonic() + seconds, attempt)
+    try:
+        yield attempt
+    finally:
+        attempt.finish()
+        _current.attempt = None
 
 
 # --- sending -------------------------------------------------------------------------------
@@ -99,12 +216,25 @@ class Sender:
                     pool = urllib3.HTTPConnectionPool(
                         address, port, timeout=timeout, maxsize=self.pool_size, retries=False
                     )
+                pool.ConnectionCls = (
+                    _DeadlineHTTPSConnection if scheme == "https" else _DeadlineHTTPConnection
+                )
                 self._pools[key] = pool
             return pool
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptReport:
+        """One attempt, ended at :attr:`timeout` seconds whatever it is doing."""
         started = time.perf_counter()
-        report = self._post(url, body, headers)
+        with _deadline(self.timeout) as attempt:
+            report = self._post(url, body, headers)
+        if attempt.expired and report.result is not AttemptResult.FORBIDDEN_ADDRESS:
+            # the deadline cut it, even if what was read by then looks like an answer (a
+            # status line and half a header are a 200 to http.client)
+            report = AttemptReport(
+                AttemptResult.TIMEOUT,
+                status_code=report.status_code,
+                error=f"no answer within {self.timeout:g} s",
+            )
         return replace(report, duration_ms=(time.perf_counter() - started) * 1000)
 
     def _post(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptReport:
@@ -134,7 +264,7 @@ class Sender:
             try:
                 response = self._urlopen(pool, path, body, request_headers)
             except urllib3.exceptions.ProtocolError:
-                if time.monotonic() - started > STALE_CONNECTION_SECONDS:
+                if time.monotonic() - started > STALE_CONNECTION_SECONDS or _expired():
                     raise
                 # a kept-alive connection the subscriber had closed meanwhile: once more, on a
                 # new connection (at worst a duplicate, which webhook-id lets it drop)
@@ -192,6 +322,11 @@ class Sender:
             "POST", path, body=body, headers=headers, redirect=False, retries=False,
             preload_content=False, assert_same_host=False,
         )  # fmt: skip
+
+
+def _expired() -> bool:
+    attempt: _Attempt | None = getattr(_current, "attempt", None)
+    return attempt is not None and attempt.expired
 
 
 def describe_error(exc: BaseException) -> str:

@@ -21,6 +21,7 @@ table).
 
 from app.store.batched import insert_events, insert_jobs, insert_notifications, update_jobs
 from app.store.delivery import (
+    bring_forward,
     claim_deliveries,
     enqueue_replay,
     fan_out,
@@ -106,6 +107,7 @@ __all__ = [
     "UTCDateTime",
     "WriterLock",
     "any_behind",
+    "bring_forward",
     "claim_deliveries",
     "count_quarantined",
     "create_engine",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -132,27 +132,62 @@ def _claimable(now: datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def has_claimable(conn: Connection, now: datetime) -> bool:
+def _leased(now: datetime) -> sa.ColumnElement[bool]:
+    """Being attempted under a live lease. A claimed delivery was due when claimed and its
+    ``next_attempt_at`` does not move while leased: the bound lets the index on
+    ``(state, next_attempt_at)`` find them among the due ones."""
+    return sa.and_(
+        deliveries.c.state == DeliveryState.PENDING.value,
+        deliveries.c.next_attempt_at <= now,
+        deliveries.c.lease_until >= now,
+    )
+
+
+def _at_cap(now: datetime, cap: int) -> sa.Select[tuple[str]]:
+    """The subscriptions with ``cap`` deliveries (or more) leased, by any worker."""
+    return (
+        sa.select(deliveries.c.subscription_id)
+        .where(_leased(now))
+        .group_by(deliveries.c.subscription_id)
+        .having(sa.func.count() >= cap)
+    )
+
+
+def has_claimable(conn: Connection, now: datetime, per_subscription: int | None = None) -> bool:
     query = sa.select(deliveries.c.id).where(_claimable(now)).limit(1)
+    if per_subscription is not None:
+        query = query.where(deliveries.c.subscription_id.not_in(_at_cap(now, per_subscription)))
     return conn.execute(query).first() is not None
 
 
+#: any constant: the advisory lock that makes claims count each other's leases (PostgreSQL)
+_CLAIMS_LOCK = 0x636972656C6C6173  # "cirellas"
+#: queries a claim makes at most to fill its slots past subscriptions at their cap
+_CLAIM_PASSES = 4
+
+
 def claim_deliveries(
-    conn: Connection, *, now: datetime, owner: str, lease_until: datetime, limit: int
+    conn: Connection,
+    *,
+    now: datetime,
+    owner: str,
+    lease_until: datetime,
+    limit: int,
+    per_subscription: int | None = None,
 ) -> list[Claim]:
     """Lease up to ``limit`` claimable deliveries to ``owner``; rows another worker is
     claiming at the same moment are skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
-    SQLite has one writer at a time)."""
-    ids = [
-        int(i)
-        for i in conn.execute(
-            sa.select(deliveries.c.id)
-            .where(_claimable(now))
-            .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=deliveries)
-        ).scalars()
-    ]
+    SQLite has one writer at a time).
+
+    With ``per_subscription``, no subscription has more than that many deliveries leased at
+    once, counted in the database over every worker: a slow subscriber cannot take every
+    slot. On PostgreSQL claims then take turns (a transaction-level advisory lock, taken
+    after anything else the claim's transaction locks and never held while waiting for
+    another lock), so two workers do not both fill the same subscription's last slots."""
+    if per_subscription is None:
+        ids = [ident for ident, _ in _due(conn, now, limit, skip_ids=[], full=None)]
+    else:
+        ids = _due_within_caps(conn, now, limit, per_subscription)
     if not ids:
         return []
     conn.execute(
@@ -188,6 +223,91 @@ def claim_deliveries(
     return claims
 
 
+def _due(
+    conn: Connection, now: datetime, limit: int, *, skip_ids: list[int],
+    full: sa.Select[tuple[str]] | list[str] | None,
+) -> list[tuple[int, str]]:  # fmt: skip
+    query = (
+        sa.select(deliveries.c.id, deliveries.c.subscription_id)
+        .where(_claimable(now))
+        .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=deliveries)
+    )
+    if skip_ids:
+        query = query.where(deliveries.c.id.not_in(skip_ids))
+    if full is not None:
+        query = query.where(deliveries.c.subscription_id.not_in(full))
+    return [(int(i), str(s)) for i, s in conn.execute(query)]
+
+
+def _due_within_caps(conn: Connection, now: datetime, limit: int, cap: int) -> list[int]:
+    """Due deliveries, oldest first, taking no subscription past ``cap`` leased."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CLAIMS_LOCK)))
+    busy: dict[str, int] = {
+        str(sub): int(n)
+        for sub, n in conn.execute(
+            sa.select(deliveries.c.subscription_id, sa.func.count())
+            .where(_leased(now))
+            .group_by(deliveries.c.subscription_id)
+        )
+    }
+    full = [sub for sub, n in busy.items() if n >= cap]
+    taken: list[int] = []
+    seen: list[int] = []
+    for _ in range(_CLAIM_PASSES):
+        rows = _due(conn, now, limit - len(taken), skip_ids=seen, full=full)
+        skipped = False
+        for ident, sub in rows:
+            seen.append(ident)
+            if busy.get(sub, 0) >= cap:
+                skipped = True
+                continue
+            busy[sub] = busy.get(sub, 0) + 1
+            taken.append(ident)
+            if busy[sub] >= cap:
+                full.append(sub)
+        if not skipped or not rows or len(taken) >= limit:
+            break
+    return taken
+
+
+def bring_forward(
+    conn: Connection, subscription_id: str, *, now: datetime, interval: float, limit: int
+) -> int:
+    """A subscription answers again: its deliveries waiting on a retry's backoff are due
+    now, one every ``interval`` seconds, in event order (at most ``limit`` of them; one is
+    never moved later than it was). Returns how many moved."""
+    ids = conn.execute(
+        sa.select(deliveries.c.id)
+        .where(
+            deliveries.c.subscription_id == subscription_id,
+            deliveries.c.state == DeliveryState.PENDING.value,
+            deliveries.c.next_attempt_at > now,
+            sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+        )
+        .order_by(deliveries.c.event_seq, deliveries.c.id)
+        .limit(limit)
+    ).scalars()
+    rows = [
+        {"b_id": int(i), "at": now + timedelta(seconds=n * interval)} for n, i in enumerate(ids)
+    ]
+    if rows:
+        conn.execute(_BRING_FORWARD, rows)
+    return len(rows)
+
+
+_BRING_FORWARD = (
+    sa.update(deliveries)
+    .where(
+        deliveries.c.id == sa.bindparam("b_id"),
+        deliveries.c.next_attempt_at > sa.bindparam("at", type_=UTCDateTime),
+    )
+    .values(next_attempt_at=sa.bindparam("at", type_=UTCDateTime))
+)
+
+
 _FINISH = (
     sa.update(deliveries)
     .where(deliveries.c.id == sa.bindparam("b_id"))
@@ -219,9 +339,21 @@ def finish_attempts(
     """Record attempts and move their deliveries on. Each update names ``id``, ``state``,
     ``attempts``, ``next_attempt_at``, ``completed_at``, ``last_status_code`` and
     ``last_error``; it applies only while ``owner`` still holds the delivery's lease (a lapsed
-    lease belongs to whoever claimed the delivery since). Returns the ids that applied."""
+    lease belongs to whoever claimed the delivery since), and neither applies to a delivery
+    deleted meanwhile (its subscription deleted). Returns the ids that applied."""
     if attempts:
-        conn.execute(sa.insert(delivery_attempts), attempts)
+        # a delivery deleted meanwhile (with its subscription) keeps no attempts; the rows
+        # that remain are held against deletion until this transaction ends
+        existing = set(
+            conn.execute(
+                sa.select(deliveries.c.id)
+                .where(deliveries.c.id.in_({a["delivery_id"] for a in attempts}))
+                .with_for_update(key_share=True)
+            ).scalars()
+        )
+        kept = [a for a in attempts if a["delivery_id"] in existing]
+        if kept:
+            conn.execute(sa.insert(delivery_attempts), kept)
     if not updates:
         return set()
     held = set(
