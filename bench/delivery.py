@@ -15,6 +15,17 @@
 Run with the project's venv: ``.venv/bin/python bench/delivery.py`` (``make bench-delivery``).
 Exit status 0 when every event arrived exactly once per ``webhook-id``, 1 otherwise. The
 latency target (p95 <= 50 ms at 200 events/s) is reported, never asserted.
+
+``--faults`` runs three phases against one service and worker instead (issue 14 §4):
+
+1. **alone**: the fast subscriber only, as above;
+2. **beside a slow one**: a second subscription whose subscriber drip-feeds its answers (a byte
+   every 0.5 s, so each read is quick and only the attempt's deadline ends it); the fast
+   subscriber's latency is printed for both phases, side by side;
+3. **recovery**: the slow subscription deleted, the fast subscriber down for ``--outage``
+   seconds while notifications go on, then up again on the same port: prints how long the
+   backlog of retries took to drain once it answers (the failed deliveries wait on their
+   backoff, 5 s, 30 s, 2 min…, unless brought forward).
 """
 
 from __future__ import annotations
@@ -48,11 +59,13 @@ TARGET_P95_MS = 50.0
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.subscriber:
-        return run_subscriber(Path(args.subscriber))
+        if args.drip:
+            return run_drip_subscriber()
+        return run_subscriber(Path(args.subscriber), args.port)
     signal.signal(signal.SIGTERM, ingest._raise_interrupt)
     work = Path(tempfile.mkdtemp(prefix="cirelay-bench-delivery-"))
     try:
-        return run(args, work)
+        return run_faults(args, work) if args.faults else run(args, work)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -70,20 +83,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers of serve")
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--faults", action="store_true", help="the three phases (see above)")
+    parser.add_argument("--outage", type=float, default=20.0, help="--faults: seconds down")
     parser.add_argument("--subscriber", help=argparse.SUPPRESS)  # internal: run the subscriber
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--drip", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 # --- the subscriber, in a process of its own ------------------------------------------------
 
 
-def run_subscriber(out: Path) -> int:
+def run_subscriber(out: Path, port: int = 0) -> int:
     """Answer 204 to everything; on SIGTERM write one JSON line per request received."""
     from tests.subscriber import Subscriber
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    hook = Subscriber()
+    hook = Subscriber(port)
     print(hook.port, flush=True)
     stop.wait()
     hook.stop()
@@ -95,6 +112,31 @@ def run_subscriber(out: Path) -> int:
             lines.write(json.dumps({"id": r.webhook_id, "time": event["time"],
                                     "arrived": r.arrived}) + "\n")  # fmt: skip
     return 0
+
+
+def run_drip_subscriber() -> int:
+    """A subscriber that reads each request, then drip-feeds a 200 answer (a byte every
+    0.5 s) on every connection until SIGTERM."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    print(listener.getsockname()[1], flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while conn.recv(65536):
+                    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
+                    for byte in answer + b"x" * 100000:
+                        conn.sendall(bytes([byte]))
+                        time.sleep(0.5)
+            except OSError:
+                return
+
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=drip, args=(conn,), daemon=True).start()
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -149,7 +191,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     return report(args, url, sent, baseline, received)
 
 
-def create_subscription(base: str, api_key: str, hook: str) -> None:
+def create_subscription(base: str, api_key: str, hook: str) -> str:
     conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
     body = json.dumps({"url": hook, "event_types": ["com.cirelay.job.*"]})
     conn.request("POST", "/v1/subscriptions", body, {
@@ -158,6 +200,19 @@ def create_subscription(base: str, api_key: str, hook: str) -> None:
     response = conn.getresponse()
     if response.status != 201:
         raise ingest.BenchError(f"subscription refused: {response.status} {response.read()!r}")
+    ident: str = json.loads(response.read())["id"]
+    conn.close()
+    return ident
+
+
+def delete_subscription(base: str, api_key: str, ident: str) -> None:
+    conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    conn.request("DELETE", f"/v1/subscriptions/{ident}", headers={
+        "Authorization": f"Bearer {api_key}"})  # fmt: skip
+    response = conn.getresponse()
+    response.read()
+    if response.status >= 300:
+        raise ingest.BenchError(f"subscription not deleted: {response.status}")
     conn.close()
 
 
@@ -217,7 +272,7 @@ def send_at_rate(
     return sent
 
 
-def wait_for_backlog(base: str, timeout: float) -> None:
+def wait_for_backlog(base: str, timeout: float, interval: float = 0.2) -> None:
     """Until /metrics says nothing is pending for delivery."""
     host = base.removeprefix("http://")
     deadline = time.monotonic() + timeout
@@ -229,8 +284,109 @@ def wait_for_backlog(base: str, timeout: float) -> None:
         for line in text.splitlines():
             if line.startswith("cirelay_delivery_backlog ") and float(line.split()[1]) == 0:
                 return
-        time.sleep(0.2)
+        time.sleep(interval)
     print("warning: the delivery backlog did not empty in time", file=sys.stderr)
+
+
+# --- faults: a slow subscriber beside a fast one; recovery after an outage -------------------
+
+
+def _subscriber(out: Path, port: int = 0, drip: bool = False) -> tuple[subprocess.Popen[str], int]:
+    command = [sys.executable, __file__, "--subscriber", str(out), "--port", str(port)]
+    process = subprocess.Popen(command + (["--drip"] if drip else []), stdout=subprocess.PIPE,
+                               cwd=REPO, text=True)  # fmt: skip
+    assert process.stdout is not None
+    return process, int(process.stdout.readline())
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def run_faults(args: argparse.Namespace, work: Path) -> int:
+    per_phase = int(args.rate * (args.warmup + args.duration))
+    outage_jobs = int(args.rate * args.outage)
+    total = 2 * per_phase + outage_jobs
+    url = args.database_url or f"sqlite:///{work / 'cirelay.db'}"
+    keys = (secrets.token_hex(20),)
+    jobs_file = work / "jobs.txt"
+    print(f"preparing {total} jobs in {ingest._redacted(url)}", flush=True)
+    ingest.prepare_database(url, "job", total, keys, jobs_file)
+    jobs = [line.split() for line in jobs_file.read_text().splitlines()]
+    template = ingest.notification_template()
+    fast, port = _subscriber(work / "fast-1.jsonl")
+    slow, slow_port = _subscriber(work / "slow.jsonl", drip=True)
+    env = ingest.server_env(args, url, keys, secrets.token_hex(16))
+    env["CIRELAY_DELIVERY_ALLOWED_NETWORKS"] = "127.0.0.0/8"
+    env["CIRELAY_DELIVERY_RETRY_SCHEDULE"] = "5,30,120,600"  # the default's start
+    worker: subprocess.Popen[bytes] | None = None
+    phases: dict[str, Sent] = {}
+    drained = float("nan")
+    try:
+        with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
+            key = env["CIRELAY_API_KEYS"]
+            create_subscription(server.url, key, f"http://127.0.0.1:{port}/hook")
+            with (work / "worker.log").open("wb") as log:
+                worker = subprocess.Popen(
+                    [str(ingest._venv_bin() / "cirelay"), "worker"],
+                    env=dict(server.env), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            time.sleep(1.0)
+            print("phase 1: the fast subscriber alone", flush=True)
+            phases["alone"] = send_at_rate(server.url, jobs[:per_phase], template, args.rate,
+                                           args.connections)  # fmt: skip
+            slow_id = create_subscription(server.url, key, f"http://127.0.0.1:{slow_port}/hook")
+            print("phase 2: beside a drip-feeding subscriber", flush=True)
+            phases["beside"] = send_at_rate(server.url, jobs[per_phase:2 * per_phase], template,
+                                            args.rate, args.connections)  # fmt: skip
+            delete_subscription(server.url, key, slow_id)
+            wait_for_backlog(server.url, timeout=60)
+            print(f"phase 3: the fast subscriber down for {args.outage:g} s", flush=True)
+            _stop(fast)
+            send_at_rate(server.url, jobs[2 * per_phase :], template, args.rate, args.connections)
+            time.sleep(2.0)  # the last notifications' first attempts fail too
+            fast, _ = _subscriber(work / "fast-2.jsonl", port)
+            up = time.monotonic()
+            wait_for_backlog(server.url, timeout=600, interval=0.05)
+            drained = time.monotonic() - up
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
+        _stop(fast)
+        slow.kill()
+    received = [json.loads(line) for name in ("fast-1.jsonl", "fast-2.jsonl")
+                for line in (work / name).read_text().splitlines()]  # fmt: skip
+    return report_faults(args, url, phases, received, outage_jobs, drained)
+
+
+def report_faults(
+    args: argparse.Namespace, url: str, phases: dict[str, Sent], received: list[dict[str, Any]],
+    outage_jobs: int, drained: float,
+) -> int:  # fmt: skip
+    events = {r["id"]: r for r in received}
+    to_epoch: Callable[[float], float] = lambda mono: mono - time.monotonic() + time.time()  # noqa: E731
+    print()
+    print(f"machine: {platform.node()} {os.cpu_count()} CPUs, {platform.python_version()}, "
+          f"database {ingest._redacted(url).split(':')[0]}, serve {args.workers} x "
+          f"{args.worker_class}/{args.threads}")  # fmt: skip
+    print(f"rate {args.rate:g}/s, {args.duration:g} s measured per phase (+{args.warmup:g} s)")
+    print(f"{'fast subscriber: state change -> 2xx':36} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'p99 ms':>8} {'max ms':>8}")  # fmt: skip
+    for name, sent in phases.items():
+        start = to_epoch(sent.started + args.warmup)
+        end = start + args.duration
+        latencies = [
+            (r["arrived"] - datetime.fromisoformat(r["time"]).timestamp()) * 1000
+            for r in events.values()
+            if start <= datetime.fromisoformat(r["time"]).timestamp() < end
+        ]
+        label = "alone" if name == "alone" else "beside a drip-feeding subscriber"
+        print(line(label, latencies))
+    print(f"recovery: {outage_jobs} notifications during a {args.outage:g} s outage; backlog "
+          f"drained {drained:.1f} s after the subscriber was back")  # fmt: skip
+    return 0
 
 
 # --- figures --------------------------------------------------------------------------------
