@@ -55,6 +55,7 @@ class Outcome(enum.StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    TRUNCATED = "truncated"  # the body ended before its Content-Length: nothing recorded
     # a queue notification about a job cirelay submitted (it has its own CallBack URL)
     WRONG_ENDPOINT = "wrong_endpoint"
 

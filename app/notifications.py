@@ -10,7 +10,8 @@ next one can be fooled by what the previous one let through:
    quadratic blow-up); JSON: parsed with duplicate keys refused and mapped onto the same
    element tree the XML would have (§5.4 of the spec: no ``Response`` wrapper, strings, arrays
    for repeated elements);
-4. the nesting depth;
+4. the nesting depth, then the number of elements and attributes (the same caps for every
+   XML and JSON document cirelay parses, each with its own element cap);
 5. the XSD (``schemas/notification.xsd``), one schema for both wire formats.
 
 Failures of 2 to 4 raise :class:`MalformedNotificationError`, failures of 5
@@ -32,7 +33,7 @@ from lxml import etree
 
 from app.errors import InvalidNotificationError, MalformedNotificationError
 from app.models import JobReport, JobState, Notification
-from app.schemas import SchemaSet
+from app.schemas import MAX_VIOLATIONS, SchemaSet
 
 XML_CONTENT_TYPES = frozenset({"application/xml", "text/xml"})
 JSON_CONTENT_TYPES = frozenset({"application/json"})
@@ -40,14 +41,20 @@ CONTENT_TYPES = XML_CONTENT_TYPES | JSON_CONTENT_TYPES
 
 CI_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
-#: A real notification has about a hundred elements and no attributes. Validators spend time
-#: quadratic in the number of violations, so a document must be small in *elements*, not only
-#: in bytes, before any schema work: a small body packed with attributes would otherwise keep
-#: xmlschema busy far longer than any sender waits.
-MAX_ELEMENTS = 5000
+#: A real notification has about a hundred elements per job and no attributes. Validators
+#: spend time on every element and every violation, so a document must be small in
+#: *elements*, not only in bytes, before any schema work: a small body packed with elements or
+#: attributes would otherwise keep them busy far longer than any sender waits. (libxml2 logs
+#: one error per bad element; xmlschema's explanation is bounded on its own, see
+#: :mod:`app.schemas`.)
+MAX_ELEMENTS = 1000
+#: attributes in a whole document: no CI document has any (the XSDs declare none; only
+#: ``xsi:*`` hints are allowed, and never followed)
 MAX_ATTRIBUTES = 16
+#: values in a JSON document, walked before it is mapped onto elements
+MAX_JSON_VALUES = 4 * MAX_ELEMENTS
 #: violations listed in an answer and in quarantine; the first ones say what is wrong
-MAX_REPORTED_VIOLATIONS = 20
+MAX_REPORTED_VIOLATIONS = MAX_VIOLATIONS
 
 _PARSER_OPTIONS: dict[str, Any] = {
     "resolve_entities": False,
@@ -83,12 +90,11 @@ def parse_notification(
 ) -> Notification:
     """Turn a request body into a validated :class:`Notification`, or raise a 400 error."""
     kind = media_type(content_type)
-    root = (
-        json_to_element(load_json(body, max_depth))
-        if kind in JSON_CONTENT_TYPES
-        else parse_xml(body, max_depth)
-    )
-    _require_size(root)
+    if kind in JSON_CONTENT_TYPES:
+        root = json_to_element(load_json(body, max_depth))
+        require_size(root, MAX_ELEMENTS)
+    else:
+        root = parse_xml(body, max_depth, MAX_ELEMENTS)
     violations = schemas.validate("notification", root)[:MAX_REPORTED_VIOLATIONS]
     if violations:
         raise InvalidNotificationError(
@@ -104,8 +110,9 @@ def parse_notification(
     )
 
 
-def parse_xml(body: bytes, max_depth: int) -> etree._Element:
-    """Parse untrusted XML: UTF-8 only, no DTD, bounded depth."""
+def parse_xml(body: bytes, max_depth: int, max_elements: int = MAX_ELEMENTS) -> etree._Element:
+    """Parse untrusted XML: UTF-8 only, no DTD, bounded depth, at most ``max_elements``
+    elements and :data:`MAX_ATTRIBUTES` attributes."""
     _require_utf8(body)
     declared = _DECLARED_ENCODING.match(body)
     if declared and declared.group(1).lower() not in (b"utf-8", b"utf8", b"us-ascii"):
@@ -122,6 +129,7 @@ def parse_xml(body: bytes, max_depth: int) -> etree._Element:
         raise MalformedNotificationError("DTDs and entity declarations are not accepted")
     root = tree.getroot()
     _require_depth(root, max_depth)
+    require_size(root, max_elements)
     return root
 
 
@@ -134,8 +142,9 @@ def load_json(body: bytes, max_depth: int) -> Any:
         raise MalformedNotificationError(f"JSON nested deeper than {max_depth} levels") from exc
     except ValueError as exc:
         raise MalformedNotificationError(f"not valid JSON: {exc}") from exc
-    if _json_depth(value, max_depth) > max_depth:
-        raise MalformedNotificationError(f"JSON nested deeper than {max_depth} levels")
+    problem = json_shape_problem(value, max_depth, MAX_JSON_VALUES)
+    if problem:
+        raise MalformedNotificationError(problem)
     return value
 
 
@@ -197,15 +206,23 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _json_depth(value: Any, limit: int, depth: int = 1) -> int:
-    if depth > limit:
-        return depth
-    children: Any = ()
-    if isinstance(value, dict):
-        children = value.values()
-    elif isinstance(value, list):
-        children = value
-    return max((_json_depth(c, limit, depth + 1) for c in children), default=depth)
+def json_shape_problem(value: Any, max_depth: int, max_values: int) -> str | None:
+    """Why a decoded JSON ``value`` is too deep (a scalar in the top-level object is at level
+    2) or holds more than ``max_values`` values, or None. It stops at the first cap it
+    reaches, so its cost is bounded by the caps, not by the document."""
+    left = max_values - 1
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            return f"JSON nested deeper than {max_depth} levels"
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            left -= len(children)
+            if left < 0:
+                return f"more than {max_values} JSON values"
+            stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def _require_utf8(body: bytes) -> str:
@@ -222,20 +239,20 @@ def _require_utf8(body: bytes) -> str:
 
 _COUNT_ELEMENTS = etree.XPath("count(//*)")
 _COUNT_ATTRIBUTES = etree.XPath("count(//@*)")
-_TOO_MANY_ATTRIBUTES = etree.XPath(f"boolean(//*[count(@*) > {MAX_ATTRIBUTES}])")
 
 
-def _require_size(root: etree._Element) -> None:
-    """Bounded work for the validators: at most MAX_ELEMENTS elements, MAX_ATTRIBUTES each.
-    (Elements are looked at one by one only when there are more attributes in all than one
-    may have: CI's notifications have none, and counting them is six times quicker.)"""
+def require_size(root: etree._Element, max_elements: int) -> None:
+    """Bounded work for the validators: at most ``max_elements`` elements and
+    :data:`MAX_ATTRIBUTES` attributes in the whole document (counted in C, by XPath)."""
     elements = int(cast(float, _COUNT_ELEMENTS(root)))
-    if elements > MAX_ELEMENTS:
+    if elements > max_elements:
         raise MalformedNotificationError(
-            f"{elements} elements; a notification has at most {MAX_ELEMENTS}"
+            f"{elements} elements; this document has at most {max_elements}"
         )
-    if cast(float, _COUNT_ATTRIBUTES(root)) > MAX_ATTRIBUTES and _TOO_MANY_ATTRIBUTES(root):
-        raise MalformedNotificationError(f"an element has more than {MAX_ATTRIBUTES} attributes")
+    if cast(float, _COUNT_ATTRIBUTES(root)) > MAX_ATTRIBUTES:
+        raise MalformedNotificationError(
+            f"more than {MAX_ATTRIBUTES} attributes; CI's documents have none"
+        )
 
 
 def _require_depth(root: etree._Element, max_depth: int) -> None:

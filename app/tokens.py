@@ -28,7 +28,8 @@ def is_valid_token(job_id: str, token: str, keys: Sequence[str]) -> bool:
     """Whether ``token`` was made by any of ``keys``; each comparison in constant time."""
     valid = False
     for key in keys:  # no early exit: the time taken does not tell which key matched
-        valid |= hmac.compare_digest(_token(key, job_id), token)
+        # as bytes: compare_digest refuses text that is not ASCII, and a URL's token may be
+        valid |= hmac.compare_digest(_token(key, job_id).encode(), token.encode())
     return valid
 
 

@@ -1101,6 +1101,8 @@ def _many_attributes() -> bytes:
     return b"<Response " + b" ".join(parts) + b"/>"
 
 
+_ATTRIBUTED_DETAIL = b"<JobsDetail " + b" ".join(b'a%d="1"' % i for i in range(16)) + b"/>"
+
 BOMBS = {
     "json-array-of-empty-objects": (
         lambda: _fill(b'{"JobsDetail":[', b"{}", b",", b"]}"),
@@ -1115,6 +1117,11 @@ BOMBS = {
     ),
     "xml-many-unknown-elements": (lambda: _fill(b"<Response>", b"<a/>", b"", b"</Response>"), XML),
     "xml-many-attributes": (_many_attributes, XML),
+    # issue 14 §2: inside the old caps (5,000 elements, 16 attributes each), 100 s of CPU
+    "xml-5000-jobsdetail-with-16-attributes": (
+        lambda: b"<Response>" + _ATTRIBUTED_DETAIL * 4999 + b"</Response>",
+        XML,
+    ),
 }
 
 
@@ -1369,4 +1376,56 @@ def test_real_server_answers_lying_framing_with_4xx(
 ) -> None:
     answer = _raw(served.port, request_bytes)
     assert _status(answer) == status, answer[:500]
+    assert served.healthy()
+
+
+def _metric(served: Served, sample: str) -> float:
+    """One sample of the real server's /metrics (``name{labels}``), 0 when absent."""
+    text = requests.get(f"{served.base}/metrics", timeout=30).text
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _event_count(served: Served) -> int:
+    answer = requests.get(
+        f"{served.base}/v1/events?limit=500",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return len(answer.json()["events"])
+
+
+TRUNCATED = 'cirelay_notifications_total{outcome="truncated"}'
+QUARANTINED = "cirelay_quarantine_size"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["half-close", "close"])
+def test_real_server_records_nothing_for_a_truncated_body(served: Served, ending: str) -> None:
+    """A client that sends half a valid notification and closes (or half-closes) its side
+    broke the transfer: no quarantine row, no event, a 400 if it is still there to read it,
+    counted as ``truncated``."""
+    body = VALID.encode()
+    request = _raw_post(f"Content-Length: {len(body)}\r\n", body[: len(body) // 2])
+    truncated, quarantined, events = (
+        _metric(served, TRUNCATED), _metric(served, QUARANTINED), _event_count(served)
+    )  # fmt: skip
+
+    if ending == "half-close":
+        answer = _raw(served.port, request)
+        assert _status(answer) == 400, answer[:500]
+        assert b"Content-Length" in answer
+    else:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as conn:
+            conn.sendall(request)
+
+    deadline = time.monotonic() + 30
+    while _metric(served, TRUNCATED) < truncated + 1:
+        assert time.monotonic() < deadline, "the truncated body was never counted"
+        time.sleep(0.1)
+    assert _metric(served, QUARANTINED) == quarantined
+    assert _event_count(served) == events
     assert served.healthy()

@@ -642,7 +642,7 @@ _views: st.SearchStrategy[Any] = st.recursive(
 @given(view=_views)
 @example(view={"k": "\x7f"})  # ASCII, yet json.dumps escapes it
 @example(view={"é": ["\U0001f600", "\u2028", ""]})
-@example(view={"q\"b\\": "\t\n\r\x01</x>"})
+@example(view={'q"b\\': "\t\n\r\x01</x>"})
 def test_the_digest_is_the_defined_encoding_whatever_the_text(view: Any) -> None:
     """content_digest encodes with orjson where that gives json.dumps's very bytes (ASCII
     without DEL) and with json.dumps otherwise: any text, keys and nesting, same digest."""
@@ -680,15 +680,15 @@ def test_time_that_matches_the_pattern_but_is_no_date_is_invalid(
 @pytest.mark.parametrize(
     ("attributes", "refused"),
     [
-        ([16], False),  # as many as one element may have
+        ([16], False),  # as many as a whole document may have
         ([17], True),
-        ([9, 9], False),  # more than 16 in all, none over 16 on one element
-        ([16, 17], True),
+        ([9, 8], True),  # the cap is per document: 16 elements of 16 each made 256
+        ([8, 8], False),
         ([0] * 3, False),
     ],
 )
-def test_the_attribute_cap_is_per_element(attributes: list[int], refused: bool) -> None:
-    from app.notifications import MAX_ATTRIBUTES, _require_size
+def test_the_attribute_cap_is_per_document(attributes: list[int], refused: bool) -> None:
+    from app.notifications import MAX_ATTRIBUTES, MAX_ELEMENTS, require_size
 
     assert MAX_ATTRIBUTES == 16
     root = etree.Element("Response")
@@ -696,6 +696,25 @@ def test_the_attribute_cap_is_per_element(attributes: list[int], refused: bool) 
         etree.SubElement(root, "E", {f"a{i}": "1" for i in range(n)})
     if refused:
         with pytest.raises(MalformedNotificationError, match="more than 16 attributes"):
-            _require_size(root)
+            require_size(root, MAX_ELEMENTS)
     else:
-        _require_size(root)
+        require_size(root, MAX_ELEMENTS)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_the_element_cap_holds_for_xml_and_json_notifications(
+    schemas: SchemaSet, extra: int
+) -> None:
+    """At most MAX_ELEMENTS elements, the root included, whichever the wire format."""
+    from app.notifications import MAX_ELEMENTS
+
+    count = MAX_ELEMENTS - 1 + extra  # children of the root
+    xml = b"<Response>" + b"<JobsDetail/>" * count + b"</Response>"
+    document = json.dumps({"JobsDetail": [{"Code": "x"}] * (count // 2)}).encode()
+    for body, kind in ((xml, "application/xml"), (document, "application/json")):
+        with pytest.raises((MalformedNotificationError, InvalidNotificationError)) as caught:
+            parse_notification(body, kind, schemas)
+        over = isinstance(caught.value, MalformedNotificationError)
+        if kind == "application/xml":
+            assert over == bool(extra), caught.value.message
+        assert len(caught.value.details) <= 20

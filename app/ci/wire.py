@@ -48,6 +48,15 @@ __all__ = [
 
 MAX_BODY_BYTES = 1 << 20
 MAX_DEPTH = 32
+#: Elements per document, checked before any schema work, as for a notification (a job's
+#: ``JobsDetail`` is about 100 elements; a request about 25, with up to 6 operations; CI
+#: answers a describe of up to 10 jobs and a list of up to 100, both ``describe_response``).
+MAX_ELEMENTS: dict[str, int] = {
+    "create_request": 500,
+    "create_response": 2_000,
+    "describe_response": 30_000,
+    "error": 100,
+}
 
 #: Element order of the request, spec §2.1-§2.6 (the XSD accepts any order; CI's docs and
 #: SDKs send this one).
@@ -309,7 +318,7 @@ def _parse(
     if len(body) > max_bytes:
         raise CIDocumentError(f"the body exceeds {max_bytes} bytes", ci_code="InvalidContent")
     try:
-        root = parse_xml(body, max_depth)
+        root = parse_xml(body, max_depth, MAX_ELEMENTS[document])
     except MalformedNotificationError as exc:
         raise CIDocumentError(exc.message, ci_code="InvalidContent") from exc
     _require_valid(root, document, schemas)

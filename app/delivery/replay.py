@@ -31,11 +31,11 @@ def parse_since(value: object) -> datetime:
     problem = [{"field": "since", "message": "an RFC 3339 time with offset, e.g. …T08:00:00Z"}]
     try:
         parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None:
-        raise UnprocessableError("invalid since", problem)
-    return parsed.astimezone(UTC)
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed.astimezone(UTC)  # OverflowError: 0001-01-01T00:00+14:00 has no UTC
+    except (ValueError, OverflowError):
+        pass
+    raise UnprocessableError("invalid since", problem)
 
 
 def start_replay(

@@ -28,11 +28,12 @@ from flask import Flask
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import (
+    ClientDisconnected,
     InternalServerError,
     MethodNotAllowed,
     RequestEntityTooLarge,
 )
-from werkzeug.wsgi import get_input_stream
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from app import logs
 from app.errors import (
@@ -172,18 +173,25 @@ class CallbackLane:
 
 
 def _read_body(environ: WSGIEnvironment, cap: int) -> bytes:
-    """At most ``cap`` bytes, or a 413; a body that cannot be read (broken chunked framing, a
-    client gone mid-body) is a 400. werkzeug's input stream, as Flask's request would use.
+    """At most ``cap`` bytes, or a 413; a body that cannot be read (broken chunked framing) is
+    a 400, and so is a body that ends before its Content-Length (the client closed or
+    half-closed mid-body): a broken transfer is not a notification, so neither is stored nor
+    quarantined, only counted (``truncated``). werkzeug's input stream, as Flask's request
+    would use. (Under gunicorn the stream simply ends early; werkzeug's own servers raise
+    ClientDisconnected.)
 
     The limit is one byte above the cap: a Content-Length beyond it is refused before any
     read; otherwise we read the cap, then one more byte, and tell "exactly the cap" from
     "more" (a chunked body is cut off at the limit)."""
+    declared = get_content_length(environ)
     try:
         stream = get_input_stream(environ, max_content_length=cap + 1)
         body = stream.read(cap)
         over = stream.read(1)
     except RequestEntityTooLarge:
         raise _Rejected(_too_large(cap), Outcome.TOO_LARGE) from None
+    except ClientDisconnected:
+        raise _Rejected(_truncated(declared), Outcome.TRUNCATED) from None
     except Exception as exc:
         log.info("unreadable request body: %s", exc)
         raise _Rejected(
@@ -191,7 +199,13 @@ def _read_body(environ: WSGIEnvironment, cap: int) -> bytes:
         ) from exc
     if over:
         raise _Rejected(_too_large(cap), Outcome.TOO_LARGE)
+    if declared is not None and len(body) < declared:
+        raise _Rejected(_truncated(declared), Outcome.TRUNCATED)
     return body
+
+
+def _truncated(declared: int | None) -> BadRequestError:
+    return BadRequestError(f"the request body ended before its Content-Length ({declared})")
 
 
 def _too_large(cap: int) -> PayloadTooLargeError:

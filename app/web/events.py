@@ -22,6 +22,7 @@ from app.errors import BadRequestError, UnavailableError
 from app.events import to_cloudevent
 from app.models import Event, TypeFilter
 from app.web import require_api_key, services
+from app.web.inputs import ascii_int
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events")
 
@@ -52,17 +53,18 @@ def _query(after: str) -> _Query:
     """``after`` (a sequence number), ``limit`` (1 to 500, default 100), ``type`` (repeat or
     comma-separate; ``com.cirelay.job.*`` for every job event; ``*`` for all)."""
     details = []
-    limit = request.args.get("limit", "100")
-    if not after.isdigit():
-        details.append({"field": "after", "reason": "a sequence number (0 or more)"})
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
+    after_seq = ascii_int(after)
+    limit = ascii_int(request.args.get("limit", "100"), 1, MAX_PAGE)
+    if after_seq is None:
+        details.append({"field": "after", "reason": "a sequence number (0 to 2^63-1)"})
+    if limit is None:
         details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
-    if details:
+    if after_seq is None or limit is None:
         raise BadRequestError("invalid query parameters", details)
     patterns = [t for raw in request.args.getlist("type") for t in raw.split(",") if t]
     wanted = TypeFilter.from_patterns(patterns)
     return _Query(
-        after=int(after), limit=int(limit), types=list(wanted.types), prefixes=list(wanted.prefixes)
+        after=after_seq, limit=limit, types=list(wanted.types), prefixes=list(wanted.prefixes)
     )
 
 

@@ -21,6 +21,7 @@ from app.models import Job, JobState
 from app.notifications import XML_CONTENT_TYPES, media_type
 from app.submission import request_from_json
 from app.web import audit, is_admin, require_api_key, services
+from app.web.inputs import ascii_int, json_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -46,7 +47,7 @@ def submit_job() -> ResponseReturnValue:
         region = request.args.get("region") or settings.ci_region
     elif kind == "application/json":
         ci_request, bucket, region = request_from_json(
-            request.get_json(silent=True),
+            json_body(),
             default_bucket=settings.ci_bucket,
             default_region=settings.ci_region,
         )
@@ -112,10 +113,10 @@ def list_jobs() -> ResponseReturnValue:
     details = [{"field": "state", "reason": f"unknown state {s!r}"} for s in bad]
     after = _timestamp("created_after", details)
     before = _timestamp("created_before", details)
-    limit = request.args.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE:
+    limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
+    if limit is None:
         details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
-    if details:
+    if details or limit is None:
         raise BadRequestError("invalid query parameters", details)
     with services().engine.connect() as conn:
         page = store.list_jobs(
@@ -125,9 +126,9 @@ def list_jobs() -> ResponseReturnValue:
             created_after=after,
             created_before=before,
             before_id=request.args.get("cursor") or None,
-            limit=int(limit),
+            limit=limit,
         )
-    next_cursor = page[-1].id if len(page) == int(limit) else None
+    next_cursor = page[-1].id if len(page) == limit else None
     return jsonify({"jobs": [_job_resource(job) for job in page], "next_cursor": next_cursor})
 
 
@@ -137,7 +138,8 @@ def _timestamp(name: str, details: list[dict[str, str]]) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        details.append({"field": name, "reason": "not an ISO 8601 timestamp"})
+        # the store compares in UTC, and 0001-01-01T00:00+14:00 has none (year 0)
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        details.append({"field": name, "reason": "an ISO 8601 timestamp, year 1 to 9999 in UTC"})
         return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -12,6 +12,7 @@ from app import delivery, store, subscriptions
 from app.errors import BadRequestError, NotFoundError, UnprocessableError
 from app.models import DeliveryState, Subscription, new_id
 from app.web import audit, require_api_key, services
+from app.web.inputs import ascii_int, json_body
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 
@@ -25,9 +26,7 @@ MAX_GRACE = timedelta(days=7)
 def create() -> ResponseReturnValue:
     """201 with the subscription and, this once, its ``secret``."""
     svc = services()
-    values = subscriptions.parse(
-        request.get_json(silent=True), svc.settings.delivery_allowed_networks
-    )
+    values = subscriptions.parse(json_body(), svc.settings.delivery_allowed_networks)
     now = svc.clock()
     item = Subscription(
         id=new_id("sub", now),
@@ -71,9 +70,7 @@ def get(ident: str) -> ResponseReturnValue:
 @require_api_key
 def update(ident: str) -> ResponseReturnValue:
     svc = services()
-    values = subscriptions.parse(
-        request.get_json(silent=True), svc.settings.delivery_allowed_networks, partial=True
-    )
+    values = subscriptions.parse(json_body(), svc.settings.delivery_allowed_networks, partial=True)
     with store.transaction(svc.engine) as conn:
         current = store.get_subscription(conn, ident)
         if current is None:
@@ -104,7 +101,7 @@ def rotate_secret(ident: str) -> ResponseReturnValue:
     """A new secret, returned this once; the old one keeps working for ``grace_seconds``
     (default a day, at most a week), during which deliveries are signed with both."""
     svc = services()
-    body = request.get_json(silent=True) or {}
+    body = json_body() or {}
     grace_seconds = body.get("grace_seconds", int(DEFAULT_GRACE.total_seconds()))
     if (
         not isinstance(grace_seconds, int)
@@ -146,7 +143,7 @@ def replay(ident: str) -> ResponseReturnValue:
     for one event, or ``{"since": "2026-11-25T08:00:00Z"}`` for every event since then that
     matches the subscription's types. 202 with the replay's id and how many deliveries."""
     svc = services()
-    body = request.get_json(silent=True)
+    body = json_body()
     if not isinstance(body, dict) or set(body) - {"event_id", "since"}:
         raise UnprocessableError(
             "a replay is a JSON object with event_id or since",
@@ -175,29 +172,30 @@ def list_deliveries(ident: str) -> ResponseReturnValue:
     _get(ident)
     states = [s for raw in request.args.getlist("state") for s in raw.split(",") if s]
     bad = [s for s in states if s not in set(DeliveryState)]
-    limit = request.args.get("limit", "50")
-    before = request.args.get("before")
+    limit = ascii_int(request.args.get("limit", "50"), 1, 200)
+    raw_before = request.args.get("before")
+    before = ascii_int(raw_before) if raw_before is not None else None
     problems = []
     if bad:
         problems.append({"field": "state", "reason": f"one of {sorted(DeliveryState)}"})
-    if not limit.isdigit() or not 1 <= int(limit) <= 200:
+    if limit is None:
         problems.append({"field": "limit", "reason": "an integer from 1 to 200"})
-    if before is not None and not before.isdigit():
+    if raw_before is not None and before is None:
         problems.append({"field": "before", "reason": "a delivery id"})
-    if problems:
+    if problems or limit is None:
         raise BadRequestError("invalid query parameters", problems)
     with services().engine.connect() as conn:
         items = store.list_deliveries(
             conn,
             ident,
             states=states,
-            before=int(before) if before is not None else None,
-            limit=int(limit),
+            before=before,
+            limit=limit,
         )
     return jsonify(
         {
             "deliveries": [d.view() for d in items],
-            "next_before": items[-1].id if len(items) == int(limit) else None,
+            "next_before": items[-1].id if len(items) == limit else None,
         }
     )
 
