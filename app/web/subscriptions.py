@@ -101,7 +101,12 @@ def rotate_secret(ident: str) -> ResponseReturnValue:
     """A new secret, returned this once; the old one keeps working for ``grace_seconds``
     (default a day, at most a week), during which deliveries are signed with both."""
     svc = services()
-    body = json_body() or {}
+    body = json_body()
+    body = {} if body is None else body
+    if not isinstance(body, dict):
+        raise UnprocessableError(
+            "a rotation is a JSON object", [{"field": "body", "message": '{"grace_seconds": 60}'}]
+        )
     grace_seconds = body.get("grace_seconds", int(DEFAULT_GRACE.total_seconds()))
     if (
         not isinstance(grace_seconds, int)
