@@ -74,7 +74,10 @@ def build_services(
     collector = DatabaseCollector(figures)
     registry.register(collector)
     committer = GroupCommitter(engine, jobs.apply_batch, begin=store.hold_events_lock)
-    receiver = Receiver(engine, schemas, metrics, committer, max_depth=settings.max_depth)
+    receiver = Receiver(
+        engine, schemas, metrics, committer, max_depth=settings.max_depth,
+        quarantine_per_minute=settings.quarantine_per_minute,
+    )  # fmt: skip
     submitter = Submitter(
         engine,
         ci_clients(settings, metrics=metrics, schemas=schemas, clock=clock),

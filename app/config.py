@@ -163,6 +163,9 @@ class Settings:
     #: open event streams per process; each holds a gunicorn thread, so this keeps threads
     #: free for notifications (with 16 threads: half). Above it: 503 with Retry-After.
     max_streams: int = 8
+    #: invalid notifications one source (a callback token's job, or the queue secret) may
+    #: store in quarantine per minute; beyond it they get the same 400 and are only counted
+    quarantine_per_minute: int = 60
 
     @property
     def queue_callback_secret(self) -> str:
@@ -282,6 +285,7 @@ class Settings:
             delivery_per_subscription=integer("CIRELAY_DELIVERY_PER_SUBSCRIPTION", 0, minimum=0),
             delivery_recovery_rate=number("CIRELAY_DELIVERY_RECOVERY_RATE", 200.0, 0.1),
             max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
+            quarantine_per_minute=integer("CIRELAY_QUARANTINE_PER_MINUTE", 60, minimum=1),
         )
         if "CIRELAY_CALLBACK_KEYS" in requires and not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
@@ -43,6 +43,9 @@ from app.schemas import SchemaSet
 
 log = logging.getLogger(__name__)
 
+#: the window ``quarantine_per_minute`` counts a source's quarantine writes in
+QUARANTINE_WINDOW = timedelta(minutes=1)
+
 
 @dataclass(frozen=True)
 class Receiver:
@@ -53,6 +56,8 @@ class Receiver:
     metrics: Metrics
     committer: GroupCommitter[jobs.Pending, list[ApplyResult]]
     max_depth: int = 32
+    #: quarantine writes one source may make per :data:`QUARANTINE_WINDOW`
+    quarantine_per_minute: int = 60
 
     def ingest(
         self, received: Received, now: datetime, *, quarantine: bool = True
@@ -117,10 +122,6 @@ class Receiver:
             else Outcome.MALFORMED
         )
         self.metrics.notifications.labels(outcome.value).inc()
-        log.warning(
-            "notification quarantined",
-            extra={"error": exc.code, "reasons": exc.details, "job_id": received.job_id},
-        )
         item = QuarantinedNotification(
             id=0,
             received_at=now,
@@ -134,9 +135,26 @@ class Receiver:
             replayed_at=None,
             replay_outcome=None,
         )
+        # Each invalid notification costs a row (up to the body cap) and an event, and a
+        # token holder can send them as fast as it likes: a source (a callback's job, or the
+        # queue) stores at most quarantine_per_minute a minute, counted in the database so
+        # the bound holds across workers and replicas (concurrent writers may overshoot it
+        # by the few that count at the same moment). Beyond it: the same 400, not stored.
         with store.raising_unavailable(), store.transaction(self.engine) as conn:
-            item = store.insert_quarantined(conn, item)
-            events.record_quarantined(conn, item, now)
+            recent = store.count_recent_quarantined(
+                conn, source=item.source, job_id=item.job_id, since=now - QUARANTINE_WINDOW
+            )
+            stored = recent < self.quarantine_per_minute
+            if stored:
+                item = store.insert_quarantined(conn, item)
+                events.record_quarantined(conn, item, now)
+        if not stored:
+            self.metrics.quarantine_dropped.labels(item.source).inc()
+        message = "notification quarantined" if stored else "notification not quarantined"
+        log.warning(
+            message + ("" if stored else ": its source reached CIRELAY_QUARANTINE_PER_MINUTE"),
+            extra={"error": exc.code, "reasons": exc.details, "job_id": received.job_id},
+        )
 
     def replay(self, ident: int, now: datetime) -> str:
         """Send a quarantined notification through :meth:`ingest` again (after a schema fix).

@@ -57,6 +57,8 @@ DELIVERY_LATENCY_BUCKETS = (
     43200,
 )  # fmt: skip
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 10, 15)
+#: ``source`` label values of cirelay_quarantine_dropped_total
+QUARANTINE_SOURCES = ("callback", "queue")
 #: ``outcome`` label values of cirelay_deliveries_total
 DELIVERY_OUTCOMES = ("delivered", "given_up", "subscription_disabled")
 
@@ -77,6 +79,15 @@ class Metrics:
             buckets=PROCESSING_BUCKETS,
             registry=registry,
         )
+        self.quarantine_dropped = Counter(
+            "cirelay_quarantine_dropped",
+            "Invalid notifications answered 400 but not stored: their source (callback or"
+            " queue) had stored CIRELAY_QUARANTINE_PER_MINUTE in the last minute.",
+            ["source"],
+            registry=registry,
+        )
+        for source in QUARANTINE_SOURCES:
+            self.quarantine_dropped.labels(source)
         self.transitions = Counter(
             "cirelay_job_state_transitions",
             "Job state changes recorded, by previous and new state (previous 'none': new job).",

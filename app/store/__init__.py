@@ -68,6 +68,7 @@ from app.store.job import (
 from app.store.outbox import events_head, find_event, insert_event, list_events
 from app.store.quarantine import (
     count_quarantined,
+    count_recent_quarantined,
     get_quarantined,
     insert_quarantined,
     list_quarantined,
@@ -110,6 +111,7 @@ __all__ = [
     "bring_forward",
     "claim_deliveries",
     "count_quarantined",
+    "count_recent_quarantined",
     "create_engine",
     "delete_subscription",
     "deliveries",

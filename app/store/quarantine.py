@@ -27,6 +27,19 @@ def insert_quarantined(conn: Connection, item: QuarantinedNotification) -> Quara
     return dataclasses.replace(item, id=int(result.scalar_one()))
 
 
+def count_recent_quarantined(
+    conn: Connection, *, source: str, job_id: str | None, since: datetime
+) -> int:
+    """Rows ``source`` (and ``job_id``: a callback's job, None for the queue) stored after
+    ``since``; index ``(source, job_id, received_at)``."""
+    table = quarantined_notifications
+    same_job = table.c.job_id.is_(None) if job_id is None else table.c.job_id == job_id
+    query = sa.select(sa.func.count()).where(
+        table.c.source == source, same_job, table.c.received_at > since
+    )
+    return int(conn.execute(query).scalar_one())
+
+
 def get_quarantined(conn: Connection, ident: int) -> QuarantinedNotification | None:
     query = sa.select(quarantined_notifications).where(quarantined_notifications.c.id == ident)
     row = conn.execute(query).mappings().first()

@@ -116,6 +116,8 @@ quarantined_notifications = sa.Table(
     sa.Column("reasons", sa.JSON, nullable=False),
     sa.Column("replayed_at", UTCDateTime),
     sa.Column("replay_outcome", sa.String(32)),
+    # a source's writes of the last minute (CIRELAY_QUARANTINE_PER_MINUTE)
+    sa.Index(None, "source", "job_id", "received_at"),
 )
 
 
