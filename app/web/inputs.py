@@ -17,7 +17,7 @@ from typing import Any
 from flask import request
 
 from app.errors import BadRequestError
-from app.notifications import json_shape_problem
+from app.notifications import json_count_problem, json_shape_problem
 from app.web import services
 
 #: the largest value of a signed 64-bit integer (SQL ``BIGINT``), the largest id or cursor
@@ -44,6 +44,9 @@ def json_body() -> Any:
         return None
     max_depth = services().settings.max_depth
     data = request.get_data(cache=True)  # at most MAX_CONTENT_LENGTH: 413 above it
+    problem = json_count_problem(data, MAX_JSON_VALUES)
+    if problem:
+        raise BadRequestError(problem)
     try:
         value = json.loads(data)
     except RecursionError:
