@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument("--workers", type=int, help="gunicorn worker processes (default:"
                        " CIRELAY_WORKERS, else one per CPU)")  # fmt: skip
+    serve.add_argument("--check", action="store_true", help="check the settings and exit")
     serve.set_defaults(func=cmd_serve)
 
     db = command(commands, "db", "database migrations")
@@ -251,6 +252,10 @@ def _settings(requires: frozenset[str] | tuple[str, ...] = ()) -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.processes import refuse_taken_ports
 
+    if args.check:  # a ConfigError: exit 2 with every problem (main)
+        Settings.from_env(command_environ())
+        print("configuration complete")
+        return 0
     if refused := refuse_taken_ports("serve", args.host, {"--port": args.port}):
         return refused
     environ = command_environ()

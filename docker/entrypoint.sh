@@ -25,9 +25,11 @@ serve() {
     mkdir -p -- "$PROMETHEUS_MULTIPROC_DIR"
     find "$PROMETHEUS_MULTIPROC_DIR" -mindepth 1 -delete
 
-    # On SQLite the service owns its database file: bring it to the latest revision first (as
-    # `cirelay serve` does). On PostgreSQL, `db upgrade` runs once per release (a Helm hook),
-    # not in every replica. This also checks the configuration before gunicorn starts.
+    # The configuration first: every missing or malformed setting listed, exit 2, before
+    # gunicorn starts. On SQLite the service owns its database file: bring it to the latest
+    # revision (as `cirelay serve` does). On PostgreSQL, `db upgrade` runs once per release (a
+    # Helm hook), not in every replica.
+    cirelay serve --check >/dev/null
     case "${CIRELAY_DATABASE_URL:-sqlite:}" in
         sqlite*) cirelay db upgrade ;;
     esac

@@ -439,8 +439,10 @@ def test_a_job_submitted_to_cirelay_up_reaches_success_and_ctrl_c_stops_all(
         )  # fmt: skip
 
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-        job_id = re.search(r"^(job_\w+): Success$", submitted.stdout, re.MULTILINE)
-        assert job_id, submitted.stdout
+        # progress on stderr, the final job last on stdout
+        job_id = re.search(r"^(job_\w+): Success$", submitted.stderr, re.MULTILINE)
+        assert job_id, submitted.stderr
+        assert f'"id": "{job_id.group(1)}"' in submitted.stdout.rsplit("\n{", 1)[-1]
         with requests.Session() as http:
             job = http.get(f"{base}/v1/jobs/{job_id.group(1)}", timeout=10,
                            headers={"Authorization": f"Bearer {key.group(1)}"}).json()  # fmt: skip
