@@ -278,9 +278,7 @@ class Settings:
             delivery_retention_days=integer("CIRELAY_DELIVERY_RETENTION_DAYS", 30, minimum=1),
             db_pool_size=integer("CIRELAY_DB_POOL_SIZE", 5, minimum=1),
             db_connect_timeout_seconds=number("CIRELAY_DB_CONNECT_TIMEOUT_SECONDS", 2.0, 2.0),
-            db_statement_timeout_seconds=number(
-                "CIRELAY_DB_STATEMENT_TIMEOUT_SECONDS", 1.5, 0.0
-            ),
+            db_statement_timeout_seconds=number("CIRELAY_DB_STATEMENT_TIMEOUT_SECONDS", 1.5, 0.0),
             db_pool_timeout_seconds=number("CIRELAY_DB_POOL_TIMEOUT_SECONDS", 2.0, 0.0),
             delivery_per_subscription=integer("CIRELAY_DELIVERY_PER_SUBSCRIPTION", 0, minimum=0),
             delivery_recovery_rate=number("CIRELAY_DELIVERY_RECOVERY_RATE", 200.0, 0.1),
