@@ -493,7 +493,8 @@ def _assert_not_5xx(response: Any, allowed: Set[str] = frozenset()) -> None:
 @given(
     route=st.sampled_from(GET_ROUTES),
     query=st.lists(st.tuples(st.sampled_from(QUERY_NAMES), QUERY_VALUES), max_size=4),
-    last_event_id=st.none() | QUERY_VALUES,
+    # a header value cannot hold a line break (the client refuses to send one)
+    last_event_id=st.none() | QUERY_VALUES.filter(lambda v: not {"\r", "\n"} & set(v)),
 )
 @example(route="/v1/events", query=[("after", "²")], last_event_id=None)
 @example(route="/v1/events", query=[("after", str(2**64))], last_event_id=None)
