@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument("--workers", type=int, help="gunicorn worker processes (default:"
                        " CIRELAY_WORKERS, else one per CPU)")  # fmt: skip
-    serve.add_argument("--check", action="store_true", help="check the settings and exit")
+    serve.add_argument("--check", action="store_true", help="only check settings; default: serve")
     serve.set_defaults(func=cmd_serve)
 
     db = command(commands, "db", "database migrations")
