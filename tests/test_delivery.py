@@ -27,7 +27,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app import Services, build_services, store
 from app.config import Settings
-from app.delivery import SUBSCRIPTION_DISABLED, Deliverer, Policy, Sender
+from app.delivery import SUBSCRIPTION_DISABLED, Deliverer, Policy, Sender, parse_retry_after
 from app.models import AttemptResult
 from app.schemas import SchemaSet
 from tests.conftest import Clock, ci_job_id, make_job, notification_xml
@@ -848,3 +848,9 @@ def test_a_subscription_deleted_while_its_delivery_is_in_flight_is_recorded_with
     deliverer.wait_idle()  # the attempt's record does not fail the round
 
     assert deliveries(engine) == []
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "-5", "soon", "12.5"])
+def test_an_unreadable_retry_after_is_ignored_not_raised(value: str) -> None:
+    """delta-seconds are ASCII digits (RFC 9110); anything else that is not a date is None."""
+    assert parse_retry_after(value) is None
