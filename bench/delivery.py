@@ -166,11 +166,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
             api_key = env["CIRELAY_API_KEYS"]
             create_subscription(server.url, api_key, f"http://127.0.0.1:{hook_port}/hook")
-            with (work / "worker.log").open("wb") as log:
-                worker = subprocess.Popen(
-                    [str(ingest._venv_bin() / "cirelay"), "worker"],
-                    env=dict(server.env), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+            worker = start_worker(server, work)
             time.sleep(1.0)  # the worker's first round
             print(f"sending {total} notifications at {args.rate:g}/s "
                   f"({args.warmup:g} s warm-up + {args.duration:g} s)", flush=True)  # fmt: skip
@@ -288,6 +284,15 @@ def wait_for_backlog(base: str, timeout: float, interval: float = 0.2) -> None:
     print("warning: the delivery backlog did not empty in time", file=sys.stderr)
 
 
+def start_worker(server: ingest.Server, work: Path) -> subprocess.Popen[bytes]:
+    """``cirelay worker`` with the service's environment, its output in ``work/worker.log``."""
+    with (work / "worker.log").open("wb") as log:
+        return subprocess.Popen(
+            [str(ingest._venv_bin() / "cirelay"), "worker"],
+            env=dict(server.env), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 # --- faults: a slow subscriber beside a fast one; recovery after an outage -------------------
 
 
@@ -327,11 +332,7 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
         with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
             key = env["CIRELAY_API_KEYS"]
             create_subscription(server.url, key, f"http://127.0.0.1:{port}/hook")
-            with (work / "worker.log").open("wb") as log:
-                worker = subprocess.Popen(
-                    [str(ingest._venv_bin() / "cirelay"), "worker"],
-                    env=dict(server.env), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
+            worker = start_worker(server, work)
             time.sleep(1.0)
             print("phase 1: the fast subscriber alone", flush=True)
             phases["alone"] = send_at_rate(server.url, jobs[:per_phase], template, args.rate,

@@ -212,3 +212,9 @@ def counts(engine: Engine) -> dict[str, int]:
             t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
             for t in store.metadata.sorted_tables
         }
+
+
+def outcome_count(registry: CollectorRegistry, outcome: str) -> float:
+    """``cirelay_notifications_total{outcome}`` as the registry holds it (0 if never counted)."""
+    value = registry.get_sample_value("cirelay_notifications_total", {"outcome": outcome})
+    return value or 0.0

@@ -21,6 +21,7 @@ from tests.conftest import (
     counts,
     make_job,
     notification_xml,
+    outcome_count,
     queue_path,
 )
 
@@ -29,11 +30,6 @@ XML = {"Content-Type": "application/xml"}
 FORGED = notification_xml(ci_job_id(1), "Success").replace(
     "split/ballad-04/voice.m4a", "attacker/voice.m4a"
 )
-
-
-def outcome_count(registry: CollectorRegistry, outcome: str) -> float:
-    value = registry.get_sample_value("cirelay_notifications_total", {"outcome": outcome})
-    return value or 0.0
 
 
 @pytest.fixture

@@ -21,15 +21,11 @@ from tests.conftest import (
     counts,
     make_job,
     notification_xml,
+    outcome_count,
     queue_path,
 )
 
 XML = {"Content-Type": "application/xml"}
-
-
-def outcome_count(registry: CollectorRegistry, outcome: str) -> float:
-    value = registry.get_sample_value("cirelay_notifications_total", {"outcome": outcome})
-    return value or 0.0
 
 
 @pytest.fixture
