@@ -114,13 +114,7 @@ class Receiver:
                 )
 
     def _quarantine(self, received: Received, exc: BadRequestError, now: datetime) -> None:
-        outcome = (
-            Outcome.SCHEMA_VIOLATION
-            if isinstance(exc, InvalidNotificationError)
-            else Outcome.WRONG_ENDPOINT
-            if isinstance(exc, WrongEndpointError)
-            else Outcome.MALFORMED
-        )
+        outcome = refusal_outcome(exc)
         self.metrics.notifications.labels(outcome.value).inc()
         item = QuarantinedNotification(
             id=0,
@@ -176,12 +170,18 @@ class Receiver:
         try:
             results = self.ingest(received, now, quarantine=False)
             outcome = results[0].outcome.value
-        except InvalidNotificationError:
-            outcome = Outcome.SCHEMA_VIOLATION.value
-        except WrongEndpointError:
-            outcome = Outcome.WRONG_ENDPOINT.value
-        except BadRequestError:
-            outcome = Outcome.MALFORMED.value
+        except BadRequestError as exc:
+            outcome = refusal_outcome(exc).value
         with store.transaction(self.engine) as conn:
             store.mark_replayed(conn, ident, now, outcome)
         return outcome
+
+
+def refusal_outcome(exc: BadRequestError) -> Outcome:
+    """What a refused notification counts as, in the metrics, in quarantine and in a
+    replay's record: the one place an error is mapped to an outcome."""
+    if isinstance(exc, InvalidNotificationError):
+        return Outcome.SCHEMA_VIOLATION
+    if isinstance(exc, WrongEndpointError):
+        return Outcome.WRONG_ENDPOINT
+    return Outcome.MALFORMED

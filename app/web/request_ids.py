@@ -32,7 +32,6 @@ class RequestIds:
         request_id = logs.bind_request_id(environ.get("HTTP_X_REQUEST_ID"))
 
         def start_with_id(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
-            headers = [(k, v) for k, v in headers if k.lower() != HEADER.lower()]
             return start_response(status, [*headers, (HEADER, request_id)], *args)
 
         try:
