@@ -120,7 +120,6 @@ def run_subscriber(out: Path, port: int = 0) -> int:
 def run_drip_subscriber() -> int:
     """A subscriber that reads each request, then drip-feeds a 200 answer (a byte every
     0.5 s) on every connection until SIGTERM."""
-    import socket
 
     listener = socket.create_server(("127.0.0.1", 0), backlog=128)
     print(listener.getsockname()[1], flush=True)
