@@ -42,6 +42,7 @@ def _job(row: sa.Row[Any]) -> Job:
         idempotency_key=m["idempotency_key"],
         request_digest=m["request_digest"],
         submit_error=m["submit_error"],
+        operation=detail.get("operation"),
     )
 
 
@@ -111,6 +112,7 @@ def job_values(job: Job, *, only: frozenset[str] | None = None) -> dict[str, Any
             "media_info": job.media_info,
             "workflow": job.workflow,
             "template": job.template,
+            "operation": job.operation,
         },
         "ci_created_at": job.ci_created_at,
         "ci_started_at": job.ci_started_at,
