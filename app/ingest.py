@@ -75,13 +75,18 @@ class Receiver:
             notification = parse_notification(
                 received.body, received.content_type, self.schemas, max_depth=self.max_depth
             )
-            notification, ignored = self._accepted(notification, received)
+            kept = self._accepted(notification, received)
             results: list[ApplyResult] = []
-            if notification.reports or notification.workflow:
+            if kept.reports or kept.workflow:
                 # a database that is down: 503, CI retries (so do replay and reconciler callers)
                 with store.raising_unavailable():
-                    results = self.committer.run(jobs.Pending(notification, received, now))
-            results += ignored
+                    results = self.committer.run(jobs.Pending(kept, received, now))
+            if kept is not notification:  # the ignored ones too, in the document's order
+                recorded = iter(results)
+                results = [
+                    next(recorded) if r in kept.reports else _ignored(r)
+                    for r in notification.reports
+                ]
         except BadRequestError as exc:  # malformed, invalid, or valid but for another job
             if quarantine:
                 self._quarantine(received, exc, now)
@@ -93,21 +98,16 @@ class Receiver:
             self._count(result)
         return results
 
-    def _accepted(
-        self, notification: Notification, received: Received
-    ) -> tuple[Notification, list[ApplyResult]]:
-        """The notification without the jobs of tags ``accept_tags`` excludes, and the
-        ``ignored`` results of those. Only the queue's traffic is filtered: a job cirelay
-        submitted reports to its own URL, and is always recorded."""
+    def _accepted(self, notification: Notification, received: Received) -> Notification:
+        """The notification without the jobs of tags ``accept_tags`` excludes (itself when
+        it has none). Only the queue's traffic is filtered: a job cirelay submitted reports
+        to its own URL, and is always recorded."""
         if not self.accept_tags or received.job_id is not None:
-            return notification, []
+            return notification
         kept = tuple(r for r in notification.reports if r.tag in self.accept_tags)
-        ignored = [
-            ApplyResult(Outcome.IGNORED, None, r.ci_job_id, None, r.state, tag=r.tag)
-            for r in notification.reports
-            if r.tag not in self.accept_tags
-        ]
-        return dataclasses.replace(notification, reports=kept), ignored
+        if len(kept) == len(notification.reports):
+            return notification
+        return dataclasses.replace(notification, reports=kept)
 
     def ingest_polled(self, job_id: str, report: JobReport, now: datetime) -> ApplyResult:
         """Apply what asking CI taught us about ``job_id``, through the same rules as a
@@ -201,6 +201,11 @@ class Receiver:
         with store.transaction(self.engine) as conn:
             store.mark_replayed(conn, ident, now, outcome)
         return outcome
+
+
+def _ignored(report: JobReport) -> ApplyResult:
+    """A job of a tag ``CIRELAY_ACCEPT_TAGS`` excludes: answered, counted, not stored."""
+    return ApplyResult(Outcome.IGNORED, None, report.ci_job_id, None, report.state, tag=report.tag)
 
 
 def refusal_outcome(exc: BadRequestError) -> Outcome:

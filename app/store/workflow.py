@@ -20,7 +20,7 @@ _DIGESTS = sa.select(workflow_executions.c.run_id, workflow_executions.c.digest)
 def execution_digests(conn: Connection, run_ids: Iterable[str]) -> dict[str, str]:
     """The digest each of these RunIds was recorded with (those recorded at all). The caller
     holds the events lock, which every writer of workflow instances takes first."""
-    return dict(conn.execute(_DIGESTS, {"run_ids": sorted(set(run_ids))}).tuples().all())
+    return dict(conn.execute(_DIGESTS, {"run_ids": sorted(set(run_ids))}).all())
 
 
 def insert_executions(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -144,4 +144,4 @@ def job_ids_by_ci_id(conn: Connection, ci_job_ids: Iterable[str | None]) -> dict
     if not wanted:
         return {}
     query = sa.select(jobs.c.ci_job_id, jobs.c.id).where(jobs.c.ci_job_id.in_(wanted))
-    return dict(conn.execute(query).tuples().all())
+    return dict(conn.execute(query).all())

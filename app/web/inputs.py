@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import request
@@ -57,3 +58,18 @@ def json_body() -> Any:
     if problem:
         raise BadRequestError(problem)
     return value
+
+
+def query_timestamp(name: str, details: list[dict[str, str]]) -> datetime | None:
+    """The query parameter ``name`` as an aware UTC time (None when absent); a bad one is
+    added to ``details``."""
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        # the store compares in UTC, and 0001-01-01T00:00+14:00 has none (year 0)
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        details.append({"field": name, "reason": "an ISO 8601 timestamp, year 1 to 9999 in UTC"})
+        return None
