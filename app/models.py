@@ -73,6 +73,8 @@ KNOWN_TAGS = (
     "FileHashCode",
 )  # fmt: skip
 _KNOWN_TAGS = frozenset(KNOWN_TAGS)
+#: the one tag cirelay submits and types beyond the envelope (``notification.xsd``)
+VOICE_SEPARATE = "VoiceSeparate"
 #: the ``tag`` label of a workflow instance's notification
 WORKFLOW_TAG = "workflow"
 

@@ -38,7 +38,7 @@ import orjson
 from lxml import etree
 
 from app.errors import InvalidNotificationError, MalformedNotificationError
-from app.models import JobReport, JobState, Notification
+from app.models import VOICE_SEPARATE, JobReport, JobState, Notification
 from app.schemas import MAX_VIOLATIONS, SchemaSet, Violation
 
 XML_CONTENT_TYPES = frozenset({"application/xml", "text/xml"})
@@ -132,10 +132,6 @@ def parse_notification(
         body=body,
         content_type=kind,
     )
-
-
-#: the one tag cirelay types beyond the envelope
-VOICE_SEPARATE = "VoiceSeparate"
 
 
 def _require_valid(violations: list[Violation]) -> None:

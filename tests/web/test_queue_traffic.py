@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
-from app import Services, create_app
+from app import Services, create_app, store
 from tests.conftest import (
     CORPUS,
     callback_path,
@@ -241,3 +241,17 @@ def test_accept_tags_ignores_the_tags_it_excludes(
     assert post(client, WORKFLOWS / "workflow-finish.xml").json["results"][0]["outcome"] == (
         "accepted"
     )  # workflow instances are always recorded
+
+
+def test_the_reconciler_asks_ci_only_about_voiceseparate_jobs(
+    client: FlaskClient, engine: Engine, clock: Any
+) -> None:
+    """CI's answers are checked by the typed describe schema: a silent job of another tag
+    would fail it, and with it the batch of VoiceSeparate jobs asked about beside it."""
+    body = (TASKS / "noise-reduction.xml").read_text().replace("Success", "Running")
+    assert client.post(queue_path(), data=body, headers=XML).status_code == 200
+    typed = (CORPUS / "notification" / "valid" / "success-alphabetical.xml").read_text()
+    client.post(queue_path(), data=typed.replace("Success", "Running"), headers=XML)
+    with engine.connect() as conn:
+        silent = store.list_silent_jobs(conn, silent_since=clock() + timedelta(1), limit=10)
+    assert [job.tag for job in silent] == ["VoiceSeparate"]
