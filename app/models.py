@@ -75,6 +75,8 @@ KNOWN_TAGS = (
 _KNOWN_TAGS = frozenset(KNOWN_TAGS)
 #: the one tag cirelay submits and types beyond the envelope (``notification.xsd``)
 VOICE_SEPARATE = "VoiceSeparate"
+#: a workflow instance's states (WorkflowExecution.State: Failed when any task failed)
+WORKFLOW_STATES = (JobState.SUCCESS.value, JobState.FAILED.value)
 #: the ``tag`` label of a workflow instance's notification
 WORKFLOW_TAG = "workflow"
 

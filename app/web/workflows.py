@@ -11,15 +11,13 @@ from flask.typing import ResponseReturnValue
 
 from app import store
 from app.errors import BadRequestError, NotFoundError
-from app.models import WorkflowExecution
+from app.models import WORKFLOW_STATES, WorkflowExecution
 from app.web import require_api_key, services
 from app.web.inputs import ascii_int, query_timestamp
 
 bp = Blueprint("workflows", __name__, url_prefix="/v1/workflow-executions")
 
 MAX_PAGE = 200
-#: WorkflowExecution.State (Tencent's page: Success or Failed)
-STATES = ("Success", "Failed")
 
 
 def _views(conn: Any, executions: list[WorkflowExecution]) -> list[dict[str, Any]]:
@@ -51,7 +49,7 @@ def list_executions() -> ResponseReturnValue:
     page's ``next_cursor``."""
     states = [s for raw in request.args.getlist("state") for s in raw.split(",") if s]
     details = [{"field": "state", "reason": f"unknown state {s!r}"} for s in states
-               if s not in STATES]  # fmt: skip
+               if s not in WORKFLOW_STATES]  # fmt: skip
     after = query_timestamp("created_after", details)
     before = query_timestamp("created_before", details)
     limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
