@@ -10,14 +10,12 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app import store
-from app.errors import BadRequestError, NotFoundError
+from app.errors import NotFoundError
 from app.models import WORKFLOW_STATES, WorkflowExecution
 from app.web import require_api_key, services
-from app.web.inputs import ascii_int, query_timestamp
+from app.web.inputs import page_query
 
 bp = Blueprint("workflows", __name__, url_prefix="/v1/workflow-executions")
-
-MAX_PAGE = 200
 
 
 def _views(conn: Any, executions: list[WorkflowExecution]) -> list[dict[str, Any]]:
@@ -47,16 +45,7 @@ def list_executions() -> ResponseReturnValue:
     ``task_type`` (a task's Type), ``created_after``/``created_before`` (ISO 8601, when
     cirelay recorded it); ``limit`` (1 to 200, default 50); ``cursor`` from the previous
     page's ``next_cursor``."""
-    states = [s for raw in request.args.getlist("state") for s in raw.split(",") if s]
-    details = [{"field": "state", "reason": f"unknown state {s!r}"} for s in states
-               if s not in WORKFLOW_STATES]  # fmt: skip
-    after = query_timestamp("created_after", details)
-    before = query_timestamp("created_before", details)
-    limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
-    if limit is None:
-        details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
-    if details or limit is None:
-        raise BadRequestError("invalid query parameters", details)
+    query = page_query(WORKFLOW_STATES)
     job = request.args.get("job") or None
     with services().engine.connect() as conn:
         if job and job.startswith("job_"):  # cirelay's id: its CI JobId is what tasks name
@@ -64,17 +53,17 @@ def list_executions() -> ResponseReturnValue:
             job = (found.ci_job_id if found else None) or job
         page = store.list_executions(
             conn,
-            states=states,
+            states=query.states,
             workflow_id=request.args.get("workflow_id") or None,
             bucket=request.args.get("bucket") or None,
             object_key=request.args.get("object") or None,
             ci_job_id=job,
             task_type=request.args.get("task_type") or None,
-            created_after=after,
-            created_before=before,
-            before_id=request.args.get("cursor") or None,
-            limit=limit,
+            created_after=query.created_after,
+            created_before=query.created_before,
+            before_id=query.cursor,
+            limit=query.limit,
         )
         views = _views(conn, page)
-    next_cursor = page[-1].id if len(page) == limit else None
+    next_cursor = page[-1].id if len(page) == query.limit else None
     return jsonify({"workflow_executions": views, "next_cursor": next_cursor})
