@@ -77,6 +77,7 @@ def build_services(
     receiver = Receiver(
         engine, schemas, metrics, committer, max_depth=settings.max_depth,
         quarantine_per_minute=settings.quarantine_per_minute,
+        accept_tags=frozenset(settings.accept_tags),
     )  # fmt: skip
     submitter = Submitter(
         engine,

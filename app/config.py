@@ -166,6 +166,10 @@ class Settings:
     #: invalid notifications one source (a callback token's job, or the queue secret) may
     #: store in quarantine per minute; beyond it they get the same 400 and are only counted
     quarantine_per_minute: int = 60
+    #: the job tags recorded from the queue's URL (``CIRELAY_ACCEPT_TAGS``); empty: every
+    #: tag. A valid notification of another tag is answered 200, counted ``ignored``, not
+    #: stored. Workflow notifications and jobs' own callbacks are always recorded.
+    accept_tags: tuple[str, ...] = ()
 
     @property
     def queue_callback_secret(self) -> str:
@@ -284,6 +288,7 @@ class Settings:
             delivery_recovery_rate=number("CIRELAY_DELIVERY_RECOVERY_RATE", 200.0, 0.1),
             max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
             quarantine_per_minute=integer("CIRELAY_QUARANTINE_PER_MINUTE", 60, minimum=1),
+            accept_tags=csv("CIRELAY_ACCEPT_TAGS"),
         )
         if "CIRELAY_CALLBACK_KEYS" in requires and not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")

@@ -2,7 +2,8 @@
 transaction as the change they describe, so an event exists exactly when its change does.
 
 Types are reverse-DNS names: ``com.cirelay.job.<submitted|running|succeeded|failed|paused|
-cancelled>`` and ``com.cirelay.notification.quarantined``. The CloudEvents envelope is built
+cancelled>`` (jobs of every tag), ``com.cirelay.workflow.finished`` (a workflow instance
+ended) and ``com.cirelay.notification.quarantined``. The CloudEvents envelope is built
 from these columns at delivery time.
 """
 
@@ -15,13 +16,21 @@ from cloudevents.v1.conversion import to_dict
 from cloudevents.v1.http import CloudEvent
 
 from app import store
-from app.models import Event, Job, JobState, QuarantinedNotification, new_id
+from app.models import (
+    Event,
+    Job,
+    JobState,
+    QuarantinedNotification,
+    WorkflowExecution,
+    new_id,
+)
 
 if TYPE_CHECKING:  # a type only: the domain imports no SQLAlchemy
     from sqlalchemy.engine import Connection
 
 TYPE_PREFIX = "com.cirelay"
 QUARANTINED = f"{TYPE_PREFIX}.notification.quarantined"
+WORKFLOW_FINISHED = f"{TYPE_PREFIX}.workflow.finished"
 
 
 def to_cloudevent(event: Event) -> dict[str, Any]:
@@ -65,6 +74,25 @@ def job_changed_event(job: Job, previous: JobState | None, now: datetime) -> dic
         "job_id": job.id,
         "time": now,
         "data": data,
+    }
+
+
+def workflow_finished_event(
+    execution: WorkflowExecution, job_ids: dict[str, str], now: datetime
+) -> dict[str, Any]:
+    """The outbox row announcing that a workflow instance ended: its view is the data, its
+    RunId the subject; the source names its bucket and workflow. ``job_ids`` links its
+    tasks to the jobs cirelay knows (CI JobId -> job id)."""
+    report = execution.report
+    bucket = report.bucket or "unknown-bucket"
+    return {
+        "id": new_id("evt", now),
+        "type": WORKFLOW_FINISHED,
+        "source": f"https://{bucket}.ci.myqcloud.com/workflows/{report.workflow_id}",
+        "subject": report.run_id,
+        "job_id": None,
+        "time": now,
+        "data": execution.view(job_ids),
     }
 
 

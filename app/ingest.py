@@ -30,6 +30,7 @@ from app.errors import (
 )
 from app.metrics import Metrics
 from app.models import (
+    WORKFLOW_TAG,
     ApplyResult,
     JobReport,
     Notification,
@@ -37,6 +38,7 @@ from app.models import (
     QuarantinedNotification,
     Received,
     Source,
+    tag_label,
 )
 from app.notifications import parse_notification
 from app.schemas import SchemaSet
@@ -58,6 +60,8 @@ class Receiver:
     max_depth: int = 32
     #: quarantine writes one source may make per :data:`QUARANTINE_WINDOW`
     quarantine_per_minute: int = 60
+    #: job tags recorded from the queue's URL (``CIRELAY_ACCEPT_TAGS``); empty: every tag
+    accept_tags: frozenset[str] = frozenset()
 
     def ingest(
         self, received: Received, now: datetime, *, quarantine: bool = True
@@ -71,9 +75,18 @@ class Receiver:
             notification = parse_notification(
                 received.body, received.content_type, self.schemas, max_depth=self.max_depth
             )
-            # a database that is down: 503, CI retries (so do replay and reconciler callers)
-            with store.raising_unavailable():
-                results = self.committer.run(jobs.Pending(notification, received, now))
+            kept = self._accepted(notification, received)
+            results: list[ApplyResult] = []
+            if kept.reports or kept.workflow:
+                # a database that is down: 503, CI retries (so do replay and reconciler callers)
+                with store.raising_unavailable():
+                    results = self.committer.run(jobs.Pending(kept, received, now))
+            if kept is not notification:  # the ignored ones too, in the document's order
+                recorded = iter(results)
+                results = [
+                    next(recorded) if r in kept.reports else _ignored(r)
+                    for r in notification.reports
+                ]
         except BadRequestError as exc:  # malformed, invalid, or valid but for another job
             if quarantine:
                 self._quarantine(received, exc, now)
@@ -84,6 +97,17 @@ class Receiver:
         for result in results:
             self._count(result)
         return results
+
+    def _accepted(self, notification: Notification, received: Received) -> Notification:
+        """The notification without the jobs of tags ``accept_tags`` excludes (itself when
+        it has none). Only the queue's traffic is filtered: a job cirelay submitted reports
+        to its own URL, and is always recorded."""
+        if not self.accept_tags or received.job_id is not None:
+            return notification
+        kept = tuple(r for r in notification.reports if r.tag in self.accept_tags)
+        if len(kept) == len(notification.reports):
+            return notification
+        return dataclasses.replace(notification, reports=kept)
 
     def ingest_polled(self, job_id: str, report: JobReport, now: datetime) -> ApplyResult:
         """Apply what asking CI taught us about ``job_id``, through the same rules as a
@@ -106,7 +130,9 @@ class Receiver:
 
     def _count(self, result: ApplyResult) -> None:
         self.metrics.notifications.labels(result.outcome.value).inc()
-        if result.outcome is Outcome.ACCEPTED:
+        tag = WORKFLOW_TAG if result.workflow else tag_label(result.tag)
+        self.metrics.notifications_by_tag.labels(tag, result.outcome.value).inc()
+        if result.outcome is Outcome.ACCEPTED and not result.workflow:
             self.metrics.transitions.labels(result.previous_state or "none", result.state).inc()
             if result.ci_duration_seconds is not None:
                 self.metrics.ci_job_duration.labels(result.state).observe(
@@ -175,6 +201,11 @@ class Receiver:
         with store.transaction(self.engine) as conn:
             store.mark_replayed(conn, ident, now, outcome)
         return outcome
+
+
+def _ignored(report: JobReport) -> ApplyResult:
+    """A job of a tag ``CIRELAY_ACCEPT_TAGS`` excludes: answered, counted, not stored."""
+    return ApplyResult(Outcome.IGNORED, None, report.ci_job_id, None, report.state, tag=report.tag)
 
 
 def refusal_outcome(exc: BadRequestError) -> Outcome:

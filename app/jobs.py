@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from app import events, store
+from app import events, store, workflows
 from app.errors import (
     InvalidNotificationError,
     NotFoundError,
@@ -122,8 +122,13 @@ def apply_batch(
     Any other exception leaves the transaction to be rolled back by the caller."""
     batch = _Batch(conn)
     batch.load(items)
+    runs = workflows.Runs.load(conn, items)  # after the jobs: the lock order
     outcomes: list[list[ApplyResult] | ServiceError] = []
     for item in items:
+        if item.notification.workflow is not None:
+            run = runs.apply(item)
+            outcomes.append([run] if isinstance(run, ApplyResult) else run)
+            continue
         try:
             batch.check_endpoint(item)  # before job_for creates any job of a queue notification
             jobs = [batch.job_for(report, item) for report in item.notification.reports]
@@ -133,6 +138,7 @@ def apply_batch(
         reports = item.notification.reports
         outcomes.append([batch.apply(j, r, item) for j, r in zip(jobs, reports, strict=True)])
     batch.write()
+    runs.write()
     return outcomes
 
 
@@ -230,7 +236,8 @@ class _Batch:
         job = self.jobs[job.id]  # as earlier items of this batch left it
         now = item.now
         if (job.id, report.digest) in self.digests:
-            return ApplyResult(Outcome.DUPLICATE, job.id, report.ci_job_id, job.state, job.state)
+            return ApplyResult(Outcome.DUPLICATE, job.id, report.ci_job_id, job.state, job.state,
+                               tag=report.tag)  # fmt: skip
         self.digests.add((job.id, report.digest))
         is_new = job.id in self.created and job.last_notified_at is None
         previous = None if is_new else job.state
@@ -253,7 +260,8 @@ class _Batch:
         )
         if not moves:
             self._change(dataclasses.replace(job, last_notified_at=now))
-            return ApplyResult(outcome, job.id, report.ci_job_id, job.state, job.state)
+            return ApplyResult(outcome, job.id, report.ci_job_id, job.state, job.state,
+                               tag=report.tag)  # fmt: skip
         moved = _moved(job, report, now)
         self._change(moved)
         self.events.append(events.job_changed_event(moved, previous, now))
@@ -264,6 +272,7 @@ class _Batch:
             previous,
             moved.state,
             ci_duration_seconds=report.ci_duration_seconds if report.state.is_terminal else None,
+            tag=report.tag,
         )
 
     def _change(self, job: Job) -> None:
@@ -310,6 +319,7 @@ def _moved(job: Job, report: JobReport, now: datetime) -> Job:
         media_info=report.media_info,
         workflow=report.workflow,
         template=report.template,
+        operation=report.operation,
         ci_created_at=report.created_at,
         ci_started_at=report.started_at,
         ci_ended_at=report.ended_at,

@@ -72,6 +72,14 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.notifications_by_tag = Counter(
+            "cirelay_notifications_by_tag",
+            "Jobs and workflow instances CI reported (one per JobsDetail or"
+            " WorkflowExecution), by tag (a known job tag, 'workflow', else 'other') and"
+            " outcome.",
+            ["tag", "outcome"],
+            registry=registry,
+        )
         self.processing_seconds = Histogram(
             "cirelay_notification_processing_seconds",
             "Time from a notification's arrival to its answer.",

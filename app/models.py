@@ -58,6 +58,32 @@ class Outcome(enum.StrEnum):
     TRUNCATED = "truncated"  # the body ended before its Content-Length: nothing recorded
     # a queue notification about a job cirelay submitted (it has its own CallBack URL)
     WRONG_ENDPOINT = "wrong_endpoint"
+    # valid, about a tag CIRELAY_ACCEPT_TAGS excludes: answered 200, not stored
+    IGNORED = "ignored"
+
+
+#: the tags the ``tag`` metric label names (CI's media job tags, spec §10 and the SDKs); any
+#: other tag is counted as ``other``, so the label stays bounded whatever a queue sends
+KNOWN_TAGS = (
+    "VoiceSeparate", "NoiseReduction", "SpeechRecognition", "Tts", "Transcode", "Snapshot",
+    "Animation", "Concat", "SmartCover", "VideoMontage", "VideoProcess", "Watermark",
+    "SDRtoHDR", "DigitalWatermark", "ExtractDigitalWatermark", "SuperResolution",
+    "Segment", "StreamExtract", "PicProcess", "MediaInfo", "SoundHound", "VideoTag",
+    "QualityEstimate", "Translation", "WordsGeneralize", "FileCompress", "FileUncompress",
+    "FileHashCode",
+)  # fmt: skip
+_KNOWN_TAGS = frozenset(KNOWN_TAGS)
+#: the one tag cirelay submits and types beyond the envelope (``notification.xsd``)
+VOICE_SEPARATE = "VoiceSeparate"
+#: a workflow instance's states (WorkflowExecution.State: Failed when any task failed)
+WORKFLOW_STATES = (JobState.SUCCESS.value, JobState.FAILED.value)
+#: the ``tag`` label of a workflow instance's notification
+WORKFLOW_TAG = "workflow"
+
+
+def tag_label(tag: str) -> str:
+    """The bounded ``tag`` metric label of a job's tag: itself if known, else ``other``."""
+    return tag if tag in _KNOWN_TAGS else "other"
 
 
 class Source(enum.StrEnum):
@@ -91,6 +117,8 @@ class JobReport:
     template: dict[str, Any] | None
     #: sha256 over the canonical form of this JobsDetail: equal content, equal digest
     digest: str
+    #: the tag's own Operation containers as received (``{"NoiseReduction": {...}}``)
+    operation: dict[str, Any] | None = None
 
     @property
     def ci_duration_seconds(self) -> float | None:
@@ -108,6 +136,65 @@ class Notification:
     wire_format: str  # "xml" or "json"
     body: bytes
     content_type: str
+    #: a WorkflowFinish: the instance it reports (``reports`` is then empty)
+    workflow: WorkflowReport | None = None
+
+
+@dataclass(frozen=True)
+class WorkflowReport:
+    """What a valid WorkflowFinish says about one workflow instance (execution)."""
+
+    run_id: str
+    workflow_id: str
+    workflow_name: str | None
+    bucket: str | None
+    object: str | None
+    cos_headers: dict[str, str]
+    state: str  # Success or Failed
+    ci_created_at: datetime | None
+    #: each node: type, state, ci_job_id, name, template_id, template_name, created/ended
+    tasks: list[dict[str, Any]]
+    #: sha256 over the canonical form of the WorkflowExecution: equal content, equal digest
+    digest: str
+
+
+@dataclass(frozen=True)
+class WorkflowExecution:
+    """A workflow instance as cirelay records it."""
+
+    id: str
+    report: WorkflowReport
+    source: str
+    wire_format: str
+    created_at: datetime
+
+    def view(self, job_ids: dict[str, str] | None = None) -> dict[str, Any]:
+        """The public JSON view: the read API's answer and the event's ``data``. ``job_ids``
+        maps CI JobIds to cirelay's job ids, to link each task to its job."""
+        r = self.report
+        links = job_ids or {}
+        return {
+            "id": self.id,
+            "run_id": r.run_id,
+            "workflow_id": r.workflow_id,
+            "workflow_name": r.workflow_name,
+            "bucket": r.bucket,
+            "object": r.object,
+            "cos_headers": r.cos_headers,
+            "state": r.state,
+            "tasks": [
+                {**task, "job_id": links.get(task.get("ci_job_id") or "")} for task in r.tasks
+            ],
+            "timings": {
+                "ci_created_at": iso_z(r.ci_created_at),
+                "ci_ended_at": max(
+                    (t["ci_ended_at"] for t in r.tasks if t.get("ci_ended_at")), default=None
+                ),
+                "created_at": iso_z(self.created_at),
+            },
+            "source": self.source,
+            "wire_format": self.wire_format,
+        }
 
 
 @dataclass(frozen=True)
@@ -123,13 +210,19 @@ class Received:
 
 @dataclass
 class ApplyResult:
+    """What became of one JobsDetail (or of one WorkflowExecution: ``job_id`` is then the
+    execution's id, ``ci_job_id`` its RunId and ``workflow`` true)."""
+
     outcome: Outcome
-    job_id: str
+    job_id: str | None
     ci_job_id: str
     previous_state: JobState | None
     state: JobState
     ci_duration_seconds: float | None = None
     details: list[str] = field(default_factory=list)
+    #: the job's tag (``workflow`` for a workflow instance), for the ``tag`` metric label
+    tag: str = ""
+    workflow: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +256,8 @@ class Job:
     idempotency_key: str | None = None
     request_digest: str | None = None
     submit_error: dict[str, Any] | None = None
+    #: the tag's own Operation containers as CI reported them (any tag, typed as received)
+    operation: dict[str, Any] | None = None
 
     def view(self) -> dict[str, Any]:
         """The public JSON view of a job: the read API's answer and every event's ``data``."""
@@ -186,18 +281,19 @@ class Job:
             "user_data": self.user_data,
             "workflow": self.workflow,
             "template": self.template,
+            "operation": self.operation,
             "timings": {
-                "ci_created_at": _iso(self.ci_created_at),
-                "ci_started_at": _iso(self.ci_started_at),
-                "ci_ended_at": _iso(self.ci_ended_at),
+                "ci_created_at": iso_z(self.ci_created_at),
+                "ci_started_at": iso_z(self.ci_started_at),
+                "ci_ended_at": iso_z(self.ci_ended_at),
                 "ci_duration_seconds": (
                     (self.ci_ended_at - self.ci_created_at).total_seconds()
                     if self.ci_ended_at and self.ci_created_at
                     else None
                 ),
-                "created_at": _iso(self.created_at),
-                "updated_at": _iso(self.updated_at),
-                "last_notified_at": _iso(self.last_notified_at),
+                "created_at": iso_z(self.created_at),
+                "updated_at": iso_z(self.updated_at),
+                "last_notified_at": iso_z(self.last_notified_at),
             },
         }
 
@@ -245,7 +341,8 @@ class Event:
     data: dict[str, Any]
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_z(value: datetime | None) -> str | None:
+    """A time as the API and events show it: ISO 8601, UTC as ``Z``."""
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -332,10 +429,10 @@ class Subscription:
             "description": self.description,
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
-            "failing_since": _iso(self.failing_since),
-            "previous_secret_expires_at": _iso(self.previous_secret_expires_at),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "failing_since": iso_z(self.failing_since),
+            "previous_secret_expires_at": iso_z(self.previous_secret_expires_at),
+            "created_at": iso_z(self.created_at),
+            "updated_at": iso_z(self.updated_at),
         }
 
     def signing_secrets(self, now: datetime) -> list[str]:
@@ -380,7 +477,7 @@ class DeliveryAttempt:
     def view(self) -> dict[str, Any]:
         return {
             "attempt": self.attempt,
-            "started_at": _iso(self.started_at),
+            "started_at": iso_z(self.started_at),
             "duration_ms": round(self.duration_ms, 3),
             "result": self.result,
             "status_code": self.status_code,
@@ -417,12 +514,12 @@ class Delivery:
             "sequence": self.event_seq,
             "state": self.state,
             "attempts": self.attempts,
-            "next_attempt_at": _iso(self.next_attempt_at)
+            "next_attempt_at": iso_z(self.next_attempt_at)
             if self.state == DeliveryState.PENDING
             else None,
             "origin": self.origin,
-            "created_at": _iso(self.created_at),
-            "completed_at": _iso(self.completed_at),
+            "created_at": iso_z(self.created_at),
+            "completed_at": iso_z(self.completed_at),
             "last_status_code": self.last_status_code,
             "last_error": self.last_error,
             "history": [a.view() for a in self.history],

@@ -12,7 +12,12 @@ next one can be fooled by what the previous one let through:
    for repeated elements);
 4. the nesting depth, then the number of elements and attributes (the same caps for every
    XML and JSON document cirelay parses, each with its own element cap);
-5. the XSD (``schemas/notification.xsd``), one schema for both wire formats.
+5. the XSDs, one set for both wire formats (spec §10: a queue's URL receives every job of
+   the queue and every workflow instance): a ``WorkflowExecution`` is checked by
+   ``workflow-notification.xsd``; a TaskFinish whose jobs are all VoiceSeparate by the typed
+   ``notification.xsd`` alone (the hot path: one validation, as before); any other TaskFinish
+   by the envelope ``task-notification.xsd``, then each VoiceSeparate JobsDetail in it by the
+   typed schema too.
 
 Failures of 2 to 4 raise :class:`MalformedNotificationError`, failures of 5
 :class:`InvalidNotificationError` with every violation (path + reason) in ``details``.
@@ -20,6 +25,7 @@ Failures of 2 to 4 raise :class:`MalformedNotificationError`, failures of 5
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -32,8 +38,8 @@ import orjson
 from lxml import etree
 
 from app.errors import InvalidNotificationError, MalformedNotificationError
-from app.models import JobReport, JobState, Notification
-from app.schemas import MAX_VIOLATIONS, SchemaSet
+from app.models import VOICE_SEPARATE, JobReport, JobState, Notification
+from app.schemas import MAX_VIOLATIONS, SchemaSet, Violation
 
 XML_CONTENT_TYPES = frozenset({"application/xml", "text/xml"})
 JSON_CONTENT_TYPES = frozenset({"application/json"})
@@ -97,19 +103,58 @@ def parse_notification(
         require_size(root, MAX_ELEMENTS)
     else:
         root = parse_xml(body, max_depth, MAX_ELEMENTS)
-    violations = schemas.validate("notification", root)[:MAX_REPORTED_VIOLATIONS]
+    wire_format = "json" if kind in JSON_CONTENT_TYPES else "xml"
+    execution = root.find("WorkflowExecution") if root.tag == "Response" else None
+    if execution is not None:  # a workflow instance ended (WorkflowFinish)
+        from app import workflows  # it reads elements with this module's helpers
+
+        _require_valid(schemas.validate("workflow_notification", root))
+        return Notification(
+            event_name=root.findtext("EventName"),
+            reports=(),
+            wire_format=wire_format,
+            body=body,
+            content_type=kind,
+            workflow=workflows.workflow_report(execution),
+        )
+    details = root.findall("JobsDetail")
+    if root.tag != "Response" or all(d.findtext("Tag") == VOICE_SEPARATE for d in details):
+        _require_valid(schemas.validate("notification", root))
+    else:
+        _require_valid(schemas.validate("task_notification", root))
+        for position, detail in enumerate(details, start=1):
+            if detail.findtext("Tag") == VOICE_SEPARATE:
+                _require_valid(_typed_violations(schemas, detail, position, len(details)))
+    return Notification(
+        event_name=root.findtext("EventName"),
+        reports=tuple(report_from_detail(d) for d in details),
+        wire_format=wire_format,
+        body=body,
+        content_type=kind,
+    )
+
+
+def _require_valid(violations: list[Violation]) -> None:
+    violations = violations[:MAX_REPORTED_VIOLATIONS]
     if violations:
         raise InvalidNotificationError(
             f"notification violates the schema ({len(violations)} problem(s))",
             [v.as_dict() for v in violations],
         )
-    return Notification(
-        event_name=root.findtext("EventName"),
-        reports=tuple(report_from_detail(d) for d in root.iterfind("JobsDetail")),
-        wire_format="json" if kind in JSON_CONTENT_TYPES else "xml",
-        body=body,
-        content_type=kind,
-    )
+
+
+def _typed_violations(
+    schemas: SchemaSet, detail: etree._Element, position: int, count: int
+) -> list[Violation]:
+    """The typed VoiceSeparate schema's verdict on one JobsDetail of a mixed notification:
+    the detail alone in a ``Response`` of its own, its paths given back their position."""
+    alone = etree.Element("Response")
+    alone.append(copy.deepcopy(detail))
+    where = f"/Response/JobsDetail[{position}]" if count > 1 else "/Response/JobsDetail"
+    return [
+        Violation(path=v.path.replace("/Response/JobsDetail", where, 1), reason=v.reason)
+        for v in schemas.validate("notification", alone)
+    ]
 
 
 def parse_xml(body: bytes, max_depth: int, max_elements: int = MAX_ELEMENTS) -> etree._Element:
@@ -322,7 +367,7 @@ def element_to_dict(element: etree._Element, *, without_empties: bool = False) -
     return result
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     if value is None or value == "":
         return []
     return value if isinstance(value, list) else [value]
@@ -351,17 +396,23 @@ def parse_ci_time(text: str | None) -> datetime | None:
 
 def _times(view: dict[str, Any]) -> dict[str, datetime | None]:
     """CreationTime, StartTime, EndTime; the XSD pattern admits 2024-02-30, this does not."""
-    times: dict[str, datetime | None] = {}
-    for name in ("CreationTime", "StartTime", "EndTime"):
-        try:
-            moment = parse_ci_time(view.get(name))
-            times[name] = moment.astimezone(UTC) if moment else None  # the store keeps UTC
-        except (ValueError, OverflowError) as exc:
-            raise InvalidNotificationError(
-                "notification violates the schema (1 problem(s))",
-                [{"path": f"/Response/JobsDetail/{name}", "reason": f"not a calendar time: {exc}"}],
-            ) from exc
-    return times
+    return {
+        name: utc_time(view.get(name), f"/Response/JobsDetail/{name}")
+        for name in ("CreationTime", "StartTime", "EndTime")
+    }
+
+
+def utc_time(text: str | None, path: str) -> datetime | None:
+    """A CI time (or ``-``/empty: None) in UTC, the store's zone; a time the XSD's pattern
+    admits but the calendar does not (2024-02-30) is a violation at ``path``."""
+    try:
+        moment = parse_ci_time(text)
+        return moment.astimezone(UTC) if moment else None  # year 1 east of UTC: no UTC
+    except (ValueError, OverflowError) as exc:
+        raise InvalidNotificationError(
+            "notification violates the schema (1 problem(s))",
+            [{"path": path, "reason": f"not a calendar time: {exc}"}],
+        ) from exc
 
 
 def report_from_detail(detail: etree._Element) -> JobReport:
@@ -392,10 +443,20 @@ def report_from_detail(detail: etree._Element) -> JobReport:
         output=_output(operation.get("Output")),
         result_files=_result_files(operation.get("MediaResult")),
         media_info=_media_summary(operation.get("MediaInfo")),
-        workflow=view.get("Workflow") or None,
+        # legacy bodies (2020-2021) carry Workflow inside Operation
+        workflow=view.get("Workflow") or operation.get("Workflow") or None,
         template=template,
         digest=content_digest(view),
+        operation={k: v for k, v in operation.items() if k not in _SHARED_OPERATION} or None,
     )
+
+
+#: the Operation members every tag shares, recorded in columns of their own; the rest (the
+#: tag's own container: VoiceSeparate, NoiseReduction, Transcode, ...) is kept as received
+_SHARED_OPERATION = frozenset(
+    {"Output", "MediaInfo", "MediaResult", "UserData", "TemplateId", "TemplateName",
+     "JobLevel", "Workflow"}
+)  # fmt: skip
 
 
 def _input(node: Any) -> dict[str, Any]:
@@ -405,7 +466,7 @@ def _input(node: Any) -> dict[str, Any]:
         "region": node.get("Region"),
         "object": node.get("Object"),
     }
-    headers = _as_list(node.get("CosHeaders"))
+    headers = as_list(node.get("CosHeaders"))
     if headers:
         result["cos_headers"] = {h.get("Key", ""): h.get("Value", "") for h in headers}
     return result
@@ -420,10 +481,10 @@ def _output(node: Any) -> dict[str, Any]:
 def _result_files(node: Any) -> list[dict[str, Any]]:
     node = node if isinstance(node, dict) else {}
     files: list[dict[str, Any]] = []
-    for out in _as_list(node.get("OutputFile")):
+    for out in as_list(node.get("OutputFile")):
         prefix = out.get("ObjectPrefix") or ""
-        md5s = {m.get("ObjectName"): m.get("Md5") for m in _as_list(out.get("Md5Info"))}
-        for name in _as_list(out.get("ObjectName")):
+        md5s = {m.get("ObjectName"): m.get("Md5") for m in as_list(out.get("Md5Info"))}
+        for name in as_list(out.get("ObjectName")):
             files.append(
                 {
                     "bucket": out.get("Bucket"),
@@ -439,7 +500,7 @@ def _media_summary(node: Any) -> dict[str, Any]:
     node = node if isinstance(node, dict) else {}
     fmt = node.get("Format") or {}
     stream = node.get("Stream") or {}
-    audio = _as_list(stream.get("Audio") if isinstance(stream, dict) else None)
+    audio = as_list(stream.get("Audio") if isinstance(stream, dict) else None)
     if not fmt and not audio:
         return {}
     return {

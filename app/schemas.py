@@ -45,7 +45,12 @@ from lxml import etree
 log = logging.getLogger(__name__)
 
 DOCUMENTS: dict[str, str] = {
+    #: a VoiceSeparate TaskFinish, typed: applied to each JobsDetail whose Tag is VoiceSeparate
     "notification": "notification.xsd",
+    #: any tag's TaskFinish: the envelope every CI job shares, Operation open
+    "task_notification": "task-notification.xsd",
+    #: a workflow instance's WorkflowFinish
+    "workflow_notification": "workflow-notification.xsd",
     "create_request": "create-request.xsd",
     "create_response": "create-response.xsd",
     "describe_response": "describe-response.xsd",

@@ -65,7 +65,9 @@ def test_only_the_store_and_the_migrations_build_sql() -> None:
     assert offenders == []
 
 
-@pytest.mark.parametrize("domain", ["app.jobs", "app.notifications", "app.events", "app.models"])
+@pytest.mark.parametrize(
+    "domain", ["app.jobs", "app.notifications", "app.events", "app.models", "app.workflows"]
+)
 def test_domain_modules_import_neither_flask_nor_sqlalchemy(domain: str) -> None:
     (path,) = [p for p in SOURCES if module(p) == domain]
     assert not [i for i in runtime_imports(path) if i.split(".")[0] in ("flask", "sqlalchemy")]

@@ -181,6 +181,9 @@ def test_libxml2_and_xmlschema_agree(schemas: SchemaSet, path: Path) -> None:
 # differently by the two regex/facet engines; each gets arbitrary XML-legal text.
 _NOTIFICATION = CORPUS / "notification" / "valid" / "success-alphabetical.xml"
 _REQUEST = CORPUS / "create_request" / "valid" / "inline-params.xml"
+_ENVELOPE = CORPUS / "task_notification" / "valid" / "noise-reduction.xml"
+_LEGACY = CORPUS / "task_notification" / "valid" / "transcode-legacy-no-eventname.xml"
+_WORKFLOW = CORPUS / "workflow_notification" / "valid" / "workflow-finish.xml"
 _LEAVES = [
     ("notification", _NOTIFICATION, "JobsDetail/JobId"),
     ("notification", _NOTIFICATION, "JobsDetail/State"),
@@ -192,6 +195,18 @@ _LEAVES = [
     ("notification", _NOTIFICATION, "JobsDetail/Operation/MediaResult/OutputFile/Md5Info/Md5"),
     ("create_request", _REQUEST, "Operation/VoiceSeparate/AudioConfig/Bitrate"),
     ("create_request", _REQUEST, "Operation/JobLevel"),
+    # the envelope: its own simple types, and the globals its lax Operation is typed by
+    ("task_notification", _ENVELOPE, "JobsDetail/Tag"),
+    ("task_notification", _ENVELOPE, "JobsDetail/JobId"),
+    ("task_notification", _ENVELOPE, "JobsDetail/Operation/UserData"),
+    ("task_notification", _ENVELOPE, "JobsDetail/Operation/Output/Bucket"),
+    ("task_notification", _ENVELOPE, "JobsDetail/Operation/MediaResult/OutputFile/Md5Info/Md5"),
+    ("task_notification", _LEGACY, "JobsDetail/Operation/Workflow/RunId"),
+    ("task_notification", _LEGACY, "JobsDetail/Operation/Transcode/Video/Codec"),
+    ("workflow_notification", _WORKFLOW, "WorkflowExecution/RunId"),
+    ("workflow_notification", _WORKFLOW, "WorkflowExecution/State"),
+    ("workflow_notification", _WORKFLOW, "WorkflowExecution/Tasks/JobId"),
+    ("workflow_notification", _WORKFLOW, "WorkflowExecution/Tasks/TemplateId"),
 ]
 _XML_CHARS = st.characters(
     codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters="\ufffe\uffff"
@@ -199,7 +214,7 @@ _XML_CHARS = st.characters(
 
 
 @settings(
-    max_examples=300,
+    max_examples=400,
     derandomize=True,
     database=None,
     deadline=None,

@@ -78,12 +78,18 @@ def _json_value(tree: Any) -> Any:
     return str(tree) if tree not in (None, "") else None
 
 
-def notification_body(detail: Tree, fmt: str) -> bytes:
-    """The TaskFinish body for one JobsDetail tree (already in callback order)."""
+def notification_body(
+    detail: Tree, fmt: str, *, event_name: str | None = "TaskFinish", element: str = "JobsDetail"
+) -> bytes:
+    """The notification body for one JobsDetail tree (already in callback order), or with
+    ``element="WorkflowExecution"`` and ``event_name="WorkflowFinish"`` for one workflow
+    instance; ``event_name=None``: the 2020-2021 bodies, without EventName."""
+    head: Tree = {} if event_name is None else {"EventName": event_name}
     if fmt == "JSON":
-        document = {"EventName": "TaskFinish", "JobsDetail": [_json_value(detail) or {}]}
+        value = _json_value(detail) or {}
+        document = {**head, element: [value] if element == "JobsDetail" else value}
         return json.dumps(document, ensure_ascii=False).encode()
-    root = tree_to_element("Response", {"EventName": "TaskFinish", "JobsDetail": detail})
+    root = tree_to_element("Response", {**head, element: detail})
     return bytes(etree.tostring(root, encoding="utf-8"))
 
 
@@ -156,6 +162,8 @@ class Outgoing:
     format: str  # XML | JSON
     final: Tree  # JobsDetail, callback order
     running: Tree  # the same job as it looked while Running (for ``reorder``)
+    event_name: str | None = "TaskFinish"  # None: a legacy body
+    element: str = "JobsDetail"  # WorkflowExecution: a workflow instance's notification
 
 
 # --- the scheduler ------------------------------------------------------------------------
@@ -305,7 +313,10 @@ class Notifier:
 
     def _item(self, outgoing: Outgoing, kind: str, detail: Tree) -> _Item:
         record = self._record(outgoing, kind, detail)
-        return _Item(record, outgoing.url, notification_body(detail, outgoing.format))
+        body = notification_body(
+            detail, outgoing.format, event_name=outgoing.event_name, element=outgoing.element
+        )
+        return _Item(record, outgoing.url, body)
 
     def _hold(self, items: list[_Item], batch: int, hold_seconds: float) -> None:
         for item in items:

@@ -127,6 +127,14 @@ class JobRequest:
     operations: tuple[OperationSpec, ...]
     queue_id: str | None = None
     callback: CallbackSpec = field(default_factory=CallbackSpec)
+    #: the job's Tag: VoiceSeparate through ``POST /jobs``; another tag (NoiseReduction,
+    #: Transcode, ...) when injected through the admin API, as a queue runs any tag's jobs
+    tag: str = "VoiceSeparate"
+    #: a 2020-2021 body: no EventName in its notification
+    legacy: bool = False
+    #: for a workflow's node: RunId, WorkflowId, WorkflowName, Name (spec §5.3)
+    workflow: Tree | None = None
+    cos_headers: tuple[tuple[str, str], ...] = ()
 
 
 def _first(value: Any) -> Any:
@@ -231,6 +239,10 @@ class Job:
     message: str = ""
     produced: media.Produced | None = None
     finishing: bool = False
+    tag: str = "VoiceSeparate"
+    legacy: bool = False
+    workflow: Tree | None = None
+    cos_headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_finished(self) -> bool:
@@ -272,7 +284,7 @@ def job_detail(job: Job, *, as_state: str | None = None) -> Tree:
         operation["TemplateId"] = job.operation.template_id
         operation["TemplateName"] = "emulator-voice-separate"
     if job.operation.voice_separate and not job.operation.template_id:
-        operation["VoiceSeparate"] = job.operation.voice_separate
+        operation[job.tag] = job.operation.voice_separate  # the tag's own container
     operation["Output"] = dict(job.resolved_output() if finished else job.operation.output)
     if finished and state == "Success" and job.produced is not None:
         operation["MediaInfo"] = job.produced.media_info
@@ -282,6 +294,10 @@ def job_detail(job: Job, *, as_state: str | None = None) -> Tree:
     if job.operation.job_level is not None:
         operation["JobLevel"] = job.operation.job_level
     started = job.started_at if state != "Submitted" else None
+    source: Tree = {"BucketId": job.bucket, "Object": job.input_object, "Region": job.region}
+    if job.cos_headers:
+        source["CosHeaders"] = [{"Key": k, "Value": v} for k, v in job.cos_headers]
+    extra: Tree = {"Workflow": dict(job.workflow)} if job.workflow else {}
     return {
         "Code": job.code if finished else "Success",
         "Message": job.message if finished else "",
@@ -291,9 +307,10 @@ def job_detail(job: Job, *, as_state: str | None = None) -> Tree:
         "StartTime": ci_time(started),
         "EndTime": ci_time(job.ended_at if finished else None),
         "QueueId": job.queue_id,
-        "Tag": "VoiceSeparate",
-        "Input": {"BucketId": job.bucket, "Object": job.input_object, "Region": job.region},
+        "Tag": job.tag,
+        "Input": source,
         "Operation": operation,
+        **extra,
     }
 
 
@@ -383,6 +400,10 @@ class JobStore:
                     run_at=run_at,
                     finish_at=finish_at,
                     failure=planned_failure(request.input_object, self._fail_marker),
+                    tag=request.tag,
+                    legacy=request.legacy,
+                    workflow=request.workflow,
+                    cos_headers=request.cos_headers,
                 )
                 self._jobs[job.job_id] = job
                 created.append(replace(job))

@@ -21,7 +21,9 @@ Admin endpoints (any Host, no signature; an emulator runs on a developer's machi
 * ``GET /_emulator/deliveries[?job_id=…]``: every callback delivery and attempt;
 * ``GET /_emulator/jobs``: every job (id, bucket, state, times);
 * ``POST /_emulator/flush``: release notifications held by ``reorder`` mode ``reverse``;
-* ``GET /_emulator/health``: ``{"status": "ok"}``.
+* ``GET /_emulator/health``: ``{"status": "ok"}``;
+* ``POST /_emulator/inject``: a job of any tag, as a queue runs it (:mod:`app.emulator.queue`);
+* ``POST /_emulator/workflows``: a workflow instance: its tasks' jobs, then its WorkflowFinish.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from app.ci import wire
 from app.ci.errors import CIDocumentError, SignatureError
 from app.ci.rules import check_request
 from app.ci.signing import AUTH_FIELDS, verify_request
-from app.emulator import jobs
+from app.emulator import jobs, queue
 from app.emulator.callbacks import Notifier, Outgoing
 from app.emulator.faults import Faults, FaultSettingsError
 from app.schemas import SchemaSet
@@ -95,6 +97,8 @@ class Emulator:
             jitter=config.callback_jitter,
             workers=config.callback_workers,
         )
+        #: workflow instances in flight (``POST /_emulator/workflows``)
+        self.runs = queue.Runs()
         #: set when stopping: wakes the ticker and requests sleeping in ``create_timeout``
         self.stopping = threading.Event()
         self._stopped = False
@@ -142,6 +146,38 @@ class Emulator:
             produced, failure = None, jobs.Failure("1007", "InternalError: processing failed")
         done = self.store.finish(job.job_id, self.clock(), produced, failure)
         self._notify(done)
+        run = self.runs.of(done.job_id)
+        if run is not None:  # a workflow's task: the instance ends with its last one
+            members, _ = self.store.get(run.injected.bucket, run.job_ids)
+            if self.runs.ended(done, members):
+                tree = queue.execution_tree(run, members)
+                self.notifier.notify(
+                    Outgoing(
+                        job_id=str(run.workflow["RunId"]), url=run.injected.url,
+                        format=run.injected.format, final=tree, running=tree,
+                        event_name=None if run.injected.legacy else "WorkflowFinish",
+                        element="WorkflowExecution",
+                    )
+                )  # fmt: skip
+
+    def inject(self, body: Any, workflow: jobs.Tree | None = None) -> list[jobs.Job]:
+        """Create the jobs an admin request asks for (:mod:`app.emulator.queue`)."""
+        bucket = next(iter(self.config.queue_ids), "media-1250000000")
+        injected = queue.parse_injection(
+            body, bucket=bucket, region=self.config.region or "ap-guangzhou",
+            queue_url=self.config.queue_callback_url,
+            queue_format=self.config.queue_callback_format, workflow=workflow,
+        )  # fmt: skip
+        now = self.clock()
+        created = [
+            job
+            for request in injected.requests
+            for job in self.store.create(injected.bucket, injected.region, request, now)
+        ]
+        if workflow is not None:
+            run = queue.Run(workflow, injected, now, [j.job_id for j in created])
+            self.runs.add(run)
+        return created
 
     def _notify(self, job: jobs.Job) -> None:
         """The TaskFinish notification, if the job (or its queue) asks for one (spec §5.1)."""
@@ -159,6 +195,7 @@ class Emulator:
                 format=fmt,
                 final=jobs.sorted_tree(jobs.job_detail(job)),
                 running=jobs.sorted_tree(jobs.job_detail(job, as_state="Running")),
+                event_name=None if job.legacy else "TaskFinish",
             )
         )
 
@@ -385,6 +422,26 @@ def get_jobs() -> Response:
 def flush() -> Response:
     emulator().notifier.flush_held()
     return jsonify({"status": "flushed"})
+
+
+@admin.post("/inject")
+def inject() -> tuple[Response, int]:
+    try:
+        created = emulator().inject(request.get_json(force=True, silent=True))
+    except queue.InjectError as exc:
+        return jsonify({"error": "bad_request", "message": str(exc)}), 400
+    return jsonify({"job_ids": [j.job_id for j in created]}), 201
+
+
+@admin.post("/workflows")
+def start_workflow() -> tuple[Response, int]:
+    body = request.get_json(force=True, silent=True)
+    try:
+        workflow = queue.new_workflow(body)
+        created = emulator().inject(body, workflow)
+    except queue.InjectError as exc:
+        return jsonify({"error": "bad_request", "message": str(exc)}), 400
+    return jsonify({**workflow, "job_ids": [j.job_id for j in created]}), 201
 
 
 @admin.get("/health")

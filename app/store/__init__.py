@@ -13,7 +13,8 @@ use this package's names (``store.get_job``); the modules are where each lives:
 - :mod:`~app.store.outbox`: events;
 - :mod:`~app.store.quarantine`: notifications kept aside to be replayed;
 - :mod:`~app.store.subscription`: subscriptions, their fan-out cursors and failures;
-- :mod:`~app.store.delivery`: fan-out, replays, claims and leases, pruning, figures.
+- :mod:`~app.store.delivery`: fan-out, replays, claims and leases, pruning, figures;
+- :mod:`~app.store.workflow`: workflow instances and their tasks.
 
 Module names are singular so that none hides a table of the same name (``store.jobs`` is the
 table).
@@ -87,6 +88,8 @@ from app.store.schema import (
     notifications,
     quarantined_notifications,
     subscriptions,
+    workflow_executions,
+    workflow_tasks,
 )
 from app.store.subscription import (
     any_behind,
@@ -99,6 +102,14 @@ from app.store.subscription import (
     record_success,
     subscriptions_to_fan_out,
     update_subscription,
+)
+from app.store.workflow import (
+    execution_digests,
+    execution_values,
+    get_execution,
+    insert_executions,
+    job_ids_by_ci_id,
+    list_executions,
 )
 
 __all__ = [
@@ -123,12 +134,15 @@ __all__ = [
     "enqueue_replay",
     "events",
     "events_head",
+    "execution_digests",
+    "execution_values",
     "fan_out",
     "figures",
     "find_event",
     "find_job",
     "find_job_by_idempotency_key",
     "finish_attempts",
+    "get_execution",
     "get_job",
     "get_quarantined",
     "get_subscription",
@@ -136,6 +150,7 @@ __all__ = [
     "hold_events_lock",
     "insert_event",
     "insert_events",
+    "insert_executions",
     "insert_job",
     "insert_jobs",
     "insert_notifications",
@@ -143,12 +158,14 @@ __all__ = [
     "insert_subscription",
     "is_transient",
     "is_unavailable",
+    "job_ids_by_ci_id",
     "job_values",
     "jobs",
     "json_dumps",
     "json_loads",
     "list_deliveries",
     "list_events",
+    "list_executions",
     "list_jobs",
     "list_notifications",
     "list_quarantined",
@@ -177,4 +194,6 @@ __all__ = [
     "update_job",
     "update_jobs",
     "update_subscription",
+    "workflow_executions",
+    "workflow_tasks",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.models import TERMINAL_STATES, Job, JobState, NotificationRecord
+from app.models import TERMINAL_STATES, VOICE_SEPARATE, Job, JobState, NotificationRecord
 from app.store.schema import jobs, notifications
 
 
@@ -42,6 +42,7 @@ def _job(row: sa.Row[Any]) -> Job:
         idempotency_key=m["idempotency_key"],
         request_digest=m["request_digest"],
         submit_error=m["submit_error"],
+        operation=detail.get("operation"),
     )
 
 
@@ -111,6 +112,7 @@ def job_values(job: Job, *, only: frozenset[str] | None = None) -> dict[str, Any
             "media_info": job.media_info,
             "workflow": job.workflow,
             "template": job.template,
+            "operation": job.operation,
         },
         "ci_created_at": job.ci_created_at,
         "ci_started_at": job.ci_started_at,
@@ -183,13 +185,16 @@ def list_jobs(
 
 def list_silent_jobs(conn: Connection, *, silent_since: datetime, limit: int) -> list[Job]:
     """Jobs CI has not told us about since ``silent_since`` and we have not asked about since
-    then either: not finished, with a CI JobId to ask with; the most overdue first."""
+    then either: not finished, with a CI JobId to ask with; the most overdue first. Only
+    VoiceSeparate jobs: CI's answers are checked by the typed describe schema, which another
+    tag's job (learnt from the queue's URL) would fail, and with it its whole batch."""
     heard = sa.func.coalesce(jobs.c.last_notified_at, jobs.c.updated_at)
     asked = sa.func.coalesce(jobs.c.last_polled_at, heard)
     query = (
         sa.select(jobs)
         .where(
             jobs.c.ci_job_id.is_not(None),
+            jobs.c.tag == VOICE_SEPARATE,
             jobs.c.state.not_in(sorted(s.value for s in TERMINAL_STATES)),
             heard < silent_since,
             asked < silent_since,

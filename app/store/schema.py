@@ -191,3 +191,48 @@ delivery_attempts = sa.Table(
     sa.Column("status_code", sa.Integer),
     sa.Column("error", sa.Text),
 )
+
+# --- workflow instances (WorkflowFinish notifications) -------------------------------------
+
+workflow_executions = sa.Table(
+    "workflow_executions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # wfx_<ULID>: sorts by arrival
+    sa.Column("run_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("workflow_id", sa.String(80), nullable=False),
+    sa.Column("workflow_name", sa.Text),
+    sa.Column("bucket", sa.String(80)),
+    sa.Column("object", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("ci_created_at", UTCDateTime),
+    # cos_headers and tasks, as the API shows them
+    sa.Column("detail", sa.JSON, nullable=False),
+    # the notification that recorded it: a repeat with the same digest is a duplicate
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("wire_format", sa.String(8), nullable=False),
+    sa.Column("content_type", sa.String(64), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index(None, "workflow_id", "id"),
+    sa.Index(None, "state", "id"),
+)
+
+#: each instance's tasks, one row per task, linked to the jobs by CI JobId (``jobs.ci_job_id``)
+workflow_tasks = sa.Table(
+    "workflow_tasks",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "execution_id",
+        sa.String(40),
+        sa.ForeignKey("workflow_executions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("ci_job_id", sa.String(64)),
+    sa.Index(None, "ci_job_id"),
+    sa.Index(None, "execution_id", "position"),
+)

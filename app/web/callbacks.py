@@ -218,6 +218,13 @@ def _stored_headers(environ: WSGIEnvironment) -> dict[str, str]:
 
 
 def _result(r: ApplyResult) -> dict[str, Any]:
+    if r.workflow:  # a workflow instance: its id and RunId
+        return {
+            "outcome": r.outcome.value,
+            "workflow_execution_id": r.job_id,
+            "run_id": r.ci_job_id,
+            "state": r.state,
+        }
     return {
         "outcome": r.outcome.value,
         "job_id": r.job_id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -21,11 +20,9 @@ from app.models import Job, JobState
 from app.notifications import XML_CONTENT_TYPES, media_type
 from app.submission import request_from_json
 from app.web import audit, is_admin, require_api_key, services
-from app.web.inputs import ascii_int, json_body
+from app.web.inputs import json_body, page_query
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-
-MAX_PAGE = 200
 
 
 @bp.post("")
@@ -108,38 +105,16 @@ def list_jobs() -> ResponseReturnValue:
     """Newest first. Filters: ``state`` (repeat or comma-separate), ``tag``,
     ``created_after``/``created_before`` (ISO 8601); ``limit`` (1 to 200, default 50);
     ``cursor`` from the previous page's ``next_cursor``."""
-    states = [s for raw in request.args.getlist("state") for s in raw.split(",") if s]
-    bad = [s for s in states if s not in JobState.__members__.values()]
-    details = [{"field": "state", "reason": f"unknown state {s!r}"} for s in bad]
-    after = _timestamp("created_after", details)
-    before = _timestamp("created_before", details)
-    limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
-    if limit is None:
-        details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
-    if details or limit is None:
-        raise BadRequestError("invalid query parameters", details)
+    query = page_query(set(JobState))
     with services().engine.connect() as conn:
         page = store.list_jobs(
             conn,
-            states=states,
+            states=query.states,
             tag=request.args.get("tag") or None,
-            created_after=after,
-            created_before=before,
-            before_id=request.args.get("cursor") or None,
-            limit=limit,
+            created_after=query.created_after,
+            created_before=query.created_before,
+            before_id=query.cursor,
+            limit=query.limit,
         )
-    next_cursor = page[-1].id if len(page) == limit else None
+    next_cursor = page[-1].id if len(page) == query.limit else None
     return jsonify({"jobs": [_job_resource(job) for job in page], "next_cursor": next_cursor})
-
-
-def _timestamp(name: str, details: list[dict[str, str]]) -> datetime | None:
-    raw = request.args.get(name)
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        # the store compares in UTC, and 0001-01-01T00:00+14:00 has none (year 0)
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-    except (ValueError, OverflowError):
-        details.append({"field": name, "reason": "an ISO 8601 timestamp, year 1 to 9999 in UTC"})
-        return None

@@ -239,7 +239,7 @@ def test_invalid_notification_is_quarantined_with_every_reason(
     client: FlaskClient, engine: Engine, job_path: str, registry: CollectorRegistry
 ) -> None:
     body = notification_xml(ci_job_id(1), "Finished", Code="Success")
-    body = body.replace("<Tag>VoiceSeparate</Tag>", "<Tag>Transcode</Tag>")
+    body = body.replace("<Tag>VoiceSeparate</Tag>", "<Tag>Voice Separate</Tag>")
     response = client.post(job_path, data=body, headers={**XML, "X-Trace": "t-1"})
 
     assert response.status_code == 400
