@@ -74,7 +74,11 @@ def build_services(
 
     collector = DatabaseCollector(figures)
     registry.register(collector)
-    committer = GroupCommitter(engine, jobs.apply_batch, begin=store.hold_events_lock)
+    store.watch_pool(engine, metrics.db_connections_in_use.inc)
+    committer = GroupCommitter(
+        engine, jobs.apply_batch, begin=store.hold_events_lock,
+        on_batch=metrics.commit_batch_size.observe,
+    )  # fmt: skip
     receiver = Receiver(
         engine, schemas, metrics, committer, max_depth=settings.max_depth,
         quarantine_per_minute=settings.quarantine_per_minute,

@@ -51,6 +51,8 @@ PROCESSING_BUCKETS = (
 CI_REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
 #: One HTTP request to the service: milliseconds; a stream lasts as long as its client.
 HTTP_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+#: Notifications per group commit: one when idle, up to GroupCommitter.max_batch (64).
+COMMIT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 #: ``operation`` and ``outcome`` label values of the CI client's metrics.
 CI_OPERATIONS = ("create", "describe", "list")
 CI_OUTCOMES = ("ok", "rejected", "unavailable", "timeout", "error")
@@ -173,6 +175,19 @@ class Metrics:
             "From a request's arrival to the end of its answer's body (a stream: its life).",
             buckets=HTTP_REQUEST_BUCKETS,
             registry=registry,
+        )
+        # --- the database (app.commits, the engine's pool) ---
+        self.commit_batch_size = Histogram(
+            "cirelay_commit_batch_size",
+            "Notifications committed together in one group-commit transaction.",
+            buckets=COMMIT_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.db_connections_in_use = Gauge(
+            "cirelay_db_connections_in_use",
+            "Database connections checked out of the pools (all workers).",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         for operation in CI_OPERATIONS:
             self.ci_request_seconds.labels(operation)

@@ -49,6 +49,7 @@ from app.store.engine import (
     raising_unavailable,
     transaction,
     unavailable_error,
+    watch_pool,
 )
 from app.store.job import (
     NOTIFIED_COLUMNS,
@@ -175,4 +176,5 @@ __all__ = [
     "update_job",
     "update_jobs",
     "update_subscription",
+    "watch_pool",
 ]
