@@ -25,7 +25,6 @@ files as well.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -33,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -55,6 +53,7 @@ from tests.e2e_stack import (
     stack_env,
     wait_http,
 )
+from tests.prometheus_server import Prometheus, running_prometheus, tool
 from tests.subscriber import Subscriber
 
 pytestmark = pytest.mark.slow
@@ -68,13 +67,6 @@ STALE_ACCEPTED = 1000.0
 STALE_SSE_CLIENTS = 7.0
 #: notifications sent per round while spreading them over the workers
 BATCH = 20
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (Debian/Ubuntu: apt-get install prometheus)")
-    return path
 
 
 # --- reading an exposition ------------------------------------------------------------------
@@ -365,66 +357,16 @@ def test_a_killed_worker_keeps_its_counts_and_drops_its_live_gauge(service: Serv
 # --- a real Prometheus server ---------------------------------------------------------------
 
 
-@dataclass
-class Prometheus:
-    base: str
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        response = requests.get(f"{self.base}/api/v1/query", params={"query": promql},
-                                timeout=10)  # fmt: skip
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def by_job(self, promql: str) -> dict[str, float]:
-        return {r["metric"].get("job", ""): float(r["value"][1]) for r in self.query(promql)}
-
-
 @pytest.fixture
 def prometheus(
     service: Service, worker: tuple[Process, int], tmp_path: Path
 ) -> Iterator[Prometheus]:
     """A Prometheus server scraping the service (job ``cirelay``) and the worker (job
     ``cirelay-worker``) every second, running until all its targets are up."""
-    binary = tool("prometheus")
     _, worker_port = worker
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  scrape_timeout: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: cirelay\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{service.port}']\n"
-        "  - job_name: cirelay-worker\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{worker_port}']\n"
-    )
-    command = [
-        binary,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    process = spawn("prometheus", command, dict(os.environ), tmp_path)
-    server = Prometheus(f"http://127.0.0.1:{port}")
-    try:
-        wait_http("Prometheus", f"{server.base}/-/ready", process)
-
-        def targets_up() -> bool:
-            response = requests.get(f"{server.base}/api/v1/targets", timeout=10)
-            targets = response.json()["data"]["activeTargets"]
-            return len(targets) == 2 and all(t["health"] == "up" for t in targets)
-
-        poll("both Prometheus targets to be up", targets_up)
+    with running_prometheus({"cirelay": service.port, "cirelay-worker": worker_port},
+                            tmp_path) as server:  # fmt: skip
         yield server
-    finally:
-        process.stop()
-        print(f"----- prometheus ({process.log_path}) -----\n{process.tail(40)}")
 
 
 def test_prometheus_scrapes_the_service_and_the_worker(
