@@ -1010,3 +1010,15 @@ def test_promtool_checks_the_rules(promtool: str, rules_dir: Path) -> None:
 def test_alerts_fire_on_the_series_they_watch(promtool: str, rules_dir: Path) -> None:
     output = run_promtool(promtool, "test", "rules", "alerts_test.yaml", cwd=rules_dir)
     assert "SUCCESS" in output
+
+
+def test_tracing_is_off_unless_asked_and_then_exports_to_the_endpoint_given(
+    chart: helm.Chart, default: Release
+) -> None:
+    assert "CIRELAY_TRACING" not in config_data(default)
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in config_data(default)
+    endpoint = "http://otel-collector.monitoring:4318"
+    traced = render(chart, {"config": {"tracing": True, "otlpEndpoint": endpoint}})
+    data = config_data(traced)
+    assert data["CIRELAY_TRACING"] == "on"
+    assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint
