@@ -82,6 +82,13 @@ def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float 
     return None
 
 
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample called ``name`` in a text exposition, with its labels."""
+    return [(dict(found.labels), float(found.value))
+            for family in text_string_to_metric_families(text)
+            for found in family.samples if found.name == name]  # fmt: skip
+
+
 def eventually(what: str, read: Callable[[], object], expected: object) -> None:
     """Poll until ``read() == expected``; on timeout fail with the last value read."""
     last: list[object] = []
@@ -276,6 +283,24 @@ def test_metrics_are_the_totals_over_both_workers_and_stale_files_are_gone(
     assert sample(text, "cirelay_notification_processing_seconds_count",
                   {"wire_format": "xml"}) == sent  # fmt: skip
     assert sample(text, "cirelay_sse_clients") == 0
+
+
+def test_requests_commits_and_each_workers_cpu_and_memory_are_exposed(service: Service) -> None:
+    """Every request answered is counted by method and code and timed; every notification
+    is in one group commit's batch; the scrape reports CPU and memory of each gunicorn worker
+    (label ``pid``: both, whichever answered the scrape); no connection stays checked out."""
+    sent = service.send_to_both_workers()
+    text = service.scrape()
+    assert sample(text, "cirelay_http_requests_total", {"method": "POST", "code": "200"}) == sent
+    assert (sample(text, "cirelay_http_request_duration_seconds_count") or 0) >= sent
+    assert sample(text, "cirelay_commit_batch_size_sum") == sent
+    assert 1 <= (sample(text, "cirelay_commit_batch_size_count") or 0) <= sent
+    assert sample(text, "cirelay_db_connections_in_use") == 0
+    pids = {str(pid) for pid in service.workers()}
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
+        reported = {labels["pid"]: value for labels, value in samples(text, name)}
+        assert set(reported) == pids, name
+        assert all(value > 0 for value in reported.values()), name
 
 
 def test_service_exposition_passes_promtool_check_metrics(service: Service) -> None:
