@@ -22,9 +22,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from grafana_foundation_sdk.builders import common, prometheus, stat, timeseries
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import prometheus, stat, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import (
+    LegendDisplayMode,
+    LegendPlacement,
+    SortOrder,
+    TooltipDisplayMode,
+)
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, VariableRefresh
 
 OUT = Path(__file__).resolve().parents[1] / "helm" / "cirelay" / "dashboards"
@@ -177,7 +183,17 @@ def build(name: str, title: str, panels: list[Panel]) -> dict[str, object]:
         )
     )
     for number, panel in enumerate(panels, start=1):
-        builder = timeseries.Panel() if panel.kind == "timeseries" else stat.Panel()
+        builder: timeseries.Panel | stat.Panel
+        if panel.kind == "timeseries":
+            builder = (
+                timeseries.Panel()
+                .legend(common.VizLegendOptions().display_mode(LegendDisplayMode.LIST)
+                        .placement(LegendPlacement.BOTTOM).show_legend(True))
+                .tooltip(common.VizTooltipOptions().mode(TooltipDisplayMode.MULTI)
+                         .sort(SortOrder.DESCENDING))
+            )  # fmt: skip
+        else:
+            builder = stat.Panel().reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
         builder = (
             builder.id(number)
             .title(panel.title)

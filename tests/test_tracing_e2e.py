@@ -100,7 +100,12 @@ def test_one_trace_from_the_clients_submit_to_the_subscribers_request(
         return found or None
 
     ingests = poll("ingest spans in the job's trace", ingested)
-    requests = {s.span_id: s for s in collector.named("POST /callbacks/ci/{id}/***")}
+
+    def callback_requests() -> dict[str, Span] | None:
+        found = {s.span_id: s for s in collector.named("POST /callbacks/ci/{id}/***")}
+        return found if all(i.links and i.links[0][1] in found for i in ingests) else None
+
+    requests = poll("the callback requests' spans", callback_requests)
     for ingest in ingests:
         assert ingest.parent_span_id == submit.span_id
         (linked,) = ingest.links
