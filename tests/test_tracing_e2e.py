@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -30,21 +29,22 @@ from tests.subscriber import Subscriber
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def collector() -> Iterator[Collector]:
     with Collector() as running:
         yield running
 
 
-@pytest.fixture
-def stack(tmp_path: Path, collector: Collector) -> Iterator[Stack]:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, collector: Collector) -> Iterator[Stack]:
+    """One stack for the module (each test follows a job of its own)."""
     env = {
         "CIRELAY_TRACING": "on",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export within a tenth of a second
         "CIRELAY_DELIVERY_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
-    with Stack.start(tmp_path, env) as running:
+    with Stack.start(tmp_path_factory.mktemp("stack"), env) as running:
         try:
             yield running
         except BaseException:
