@@ -48,7 +48,7 @@ test: $(STAMP) system-deps lint ## lint, then run every test (PostgreSQL too whe
 
 .PHONY: lint
 lint: $(STAMP) ## ruff and mypy on app/
-	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff check app tests bench dashboards
 	$(BIN)/ruff format --check app
 	$(BIN)/mypy app
 
@@ -59,6 +59,10 @@ bench: $(STAMP) ## ingest benchmark (prints figures; see README)
 .PHONY: bench-delivery
 bench-delivery: $(STAMP) ## delivery latency benchmark at 200 events/s (prints figures; see README)
 	$(BIN)/python bench/delivery.py
+
+.PHONY: dashboards
+dashboards: $(STAMP) ## write the Grafana dashboards (helm/cirelay/dashboards/*.json) from dashboards/generate.py
+	$(BIN)/python dashboards/generate.py
 
 .PHONY: clean
 clean: ## remove the local database and caches (keeps .venv)

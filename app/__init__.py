@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from app import jobs, store
+from app import jobs, store, tracing
 from app.ci.client import CIClient
 from app.commits import GroupCommitter
 from app.config import Settings
@@ -61,6 +61,7 @@ def build_services(
     clock: Clock = utc_now,
 ) -> Services:
     registry = registry if registry is not None else CollectorRegistry()
+    tracing.configure(settings.tracing, "cirelay")
     engine = engine or store.create_engine(
         settings.database_url, pool_size=settings.db_pool_size, timeouts=database_timeouts(settings)
     )
@@ -73,7 +74,11 @@ def build_services(
 
     collector = DatabaseCollector(figures)
     registry.register(collector)
-    committer = GroupCommitter(engine, jobs.apply_batch, begin=store.hold_events_lock)
+    store.watch_pool(engine, metrics.db_connections_in_use.inc)
+    committer = GroupCommitter(
+        engine, jobs.apply_batch, begin=store.hold_events_lock,
+        on_batch=metrics.commit_batch_size.observe,
+    )  # fmt: skip
     receiver = Receiver(
         engine, schemas, metrics, committer, max_depth=settings.max_depth,
         quarantine_per_minute=settings.quarantine_per_minute,
@@ -145,7 +150,13 @@ def create_app(
     app.extensions["cirelay"] = services
     web.init_app(app)
     # every request's id is bound around both lanes: CI's callbacks, then Flask
-    app.wsgi_app = RequestIds(CallbackLane(app.wsgi_app, services))  # type: ignore[method-assign]
+    app.wsgi_app = RequestIds(  # type: ignore[method-assign]
+        CallbackLane(app.wsgi_app, services), services.metrics
+    )
+    if tracing.is_enabled():  # CIRELAY_TRACING=on: a server span around each request
+        from app.web.spans import RequestSpans
+
+        app.wsgi_app = RequestSpans(app.wsgi_app)  # type: ignore[method-assign]
     if services.settings.proxy_hops:  # outermost: the lane sees the client's address too
         hops = services.settings.proxy_hops
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]

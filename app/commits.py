@@ -56,8 +56,11 @@ class GroupCommitter(Generic[I, R]):
         max_batch: int = 64,
         retries: int = 2,
         begin: Callable[[Connection], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self.engine = engine
+        #: told the size of each batch committed (the commit batch size histogram)
+        self.on_batch = on_batch
         #: run first in each batch's transaction, before the queue is drained: a lock every
         #: writer needs (``store.hold_events_lock``), so what arrives while this process waits
         #: for the others joins the batch
@@ -140,6 +143,8 @@ class GroupCommitter(Generic[I, R]):
             self._connection.close()
         self.batches += 1
         self.items += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
         for (_, future), result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
                 future.set_exception(result)

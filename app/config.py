@@ -125,6 +125,8 @@ class Settings:
     max_depth: int = 32
     #: trusted proxy hops in front of the service (X-Forwarded-*)
     proxy_hops: int = 0
+    #: OpenTelemetry tracing (``CIRELAY_TRACING=on``; exporter from the ``OTEL_*`` variables)
+    tracing: bool = False
     #: how long cirelay waits for CI's answer to one request
     ci_timeout_seconds: float = 10.0
     #: a job not finished and silent this long is looked up at CI by the reconciler
@@ -289,7 +291,10 @@ class Settings:
             max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
             quarantine_per_minute=integer("CIRELAY_QUARANTINE_PER_MINUTE", 60, minimum=1),
             accept_tags=csv("CIRELAY_ACCEPT_TAGS"),
+            tracing=text("CIRELAY_TRACING", "off").lower() == "on",
         )
+        if text("CIRELAY_TRACING", "off").lower() not in ("on", "off"):
+            problems.append("CIRELAY_TRACING: on or off")
         if "CIRELAY_CALLBACK_KEYS" in requires and not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")
         if "CIRELAY_API_KEYS" in requires and not settings.api_keys:

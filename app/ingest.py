@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
-from app import events, jobs, store
+from app import events, jobs, store, tracing
 from app.commits import GroupCommitter
 from app.errors import (
     BadRequestError,
@@ -70,7 +70,17 @@ class Receiver:
 
         A malformed or invalid notification is quarantined (unless ``quarantine`` is false,
         as for a replay out of quarantine) and the error re-raised.
+
+        Traced (``CIRELAY_TRACING=on``) as a span in the trace of the job's submit, found by
+        the job id of its callback URL (CI carries no trace header back), linked to the
+        callback request's own span.
         """
+        with tracing.span("cirelay.ingest", parent=tracing.job_parent(self.engine, received.job_id),
+                          link=tracing.current_context(),
+                          attributes={"cirelay.source": received.source.value}):  # fmt: skip
+            return self._ingest(received, now, quarantine=quarantine)
+
+    def _ingest(self, received: Received, now: datetime, *, quarantine: bool) -> list[ApplyResult]:
         try:
             notification = parse_notification(
                 received.body, received.content_type, self.schemas, max_depth=self.max_depth
@@ -79,7 +89,7 @@ class Receiver:
             results: list[ApplyResult] = []
             if kept.reports or kept.workflow:
                 # a database that is down: 503, CI retries (so do replay and reconciler callers)
-                with store.raising_unavailable():
+                with store.raising_unavailable(), tracing.span("cirelay.commit"):
                     results = self.committer.run(jobs.Pending(kept, received, now))
             if kept is not notification:  # the ignored ones too, in the document's order
                 recorded = iter(results)

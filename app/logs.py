@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import unquote
@@ -93,10 +94,24 @@ def redact_text(text: str) -> str:
     return _CALLBACK_IN_TEXT.sub(lambda m: redact_path(m.group(0)), decoded)
 
 
+#: ``(trace_id, span_id)`` of the current span: set by :func:`app.tracing.configure` when
+#: tracing is on (``None`` otherwise, so a line costs nothing more)
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def use_trace_ids(read: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Every log line carries ``trace_id`` and ``span_id`` as ``read()`` gives them."""
+    global _trace_ids
+    _trace_ids = read
+
+
 class RequestIdFilter(logging.Filter):
-    """Every line of a request carries its id, and the name of its API key when it has one."""
+    """Every line of a request carries its id, and the name of its API key when it has one,
+    and with tracing on the ids of the trace and span it was written in."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if _trace_ids is not None and not hasattr(record, "trace_id") and (ids := _trace_ids()):
+            record.trace_id, record.span_id = ids
         if not hasattr(record, "request_id"):
             record.request_id = REQUEST_ID.get()
         if not hasattr(record, "api_key") and (name := API_KEY_NAME.get()) is not None:

@@ -19,10 +19,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from app.models import AttemptResult, Figures, JobState, Outcome
@@ -47,6 +49,10 @@ PROCESSING_BUCKETS = (
 )
 #: One HTTP exchange with CI: tens of milliseconds, bounded by the read timeout (10 s).
 CI_REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0)
+#: One HTTP request to the service: milliseconds; a stream lasts as long as its client.
+HTTP_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+#: Notifications per group commit: one when idle, up to GroupCommitter.max_batch (64).
+COMMIT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 #: ``operation`` and ``outcome`` label values of the CI client's metrics.
 CI_OPERATIONS = ("create", "describe", "list")
 CI_OUTCOMES = ("ok", "rejected", "unavailable", "timeout", "error")
@@ -165,6 +171,32 @@ class Metrics:
             buckets=CI_REQUEST_BUCKETS,
             registry=registry,
         )
+        # --- HTTP (app.web.request_ids): every request either lane served ---
+        self.http_requests = Counter(
+            "cirelay_http_requests",
+            "HTTP requests answered, by method and status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.http_request_seconds = Histogram(
+            "cirelay_http_request_duration_seconds",
+            "From a request's arrival to the end of its answer's body (a stream: its life).",
+            buckets=HTTP_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        # --- the database (app.commits, the engine's pool) ---
+        self.commit_batch_size = Histogram(
+            "cirelay_commit_batch_size",
+            "Notifications committed together in one group-commit transaction.",
+            buckets=COMMIT_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.db_connections_in_use = Gauge(
+            "cirelay_db_connections_in_use",
+            "Database connections checked out of the pools (all workers).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         for operation in CI_OPERATIONS:
             self.ci_request_seconds.labels(operation)
             for ci_outcome in CI_OUTCOMES:
@@ -209,11 +241,56 @@ def is_multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
-def exposition(registry: CollectorRegistry, database: Collector) -> tuple[bytes, str]:
-    """The text exposition: this process's registry, or all workers' files under gunicorn."""
+def exposition(
+    registry: CollectorRegistry, database: Collector, accept: str | None = None
+) -> tuple[bytes, str]:
+    """The text exposition: this process's registry, or all workers' files under gunicorn
+    with each worker's CPU and memory (:class:`WorkersCollector`). With ``accept`` (the
+    scraper's Accept header, passed while tracing is on) OpenMetrics when asked for, the
+    format that carries exemplars."""
     if is_multiprocess():
         scrape = CollectorRegistry()
         multiprocess.MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
         scrape.register(database)
-        return generate_latest(scrape), CONTENT_TYPE_LATEST
+        scrape.register(WorkersCollector())
+        registry = scrape
+    if accept:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(registry), content_type
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class WorkersCollector(Collector):
+    """``process_cpu_seconds_total`` and ``process_resident_memory_bytes`` of every gunicorn
+    worker (this process and its siblings: the children of its parent), with a ``pid``
+    label: in multiprocess mode a scrape reaches one worker, which reports them all. Read
+    from /proc by prometheus_client's own ProcessCollector; empty where there is no /proc."""
+
+    WANTED = ("process_cpu_seconds", "process_resident_memory_bytes")
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in _siblings():
+            reader = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
+            for family in reader.collect():
+                if family.name not in self.WANTED:
+                    continue
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for found in family.samples:
+                    merged.add_sample(found.name, {"pid": str(pid)}, found.value)
+        return list(families.values())
+
+
+def _siblings() -> list[int]:
+    """This process and the other children of its parent (gunicorn's workers)."""
+    parent = os.getppid()
+    pids = {os.getpid()}
+    try:
+        for task in os.listdir(f"/proc/{parent}/task"):
+            with open(f"/proc/{parent}/task/{task}/children") as children:
+                pids.update(int(p) for p in children.read().split())
+    except OSError:
+        pass
+    return sorted(pids)

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from app import store
+from app import store, tracing
 from app.ci import rules
 from app.ci.client import CIClient
 from app.ci.errors import CIError, CITimeoutError
@@ -180,18 +180,20 @@ class Submitter:
 
         job_id = new_id("job", now)
         sent = {**request, "CallBack": self.callback_url(job_id), "CallBackType": "Url"}
+        traceparent = tracing.current_traceparent()  # the submit's span: the job's trace
         try:
             with store.transaction(self.engine) as conn:
                 store.insert_job(
                     conn,
                     _new_job_values(job_id, sent, bucket, region, now)
-                    | {"idempotency_key": idempotency_key, "request_digest": digest},
-                )
+                    | {"idempotency_key": idempotency_key, "request_digest": digest,
+                       "traceparent": traceparent},
+                )  # fmt: skip
         except IntegrityError:  # a concurrent request with the same key won
             if idempotency_key and (earlier := self._earlier(idempotency_key, digest)):
                 return earlier, True
             raise
-
+        tracing.remember_job(job_id, traceparent)
         try:
             result = client.create_job(sent)
         except CIError as exc:

@@ -151,11 +151,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help=f"distinct jobs prepared (default {ESTIMATED_RATE}/s x (warm-up + rounds x duration))",
     )
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also load 'cirelay-ref', cirelay served from this source tree (e.g. `git archive"
+        " <commit>` unpacked) on a SQLite database of its own holding the same jobs: an A/B of"
+        " two versions in one run (SQLite and --endpoint job only)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("-v", "--verbose", action="store_true", help="print wrk's own output")
     args = parser.parse_args(argv)
     if args.connections < WRK_THREADS:
         parser.error(f"--connections must be at least {WRK_THREADS} (wrk threads)")
+    if args.compare_tree and (args.database_url or args.endpoint != "job"):
+        parser.error("--compare-tree: SQLite and --endpoint job only")
     if args.jobs is None:
         args.jobs = ESTIMATED_RATE * (WARMUP_SECONDS + args.rounds * args.duration)
     return args
@@ -293,7 +302,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
 
     def lua_env(server: Server, label: str) -> dict[str, str]:
         first, count = slices[label]
-        wrap = server.name != "cirelay"
+        wrap = not server.name.startswith("cirelay")  # cirelay-ref: its own database
         return {
             "BENCH_MODE": args.endpoint,
             "BENCH_JOBS_FILE": str(jobs_file),
@@ -350,6 +359,8 @@ def run(args: argparse.Namespace, work: Path) -> int:
         servers = [cirelay, stack.enter_context(
             Server("bare", bare_command(args), env, work, ready_status=None)
         )]  # fmt: skip
+        if args.compare_tree:
+            servers.append(stack.enter_context(reference_server(args, env, work, jobs_file)))
         for name, app, path, *_ in floors:
             floor_env = dict(env, FLOOR_MODE="commit", FLOOR_SQLITE_PATH=str(path),
                              FLOOR_JOBS_DATABASE_URL=database_url)  # fmt: skip
@@ -554,6 +565,40 @@ def bare_command(args: argparse.Namespace, app: str | None = None) -> list[str]:
 # --- servers ------------------------------------------------------------------------------
 
 
+def reference_server(args: argparse.Namespace, env: dict[str, str], work: Path,
+                     jobs_file: Path) -> Server:  # fmt: skip
+    """cirelay served from ``--compare-tree``, on a SQLite file its own migrations made,
+    holding the jobs of ``jobs_file`` (the same ids and tokens as cirelay's)."""
+    tree = args.compare_tree.resolve()
+    database = f"sqlite:///{work / 'cirelay-ref.db'}"
+    load = """if True:
+        import sys
+        from datetime import UTC, datetime
+
+        import sqlalchemy as sa
+
+        from app import store
+        from app.migrations import upgrade
+
+        engine = store.create_engine(sys.argv[1])
+        upgrade(engine)
+        now = datetime.now(UTC)
+        with open(sys.argv[2]) as lines:
+            pairs = [line.split() for line in lines]
+        rows = [{"id": path.split("/")[3], "ci_job_id": ci_job_id, "origin": "api",
+                 "state": "Submitted", "tag": "VoiceSeparate", "detail": {},
+                 "created_at": now, "updated_at": now} for path, ci_job_id in pairs]
+        with engine.begin() as conn:
+            conn.execute(sa.insert(store.jobs), rows)
+    """
+    python = str(_venv_bin() / "python")
+    tree_env = dict(env, CIRELAY_DATABASE_URL=database, PYTHONPATH=str(tree))
+    subprocess.run([python, "-c", load, database, str(jobs_file)], cwd=tree, env=tree_env,
+                   check=True)  # fmt: skip
+    command = [python, "-m", "app.cli", *cirelay_command(args)[1:]]
+    return Server("cirelay-ref", command, tree_env, work, ready_status=200, cwd=tree)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
@@ -570,8 +615,10 @@ class Server:
         env: dict[str, str],
         work: Path,
         ready_status: int | None,
+        cwd: Path = REPO,
     ) -> None:
         self.name = name
+        self.cwd = cwd
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.command = [part.replace("{port}", str(self.port)) for part in command]
@@ -591,7 +638,7 @@ class Server:
             self.process = subprocess.Popen(
                 self.command,
                 env=self.env,
-                cwd=REPO,
+                cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -910,14 +957,14 @@ def print_table(rounds: list[dict[str, WrkResult]], database: str) -> None:
         "taken in turn (latencies: median of the rounds)"
     )
     print(
-        f"{'server':8} {'requests/s':>11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"{'server':11} {'requests/s':>11} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
         f"{'max ms':>8} {'non-2xx':>8} {'server CPU ms/req':>18} {'postgres ms/req':>16} "
         f"{'others CPU %':>13}"
     )
     for name, r in total.items():
         others = 100 * r.cpu.others / _capacity(r) if r.cpu else 0.0
         print(
-            f"{name:8} {r.ok_per_second:11.1f} {r.p50_ms:8.2f} {r.p90_ms:8.2f} "
+            f"{name:11} {r.ok_per_second:11.1f} {r.p50_ms:8.2f} {r.p90_ms:8.2f} "
             f"{r.p99_ms:8.2f} {r.max_ms:8.2f} {r.non2xx:8d} "
             f"{r.server_cpu_ms_per_request:18.3f} {r.database_cpu_ms_per_request:16.3f} "
             f"{others:13.1f}"
@@ -932,6 +979,11 @@ def print_table(rounds: list[dict[str, WrkResult]], database: str) -> None:
     verdict = "met" if ratio >= target else "NOT met"
     print(f"ratio = cirelay/bare   = {ratios('cirelay')}   target on {database} >= {target}: "
           f"{verdict}")  # fmt: skip
+    if "cirelay-ref" in total:
+        print(
+            f"A/B   = cirelay/cirelay-ref = {ratios('cirelay', 'cirelay-ref')}   this tree "
+            "against --compare-tree"
+        )
     if "floor" in total:
         print(
             f"floor = floor/bare     = {ratios('floor')}   the least any receiver that "

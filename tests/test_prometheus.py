@@ -25,7 +25,6 @@ files as well.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -33,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -55,6 +53,7 @@ from tests.e2e_stack import (
     stack_env,
     wait_http,
 )
+from tests.prometheus_server import Prometheus, running_prometheus, tool
 from tests.subscriber import Subscriber
 
 pytestmark = pytest.mark.slow
@@ -70,13 +69,6 @@ STALE_SSE_CLIENTS = 7.0
 BATCH = 20
 
 
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (Debian/Ubuntu: apt-get install prometheus)")
-    return path
-
-
 # --- reading an exposition ------------------------------------------------------------------
 
 
@@ -88,6 +80,13 @@ def sample(text: str, name: str, labels: dict[str, str] | None = None) -> float 
             if found.name == name and found.labels == wanted:
                 return float(found.value)
     return None
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample called ``name`` in a text exposition, with its labels."""
+    return [(dict(found.labels), float(found.value))
+            for family in text_string_to_metric_families(text)
+            for found in family.samples if found.name == name]  # fmt: skip
 
 
 def eventually(what: str, read: Callable[[], object], expected: object) -> None:
@@ -286,6 +285,24 @@ def test_metrics_are_the_totals_over_both_workers_and_stale_files_are_gone(
     assert sample(text, "cirelay_sse_clients") == 0
 
 
+def test_requests_commits_and_each_workers_cpu_and_memory_are_exposed(service: Service) -> None:
+    """Every request answered is counted by method and code and timed; every notification
+    is in one group commit's batch; the scrape reports CPU and memory of each gunicorn worker
+    (label ``pid``: both, whichever answered the scrape); no connection stays checked out."""
+    sent = service.send_to_both_workers()
+    text = service.scrape()
+    assert sample(text, "cirelay_http_requests_total", {"method": "POST", "code": "200"}) == sent
+    assert (sample(text, "cirelay_http_request_duration_seconds_count") or 0) >= sent
+    assert sample(text, "cirelay_commit_batch_size_sum") == sent
+    assert 1 <= (sample(text, "cirelay_commit_batch_size_count") or 0) <= sent
+    assert sample(text, "cirelay_db_connections_in_use") == 0
+    pids = {str(pid) for pid in service.workers()}
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
+        reported = {labels["pid"]: value for labels, value in samples(text, name)}
+        assert set(reported) == pids, name
+        assert all(value > 0 for value in reported.values()), name
+
+
 def test_service_exposition_passes_promtool_check_metrics(service: Service) -> None:
     """The service's ``/metrics`` (multiprocess, after accepted, duplicate, forged and
     quarantined notifications) passes ``promtool check metrics`` with no lint warning."""
@@ -365,66 +382,16 @@ def test_a_killed_worker_keeps_its_counts_and_drops_its_live_gauge(service: Serv
 # --- a real Prometheus server ---------------------------------------------------------------
 
 
-@dataclass
-class Prometheus:
-    base: str
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        response = requests.get(f"{self.base}/api/v1/query", params={"query": promql},
-                                timeout=10)  # fmt: skip
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert body["status"] == "success", body
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def by_job(self, promql: str) -> dict[str, float]:
-        return {r["metric"].get("job", ""): float(r["value"][1]) for r in self.query(promql)}
-
-
 @pytest.fixture
 def prometheus(
     service: Service, worker: tuple[Process, int], tmp_path: Path
 ) -> Iterator[Prometheus]:
     """A Prometheus server scraping the service (job ``cirelay``) and the worker (job
     ``cirelay-worker``) every second, running until all its targets are up."""
-    binary = tool("prometheus")
     _, worker_port = worker
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  scrape_timeout: 1s\n"
-        "scrape_configs:\n"
-        "  - job_name: cirelay\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{service.port}']\n"
-        "  - job_name: cirelay-worker\n"
-        "    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{worker_port}']\n"
-    )
-    command = [
-        binary,
-        f"--config.file={config}",
-        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    process = spawn("prometheus", command, dict(os.environ), tmp_path)
-    server = Prometheus(f"http://127.0.0.1:{port}")
-    try:
-        wait_http("Prometheus", f"{server.base}/-/ready", process)
-
-        def targets_up() -> bool:
-            response = requests.get(f"{server.base}/api/v1/targets", timeout=10)
-            targets = response.json()["data"]["activeTargets"]
-            return len(targets) == 2 and all(t["health"] == "up" for t in targets)
-
-        poll("both Prometheus targets to be up", targets_up)
+    with running_prometheus({"cirelay": service.port, "cirelay-worker": worker_port},
+                            tmp_path) as server:  # fmt: skip
         yield server
-    finally:
-        process.stop()
-        print(f"----- prometheus ({process.log_path}) -----\n{process.tail(40)}")
 
 
 def test_prometheus_scrapes_the_service_and_the_worker(

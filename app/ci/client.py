@@ -38,6 +38,7 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.auth import AuthBase
 
+from app import tracing
 from app.ci import wire
 from app.ci.errors import (
     CIDocumentError,
@@ -226,23 +227,28 @@ class CIClient:
         attempts = 2 if retry else 1
         for attempt in range(1, attempts + 1):
             started = time.perf_counter()
-            try:
-                answer = self._exchange(method, path, params or {}, body)
-                result = self._interpret(answer, parse)
-            except CIError as exc:
-                self._observe(operation, _outcome(exc), started)
-                if attempt < attempts and _is_connection_failure(exc):
-                    continue
-                raise
-            self._observe(operation, "ok", started)
-            return result, answer.request_id
+            with tracing.span(f"CI {operation}", kind="client", attributes={
+                "ci.operation": operation, "server.address": self.host,
+            }):  # fmt: skip
+                try:
+                    answer = self._exchange(method, path, params or {}, body)
+                    result = self._interpret(answer, parse)
+                except CIError as exc:
+                    tracing.set_attributes({"ci.request_id": exc.request_id})
+                    self._observe(operation, _outcome(exc), started)
+                    if attempt < attempts and _is_connection_failure(exc):
+                        continue
+                    raise
+                tracing.set_attributes({"ci.request_id": answer.request_id})
+                self._observe(operation, "ok", started)
+                return result, answer.request_id
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _exchange(
         self, method: str, path: str, params: Mapping[str, str], body: bytes | None
     ) -> _Answer:
         """One signed HTTP request; transport failures become CI errors."""
-        headers = {"Host": self.host}
+        headers = {"Host": self.host, **tracing.inject_headers()}  # traceparent: not signed
         if body is not None:
             headers["Content-Type"] = "application/xml"
         if self._token:
@@ -328,7 +334,9 @@ class CIClient:
         if self._metrics is None:
             return
         self._metrics.ci_requests.labels(operation, outcome).inc()
-        self._metrics.ci_request_seconds.labels(operation).observe(time.perf_counter() - started)
+        self._metrics.ci_request_seconds.labels(operation).observe(
+            time.perf_counter() - started, exemplar=tracing.exemplar()
+        )
 
     def _redact(self, text: str) -> str:
         """``text`` without our SecretKey, token or any Authorization value."""

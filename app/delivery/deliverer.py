@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection, Engine
 
-from app import store
+from app import store, tracing
 from app.config import Settings
 from app.delivery.policy import Policy
 from app.delivery.rows import DeliveryUpdate, NewEvent
@@ -252,7 +252,10 @@ class Deliverer:
         # the timestamp is checked against the subscriber's own clock: always the wall clock
         secrets_now = claim.subscription.signing_secrets(now)
         headers = signed_headers(claim.event.id, body, secrets_now, datetime.now(UTC))
-        return self.sender.post(claim.subscription.url, body.encode(), headers)
+        with tracing.delivery_span(self.engine, claim):  # the job's trace; no-op when off
+            report = self.sender.post(claim.subscription.url, body.encode(),
+                                      headers | tracing.inject_headers())  # fmt: skip
+            return tracing.traced_report(report)
 
     # 4. record
 
@@ -357,7 +360,7 @@ class Deliverer:
             m.attempts_per_delivery.observe(f.claim.attempt)
             if f.claim.origin == "fanout":  # a replay's latency says nothing about the pipe
                 latency = (f.finished_at - f.claim.event.time).total_seconds()
-                m.delivery_latency.observe(max(0.0, latency))
+                m.delivery_latency.observe(max(0.0, latency), exemplar=f.report.exemplar)
         elif f.report.result is AttemptResult.GONE or f.claim.attempt > len(self.policy.schedule):
             m.deliveries.labels("given_up").inc()
             m.attempts_per_delivery.observe(f.claim.attempt)

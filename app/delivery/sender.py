@@ -177,6 +177,8 @@ class AttemptReport:
     error: str | None = None
     retry_after: float | None = None
     duration_ms: float = 0.0
+    #: the attempt's span as a Prometheus exemplar (``CIRELAY_TRACING=on``), else ``None``
+    exemplar: dict[str, str] | None = None
 
 
 class Sender:

@@ -52,6 +52,7 @@ from app.store.engine import (
     raising_unavailable,
     transaction,
     unavailable_error,
+    watch_pool,
 )
 from app.store.job import (
     NOTIFIED_COLUMNS,
@@ -59,6 +60,7 @@ from app.store.job import (
     find_job_by_idempotency_key,
     get_job,
     insert_job,
+    job_traceparent,
     job_values,
     list_jobs,
     list_notifications,
@@ -159,6 +161,7 @@ __all__ = [
     "is_transient",
     "is_unavailable",
     "job_ids_by_ci_id",
+    "job_traceparent",
     "job_values",
     "jobs",
     "json_dumps",
@@ -194,6 +197,7 @@ __all__ = [
     "update_job",
     "update_jobs",
     "update_subscription",
+    "watch_pool",
     "workflow_executions",
     "workflow_tasks",
 ]

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -446,3 +446,16 @@ def hold_events_lock(conn: Connection) -> None:
 _HOLDS_EVENTS_LOCK = "cirelay_holds_events_lock"
 
 _LOCK_AND_NOTIFY = sa.text(f"SELECT pg_advisory_xact_lock(:key), pg_notify('{EVENTS_CHANNEL}', '')")
+
+
+def watch_pool(engine: Engine, checked_out: Callable[[int], None]) -> None:
+    """Call ``checked_out(+1)`` when a connection leaves the engine's pool, ``(-1)`` when it
+    comes back (the pool-in-use gauge)."""
+
+    @sa.event.listens_for(engine, "checkout")
+    def _on_checkout(*_: Any) -> None:
+        checked_out(1)
+
+    @sa.event.listens_for(engine, "checkin")
+    def _on_checkin(*_: Any) -> None:
+        checked_out(-1)

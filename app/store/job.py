@@ -244,3 +244,10 @@ def list_notifications(conn: Connection, job_id: str) -> list[NotificationRecord
         )
         for m in conn.execute(query).mappings()
     ]
+
+
+def job_traceparent(conn: Connection, job_id: str) -> str | None:
+    """The W3C traceparent stored with the job at its submit (``None``: none, or no job)."""
+    query = sa.select(jobs.c.traceparent).where(jobs.c.id == job_id)
+    value: str | None = conn.execute(query).scalar_one_or_none()
+    return value

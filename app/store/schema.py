@@ -66,6 +66,9 @@ jobs = sa.Table(
     sa.Column("submit_error", sa.JSON),
     # reconciliation: when CI was last asked about this job
     sa.Column("last_polled_at", UTCDateTime),
+    # tracing: the W3C traceparent of the client's submit (CIRELAY_TRACING=on), so CI's
+    # callback and every delivery about the job join the submitter's trace
+    sa.Column("traceparent", sa.String(55)),
     sa.Index(None, "state", "id"),
     sa.Index(None, "created_at"),
 )

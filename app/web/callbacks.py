@@ -35,7 +35,7 @@ from werkzeug.exceptions import (
 )
 from werkzeug.wsgi import get_content_length, get_input_stream
 
-from app import logs
+from app import logs, tracing
 from app.errors import (
     BadRequestError,
     NotFoundError,
@@ -167,7 +167,7 @@ class CallbackLane:
         results = self.services.receiver.ingest(received, self.services.clock())
         wire_format = "json" if content_type == "application/json" else "xml"
         self.services.metrics.processing_seconds.labels(wire_format).observe(
-            time.perf_counter() - started
+            time.perf_counter() - started, exemplar=tracing.exemplar()
         )
         return results
 

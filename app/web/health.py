@@ -7,12 +7,12 @@ import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from app import store
+from app import store, tracing
 from app.metrics import exposition
 from app.schemas import DOCUMENTS
 from app.web import services
@@ -86,5 +86,7 @@ _PROBE = _DatabaseProbe()
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
     svc = services()
-    body, content_type = exposition(svc.metrics.registry, svc.database_collector)
+    # OpenMetrics (with exemplars) when the scraper asks for it and tracing is on
+    accept = request.headers.get("Accept") if tracing.is_enabled() else None
+    body, content_type = exposition(svc.metrics.registry, svc.database_collector, accept)
     return Response(body, content_type=content_type)

@@ -9,37 +9,55 @@ thread serves other requests next.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.wsgi import ClosingIterator
 
-from app import logs
+from app import logs, tracing
+from app.metrics import Metrics
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 HEADER = "X-Request-ID"
+#: methods counted by name (others as ``other``: the label stays low-cardinality)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RequestIds:
-    """WSGI middleware: bind, send back and unbind each request's id."""
+    """WSGI middleware: bind, send back and unbind each request's id; with ``metrics``,
+    count each request by method and status and time it to the end of its body."""
 
-    def __init__(self, app: WSGIApplication) -> None:
+    def __init__(self, app: WSGIApplication, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
         request_id = logs.bind_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        method = environ.get("REQUEST_METHOD", "")
+        method = method if method in _METHODS else "other"
 
         def start_with_id(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            if self.metrics is not None:
+                self.metrics.http_requests.labels(method, status[:3]).inc()
             return start_response(status, [*headers, (HEADER, request_id)], *args)
+
+        def finish() -> None:
+            if self.metrics is not None:
+                self.metrics.http_request_seconds.observe(
+                    time.perf_counter() - started, exemplar=tracing.exemplar()
+                )
+            _unbind()
 
         try:
             body = self.app(environ, start_with_id)
         except BaseException:
             logs.REQUEST_ID.set(None)
             raise
-        return ClosingIterator(body, [_unbind])
+        return ClosingIterator(body, [finish])
 
 
 def _unbind() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -920,7 +921,7 @@ def test_prometheus_rule_structure(production: Release) -> None:
         assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, name
         assert rule["labels"]["severity"] in {"info", "warning", "critical"}, name
         assert rule["labels"]["team"] == "platform", name
-        assert set(rule["annotations"]) == {"summary", "description"}, name
+        assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}, name
         assert "{{" not in rule["expr"], name
     # Series of this release only. The database gauges come from the web job alone (the
     # workers report the same figures); the delivery counters from the worker job alone.
@@ -983,6 +984,24 @@ def run_promtool(promtool: str, *args: str, cwd: Path) -> str:
     return output
 
 
+def test_every_alerts_runbook_url_points_at_its_section_of_docs_runbooks(
+    production: Release,
+) -> None:
+    """``runbook_url`` is ``prometheusRule.runbookBaseUrl`` + ``#<alert, lower case>``, the
+    anchor of a ``## <Alert>`` section of docs/runbooks.md that says what it means, how to
+    confirm it and how to fix it."""
+    (group,) = rule_groups(production)
+    base = load_yaml(CHART / "values.yaml")["prometheusRule"]["runbookBaseUrl"]
+    runbooks = (CHART.parents[1] / "docs" / "runbooks.md").read_text()
+    sections = dict(re.findall(r"^## (\S+)\n(.*?)(?=^## |\Z)", runbooks, re.M | re.S))
+    for rule in group["rules"]:
+        name = rule["alert"]
+        assert rule["annotations"]["runbook_url"] == f"{base}#{name.lower()}", name
+        assert name in sections, f"docs/runbooks.md has no section ## {name}"
+        for part in ("**Means**", "**Confirm**", "**Fix**"):
+            assert part in sections[name], f"{name}: no {part}"
+
+
 def test_promtool_checks_the_rules(promtool: str, rules_dir: Path) -> None:
     output = run_promtool(promtool, "check", "rules", "rules.yaml", cwd=rules_dir)
     assert "SUCCESS: 5 rules found" in output
@@ -991,3 +1010,15 @@ def test_promtool_checks_the_rules(promtool: str, rules_dir: Path) -> None:
 def test_alerts_fire_on_the_series_they_watch(promtool: str, rules_dir: Path) -> None:
     output = run_promtool(promtool, "test", "rules", "alerts_test.yaml", cwd=rules_dir)
     assert "SUCCESS" in output
+
+
+def test_tracing_is_off_unless_asked_and_then_exports_to_the_endpoint_given(
+    chart: helm.Chart, default: Release
+) -> None:
+    assert "CIRELAY_TRACING" not in config_data(default)
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in config_data(default)
+    endpoint = "http://otel-collector.monitoring:4318"
+    traced = render(chart, {"config": {"tracing": True, "otlpEndpoint": endpoint}})
+    data = config_data(traced)
+    assert data["CIRELAY_TRACING"] == "on"
+    assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint

@@ -183,6 +183,12 @@ CIRELAY_DELIVERY_CONCURRENCY: {{ . | int64 | quote }}
 {{- with $c.dbPoolSize }}
 CIRELAY_DB_POOL_SIZE: {{ . | int64 | quote }}
 {{- end }}
+{{- if $c.tracing }}
+CIRELAY_TRACING: "on"
+{{- end }}
+{{- with $c.otlpEndpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+{{- end }}
 {{- range $name, $value := $c.extra }}
 {{ $name }}: {{ include "cirelay.number" $value | quote }}
 {{- end }}
