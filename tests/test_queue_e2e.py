@@ -107,7 +107,8 @@ def test_a_workflow_instance_is_recorded_and_its_event_delivered(
     assert (execution["state"], execution["workflow_name"]) == ("Success", "stems-then-clean")
     tasks = execution["tasks"]
     assert [t["ci_job_id"] for t in tasks] == run["job_ids"]
-    for ci_id in run["job_ids"]:  # each task's own TaskFinish is recorded too
+    for ci_id in run["job_ids"]:  # each task's own TaskFinish (sent on its own) is recorded
+        delivered(stack, ci_id)
         assert stack.job(ci_id)["workflow"]["RunId"] == run["RunId"]
     event = event_for(hook, "com.cirelay.workflow.finished", run["RunId"])
     assert event.get_data()["id"] == execution["id"]
