@@ -166,6 +166,11 @@ class Settings:
     #: invalid notifications one source (a callback token's job, or the queue secret) may
     #: store in quarantine per minute; beyond it they get the same 400 and are only counted
     quarantine_per_minute: int = 60
+    #: signs the console's session cookies and CSRF tokens; every replica behind a balancer
+    #: needs the same one. Empty: derived from the first callback key (which they share)
+    console_secret: str = field(default="", repr=False)
+    #: a console session ends after this many minutes without a page being opened
+    console_session_minutes: int = 30
 
     @property
     def queue_callback_secret(self) -> str:
@@ -284,6 +289,8 @@ class Settings:
             delivery_recovery_rate=number("CIRELAY_DELIVERY_RECOVERY_RATE", 200.0, 0.1),
             max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
             quarantine_per_minute=integer("CIRELAY_QUARANTINE_PER_MINUTE", 60, minimum=1),
+            console_secret=text("CIRELAY_CONSOLE_SECRET"),
+            console_session_minutes=integer("CIRELAY_CONSOLE_SESSION_MINUTES", 30, minimum=1),
         )
         if "CIRELAY_CALLBACK_KEYS" in requires and not settings.callback_keys:
             problems.append("CIRELAY_CALLBACK_KEYS: required (comma-separated HMAC keys)")
@@ -294,6 +301,8 @@ class Settings:
                 "CIRELAY_QUEUE_CALLBACK_SECRET: every secret must be at least 16 characters"
             )
         problems += parse_api_keys(settings.api_keys)[1]
+        if settings.console_secret and len(settings.console_secret) < MIN_SECRET_LENGTH:
+            problems.append("CIRELAY_CONSOLE_SECRET: must be at least 16 characters")
         if any(len(k) < 16 for k in settings.callback_keys):
             problems.append("CIRELAY_CALLBACK_KEYS: every key must be at least 16 characters")
         if problems:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app import store
+from app import operations, store
 from app.ci import wire
 from app.ci.errors import CIDocumentError
 from app.errors import (
@@ -17,10 +16,11 @@ from app.errors import (
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
-from app.models import Job, JobState
+from app.models import Job
 from app.notifications import XML_CONTENT_TYPES, media_type
 from app.submission import request_from_json
-from app.web import audit, is_admin, require_api_key, services
+from app.web import actor, is_admin, require_api_key, services
+from app.web.filters import job_query
 from app.web.inputs import ascii_int, json_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -60,7 +60,8 @@ def submit_job() -> ResponseReturnValue:
         ci_request, bucket, region, svc.clock(), idempotency_key=key
     )
     if not replayed:
-        audit("job submitted", job_id=job.id, ci_job_id=job.ci_job_id)
+        operations.record(svc.engine, actor(), "job submitted", job.id, svc.clock(),
+                          ci_job_id=job.ci_job_id)  # fmt: skip
     response = jsonify(_job_resource(job))
     response.status_code = 201
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -105,14 +106,11 @@ def get_job(ident: str) -> ResponseReturnValue:
 @bp.get("")
 @require_api_key
 def list_jobs() -> ResponseReturnValue:
-    """Newest first. Filters: ``state`` (repeat or comma-separate), ``tag``,
+    """Newest first. Filters: ``state`` (repeat or comma-separate), ``tag``, ``origin``
+    (``api``, ``queue``), ``ci_job_id``, ``user_data`` (contains),
     ``created_after``/``created_before`` (ISO 8601); ``limit`` (1 to 200, default 50);
     ``cursor`` from the previous page's ``next_cursor``."""
-    states = [s for raw in request.args.getlist("state") for s in raw.split(",") if s]
-    bad = [s for s in states if s not in JobState.__members__.values()]
-    details = [{"field": "state", "reason": f"unknown state {s!r}"} for s in bad]
-    after = _timestamp("created_after", details)
-    before = _timestamp("created_before", details)
+    query, details = job_query(request.args)
     limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
     if limit is None:
         details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
@@ -120,26 +118,7 @@ def list_jobs() -> ResponseReturnValue:
         raise BadRequestError("invalid query parameters", details)
     with services().engine.connect() as conn:
         page = store.list_jobs(
-            conn,
-            states=states,
-            tag=request.args.get("tag") or None,
-            created_after=after,
-            created_before=before,
-            before_id=request.args.get("cursor") or None,
-            limit=limit,
+            conn, **query.arguments(), before_id=request.args.get("cursor") or None, limit=limit
         )
     next_cursor = page[-1].id if len(page) == limit else None
     return jsonify({"jobs": [_job_resource(job) for job in page], "next_cursor": next_cursor})
-
-
-def _timestamp(name: str, details: list[dict[str, str]]) -> datetime | None:
-    raw = request.args.get(name)
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        # the store compares in UTC, and 0001-01-01T00:00+14:00 has none (year 0)
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-    except (ValueError, OverflowError):
-        details.append({"field": name, "reason": "an ISO 8601 timestamp, year 1 to 9999 in UTC"})
-        return None
