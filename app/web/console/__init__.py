@@ -87,7 +87,8 @@ def session_secret(settings: Settings) -> str:
 
 
 def init_app(app: Flask) -> None:
-    settings: Settings = app.extensions["cirelay"].settings
+    wired = app.extensions.get("cirelay")  # none for `cirelay routes`, which serves nothing
+    settings: Settings = wired.settings if wired is not None else Settings()
     app.config.update(
         SECRET_KEY=session_secret(settings),
         SESSION_COOKIE_NAME="cirelay_console",
@@ -164,7 +165,7 @@ def _authenticate() -> ResponseReturnValue | None:
         session.clear()
         if is_htmx():  # a polling fragment: send the whole page to the sign-in form
             return Response(status=401, headers={"HX-Redirect": url_for("console.sign_in")})
-        return redirect(url_for("console.sign_in", next=request.full_path))
+        return redirect(url_for("console.sign_in", next=request.full_path.rstrip("?")))
     g.console_key = key
     request.environ[logs.API_KEY_ENVIRON] = key.name
     logs.bind_api_key(key.name)

@@ -52,7 +52,7 @@ def quarantined(ident: int) -> ResponseReturnValue:
         raise NotFoundError(f"no quarantined notification {ident}")
     paths = [r.get("path", "") for r in item.reasons if isinstance(r, dict)]
     lines = bodies.pretty_lines(item.body, item.content_type, paths)
-    return render_template("console/quarantined.html", item=item, lines=lines)
+    return render_template("console/quarantined.html", item=item, body_lines=lines)
 
 
 @bp.post("/quarantine/<int:ident>/replay")
