@@ -991,3 +991,16 @@ def test_promtool_checks_the_rules(promtool: str, rules_dir: Path) -> None:
 def test_alerts_fire_on_the_series_they_watch(promtool: str, rules_dir: Path) -> None:
     output = run_promtool(promtool, "test", "rules", "alerts_test.yaml", cwd=rules_dir)
     assert "SUCCESS" in output
+
+
+def test_the_console_is_published_only_when_switched_on(
+    chart: helm.Chart, production: Release
+) -> None:
+    rules = production.get("Ingress", FULLNAME)["spec"]["rules"]
+    assert not _published("/console/jobs", rules)
+    switched = render(chart, {"ingress": {"enabled": True, "console": True}})
+    rules = switched.get("Ingress", FULLNAME)["spec"]["rules"]
+    assert _published("/console/jobs", rules) and _published("/v1/jobs", rules)
+    assert not [p for p in KEYLESS_PATHS if _published(p, rules)]
+    for ingress in switched.all("Ingress"):
+        kubernetes_validate.validate(ingress, KUBE_VERSION, strict=True)
