@@ -4,7 +4,7 @@ emulator, ``cirelay serve``, ``cirelay worker``) and real subscribers on loopbac
 
 One stack and one browser serve the whole module (they take seconds to start); each test
 makes its own jobs and subscriptions. axe-core (vendored from npm under ``vendor/``) is run in
-the page; screenshots at 1280×800 go to ``docs/screenshots/`` (see the README).
+the page; screenshots at 1280x800 go to ``docs/screenshots/`` (see the README).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
   failed" from the subscription's filter delivers every one;
 - a read key sees no action buttons and its forged POST is refused (403); a POST without a
   CSRF token is refused (400);
-- axe-core on every page: no serious or critical violation; screenshots at 1280×800.
+- axe-core on every page: no serious or critical violation; screenshots at 1280x800.
 """
 
 from __future__ import annotations

@@ -158,9 +158,7 @@ def test_deliveries_filter_by_job_and_time(
 INVALID = (CORPUS / "notification/invalid/state-not-in-enum.xml").read_bytes()
 
 
-def test_quarantine_list_show_and_replay(
-    client: FlaskClient, engine: Engine, clock: Clock
-) -> None:
+def test_quarantine_list_show_and_replay(client: FlaskClient, engine: Engine, clock: Clock) -> None:
     make_job(engine, "job_q1", clock.now)
     body = INVALID.replace(b"j6d67510d4c4f15952ca66bc47f5b1ea3", ci_job_id(7).encode())
     assert client.post(callback_path("job_q1"), data=body, headers=XML).status_code == 400
