@@ -11,11 +11,11 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app import operations, store
-from app.errors import BadRequestError, NotFoundError, UnprocessableError
+from app.errors import BadRequestError, NotFoundError
 from app.models import QuarantinedNotification
 from app.web import actor, require_api_key, services
-from app.web.filters import quarantine_filter
-from app.web.inputs import ascii_int, json_body
+from app.web.filters import filter_body, quarantine_filter
+from app.web.inputs import ascii_int
 
 quarantine_bp = Blueprint("quarantine", __name__, url_prefix="/v1/quarantine")
 audit_bp = Blueprint("audit", __name__, url_prefix="/v1/audit")
@@ -111,13 +111,7 @@ def replay_matching() -> ResponseReturnValue:
     JSON body), at most 1,000, oldest first. ``"dry_run": true``: 200 ``{"matching": n}``;
     else 200 ``{"replayed": n, "outcomes": {...}, "remaining": m}``."""
     svc = services()
-    body = json_body()
-    body = {} if body is None else body
-    if not isinstance(body, dict) or set(body) - REPLAY_FIELDS:
-        raise UnprocessableError(
-            "a replay is a JSON object of filters",
-            [{"field": "body", "message": f"fields: {sorted(REPLAY_FIELDS)}"}],
-        )
+    body = filter_body(REPLAY_FIELDS, "a replay")
     which = quarantine_filter(body)
     if body.get("dry_run") is True:
         return jsonify({"matching": operations.count_quarantined(svc.engine, which)})

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from app.errors import BadRequestError
+from app.errors import BadRequestError, UnprocessableError
 from app.models import DeliveryFilter, DeliveryState, JobState, Outcome, QuarantineFilter, Source
+from app.web.inputs import json_body
 
 #: a query string or form (``MultiDict``: ``getlist``), or a JSON object's fields
 Fields = Mapping[str, Any]
@@ -164,3 +165,16 @@ def job_query(fields: Fields) -> tuple[JobQuery, list[dict[str, str]]]:
         created_before=read.time("created_before"),
     )
     return query, read.problems
+
+
+def filter_body(allowed: frozenset[str], what: str) -> dict[str, Any]:
+    """A JSON body of filters (an empty body: no filter); 422 if it is anything but an object
+    of the ``allowed`` names."""
+    body = json_body()
+    body = {} if body is None else body
+    if not isinstance(body, dict) or set(body) - allowed:
+        raise UnprocessableError(
+            f"{what} is a JSON object of filters",
+            [{"field": "body", "message": f"fields: {sorted(allowed)}"}],
+        )
+    return body

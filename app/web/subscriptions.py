@@ -12,7 +12,7 @@ from app.delivery.sender import Sender
 from app.errors import BadRequestError, NotFoundError, UnprocessableError
 from app.models import Subscription
 from app.web import actor, require_api_key, services
-from app.web.filters import delivery_filter
+from app.web.filters import delivery_filter, filter_body
 from app.web.inputs import ascii_int, json_body
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
@@ -42,7 +42,7 @@ def list_all() -> ResponseReturnValue:
 @bp.get("/<ident>")
 @require_api_key
 def get(ident: str) -> ResponseReturnValue:
-    return jsonify(_get(ident).view())
+    return jsonify(find_subscription(ident).view())
 
 
 @bp.patch("/<ident>")
@@ -135,7 +135,7 @@ def list_deliveries(ident: str) -> ResponseReturnValue:
     """The subscription's deliveries, newest first, each with every attempt (result, status
     code, latency, an excerpt of the error). Filters: ``state``, ``job_id``,
     ``created_after``/``created_before``; ``before`` (an id) pages."""
-    _get(ident)
+    find_subscription(ident)
     limit = ascii_int(request.args.get("limit", "50"), 1, 200)
     raw_before = request.args.get("before")
     before = ascii_int(raw_before) if raw_before is not None else None
@@ -178,14 +178,8 @@ def retry_matching(ident: str) -> ResponseReturnValue:
     ``"dry_run": true``: 200 ``{"matching": n}`` and nothing changes; else 202
     ``{"retried": n, "remaining": m}``."""
     svc = services()
-    body = json_body()
-    body = {} if body is None else body
-    if not isinstance(body, dict) or set(body) - RETRY_FIELDS:
-        raise UnprocessableError(
-            "a retry is a JSON object of filters",
-            [{"field": "body", "message": f"fields: {sorted(RETRY_FIELDS)}"}],
-        )
-    _get(ident)
+    body = filter_body(RETRY_FIELDS, "a retry")
+    find_subscription(ident)
     which = delivery_filter(body, ident)
     if body.get("dry_run") is True:
         return jsonify({"matching": operations.count_deliveries(svc.engine, which)})
@@ -195,7 +189,8 @@ def retry_matching(ident: str) -> ResponseReturnValue:
 RETRY_FIELDS = frozenset({"state", "job_id", "created_after", "created_before", "dry_run"})
 
 
-def _get(ident: str) -> Subscription:
+def find_subscription(ident: str) -> Subscription:
+    """The subscription, or a 404."""
     with services().engine.connect() as conn:
         item = store.get_subscription(conn, ident)
     if item is None:

@@ -11,26 +11,18 @@ from flask import Response, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from app import delivery, operations, store, subscriptions
-from app.errors import BadRequestError, NotFoundError, UnprocessableError
+from app.errors import BadRequestError, UnprocessableError
 from app.models import DeliveryFilter, DeliveryState, Subscription
 from app.web import services
 from app.web.console import actor, bp
 from app.web.filters import delivery_filter
 from app.web.inputs import ascii_int
-from app.web.subscriptions import event_sender
+from app.web.subscriptions import event_sender, find_subscription
 
 PAGE = 50
 FILTER_FIELDS = ("state", "job_id", "created_after", "created_before")
 #: what "retry" can take: a delivery given up, or one waiting on its backoff
 RETRYABLE = (DeliveryState.FAILED.value, DeliveryState.PENDING.value)
-
-
-def _get(ident: str) -> Subscription:
-    with services().engine.connect() as conn:
-        item = store.get_subscription(conn, ident)
-    if item is None:
-        raise NotFoundError(f"no subscription {ident!r}")
-    return item
 
 
 def _form_values(*, partial: bool) -> dict[str, Any]:
@@ -74,7 +66,7 @@ def create_subscription() -> ResponseReturnValue:
 
 @bp.get("/subscriptions/<ident>")
 def subscription(ident: str) -> ResponseReturnValue:
-    item = _get(ident)
+    item = find_subscription(ident)
     which = delivery_filter(request.args, ident)
     raw_before = request.args.get("before")
     before = ascii_int(raw_before) if raw_before else None
@@ -164,7 +156,7 @@ def retry_matching(ident: str) -> ResponseReturnValue:
     """Without ``confirm``: how many failed deliveries match, and a button to confirm. With
     it: send them again (at most :data:`app.operations.MAX_BATCH`), and say how many."""
     svc = services()
-    _get(ident)
+    find_subscription(ident)
     try:
         which = _retryable(delivery_filter(request.form, ident))
     except BadRequestError as exc:
