@@ -118,10 +118,18 @@ class Console:
         self.driver.execute_script("window.scrollTo(0, 0)")
         assert self.driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
+    def overflow(self) -> int:
+        """How far the page is wider than the window (0: it fits)."""
+        width: int = self.driver.execute_script(
+            "return document.documentElement.scrollWidth - window.innerWidth"
+        )
+        return width
+
     def check(self, name: str) -> None:
-        """Every page: accessible, fits a phone's width, and a screenshot."""
+        """Every page: accessible, as wide as the window at 1280 px, and a screenshot."""
         self.axe(name)
         self.shot(name)
+        assert self.overflow() <= 0, f"{name} is wider than 1280 px"
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +216,10 @@ def test_a_quarantined_notification_replayed_after_a_schema_fix_is_accepted(
     console.wait_text("the reasons", r"MediaResult/OutputFile/Md5Info(\[\d\])?/ObjectName")
     marked = console.driver.find_elements(By.CSS_SELECTOR, ".line.marked mark")
     assert marked and all("ObjectName" in m.text for m in marked), [m.text for m in marked]
+    console.driver.execute_script(  # the body's own scroll shows the marked line
+        "const m = document.querySelector('.line.marked');"
+        "m.closest('pre').scrollTop = m.offsetTop - 120;"
+    )
     console.check("quarantined")
 
     _restart_service_with_real_schemas(stack)
@@ -313,14 +325,19 @@ def test_the_console_follows_the_event_stream_live(console: Console, stack: Stac
 
 def test_the_pages_fit_a_phone_and_sign_out_ends_the_session(console: Console) -> None:
     console.sign_in(ADMIN_KEY)
+    console.open("/console/jobs")
+    body = console.driver.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)  # the keyboard's first stop skips to the content
+    focused = console.driver.switch_to.active_element
+    assert focused.get_attribute("class") == "skip"
+    focused.send_keys(Keys.ENTER)
+    assert console.driver.current_url.endswith("#content")
     console.viewport(390, 844, mobile=True)
     try:
-        for path in ("/console/", "/console/jobs", "/console/subscriptions"):
+        for path in ("/console/", "/console/jobs", "/console/subscriptions", "/console/quarantine",
+                     "/console/events", "/console/audit"):  # fmt: skip
             console.open(path)
-            overflow = console.driver.execute_script(
-                "return document.documentElement.scrollWidth - window.innerWidth"
-            )
-            assert overflow <= 0, (path, overflow)
+            assert console.overflow() <= 0, path
     finally:
         console.viewport(1280, 800)
     console.click("sign-out")

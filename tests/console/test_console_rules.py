@@ -145,6 +145,18 @@ def test_sessions_survive_another_replica_with_the_same_settings(
     assert other.get("/console/audit").status_code == 200
 
 
+def test_a_key_removed_from_the_settings_ends_its_sessions(
+    client: FlaskClient, services: Services
+) -> None:
+    sign_in(client)
+    cookie = client.get_cookie("cirelay_console")
+    assert cookie is not None
+    rotated = replace(services.settings, api_keys=("another-admin-key-0123456789",))
+    other = create_app(services=replace(services, settings=rotated)).test_client()
+    other.set_cookie("cirelay_console", cookie.value)
+    assert other.get("/console/audit").status_code == 302
+
+
 def test_the_offending_element_is_marked_in_the_body() -> None:
     body = (CORPUS / "notification/invalid/state-not-in-enum.xml").read_bytes()
     lines = bodies.pretty_lines(body, "application/xml", ["/Response/JobsDetail/State"])
