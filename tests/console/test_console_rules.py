@@ -123,16 +123,25 @@ def test_a_session_ends_when_idle_and_at_sign_out(client: FlaskClient, clock: Cl
     assert client.get("/console/").status_code == 302
 
 
-def test_cookies_are_secure_behind_an_https_proxy(services: Services) -> None:
+def test_behind_an_https_proxy_under_a_prefix(services: Services) -> None:
+    """The chart's ingress (or any proxy) in front: Secure cookies, links under its prefix."""
     app = create_app(services=replace(services, settings=replace(services.settings, proxy_hops=1)))
     client = app.test_client()
-    https = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "relay.example.org"}
+    https = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "relay.example.org",
+        "X-Forwarded-Prefix": "/relay",
+    }
+    first = client.get("/console/jobs", headers=https)
+    assert first.headers["Location"] == "/relay/console/sign-in?next=/relay/console/jobs"
     page = client.get("/console/sign-in", headers=https).get_data(as_text=True)
+    assert 'href="/relay/console/static/vendor/pico-2.1.1.min.css"' in page
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
     assert csrf
-    response = client.post("/console/sign-in", headers=https | {"Referer": "https://relay.example.org/console/sign-in"},
-                           data={"api_key": API_KEY, "csrf_token": csrf.group(1)})  # fmt: skip
-    assert response.status_code == 303
+    referer = {"Referer": "https://relay.example.org/relay/console/sign-in"}
+    data = {"api_key": API_KEY, "csrf_token": csrf.group(1), "next": "/relay/console/jobs"}
+    response = client.post("/console/sign-in", headers=https | referer, data=data)
+    assert response.status_code == 303 and response.headers["Location"] == "/relay/console/jobs"
     assert "Secure" in response.headers["Set-Cookie"]
 
 

@@ -165,7 +165,8 @@ def _authenticate() -> ResponseReturnValue | None:
         session.clear()
         if is_htmx():  # a polling fragment: send the whole page to the sign-in form
             return Response(status=401, headers={"HX-Redirect": url_for("console.sign_in")})
-        return redirect(url_for("console.sign_in", next=request.full_path.rstrip("?")))
+        here = request.script_root + request.full_path.rstrip("?")
+        return redirect(url_for("console.sign_in", next=here))
     g.console_key = key
     request.environ[logs.API_KEY_ENVIRON] = key.name
     logs.bind_api_key(key.name)
