@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Debian packages the tests run for real: promtool and a Prometheus server (the metrics and
-# alert-rule tests), nginx (the load-balancer test).
-SYSTEM_TOOLS := promtool:prometheus prometheus:prometheus nginx:nginx
+# alert-rule tests), nginx (the load-balancer test), chromium and chromedriver (the console's browser tests).
+SYSTEM_TOOLS := promtool:prometheus prometheus:prometheus nginx:nginx chromium:chromium chromedriver:chromium-driver
 
 .PHONY: system-deps
-system-deps: ## install the Debian packages the tests use (prometheus, nginx) when missing
+system-deps: ## install the Debian packages the tests use (prometheus, nginx, chromium) when missing
 	@missing=$$(for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || PATH=$$PATH:/usr/sbin command -v $${pair%%:*} >/dev/null 2>&1 || echo $${pair##*:}; \
 	done | sort -u); \

@@ -316,6 +316,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f" WAV files in {data_dir / 'buckets' / settings.ci_bucket} are really split)\n"
         f"  worker      reconciles jobs silent for {settings.reconcile_after_seconds}s\n"
         f"  database    {settings.database_url}\n"
+        f"  console     {base}/console/   (sign in with the API key)\n"
         f"  API key     {settings.admin_api_key}\n"
         f"  queue URL   {base}/callbacks/ci/queue/{settings.queue_callback_secret}\n"
         f"  logs        {args.log_format} (--log-format)\n"

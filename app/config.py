@@ -172,6 +172,11 @@ class Settings:
     #: tag. A valid notification of another tag is answered 200, counted ``ignored``, not
     #: stored. Workflow notifications and jobs' own callbacks are always recorded.
     accept_tags: tuple[str, ...] = ()
+    #: signs the console's session cookies and CSRF tokens; every replica behind a balancer
+    #: needs the same one. Empty: derived from the first callback key (which they share)
+    console_secret: str = field(default="", repr=False)
+    #: a console session ends after this many minutes without a page being opened
+    console_session_minutes: int = 30
 
     @property
     def queue_callback_secret(self) -> str:
@@ -292,6 +297,8 @@ class Settings:
             quarantine_per_minute=integer("CIRELAY_QUARANTINE_PER_MINUTE", 60, minimum=1),
             accept_tags=csv("CIRELAY_ACCEPT_TAGS"),
             tracing=text("CIRELAY_TRACING", "off").lower() == "on",
+            console_secret=text("CIRELAY_CONSOLE_SECRET"),
+            console_session_minutes=integer("CIRELAY_CONSOLE_SESSION_MINUTES", 30, minimum=1),
         )
         if text("CIRELAY_TRACING", "off").lower() not in ("on", "off"):
             problems.append("CIRELAY_TRACING: on or off")
@@ -304,6 +311,8 @@ class Settings:
                 "CIRELAY_QUEUE_CALLBACK_SECRET: every secret must be at least 16 characters"
             )
         problems += parse_api_keys(settings.api_keys)[1]
+        if settings.console_secret and len(settings.console_secret) < MIN_SECRET_LENGTH:
+            problems.append("CIRELAY_CONSOLE_SECRET: must be at least 16 characters")
         if any(len(k) < 16 for k in settings.callback_keys):
             problems.append("CIRELAY_CALLBACK_KEYS: every key must be at least 16 characters")
         if problems:

@@ -310,6 +310,10 @@ class NotificationRecord:
     wire_format: str
     digest: str
     received_at: datetime
+    #: read only when asked for (``store.list_notifications(..., with_bodies=True)``)
+    content_type: str | None = None
+    headers: dict[str, str] | None = None
+    body: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -536,3 +540,62 @@ class Claim:
     origin: str
     subscription: Subscription
     event: Event
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who takes an action: the API key's name (never the key) and through what (``api``,
+    ``console``)."""
+
+    name: str
+    via: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One action taken in the console or the admin API (:mod:`app.operations`)."""
+
+    id: int
+    at: datetime
+    actor: str
+    via: str
+    action: str
+    subject: str | None
+    details: dict[str, Any]
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": iso_z(self.at),
+            "actor": self.actor,
+            "via": self.via,
+            "action": self.action,
+            "subject": self.subject,
+            "details": self.details,
+        }
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """Which deliveries: of one subscription, in some states, of one job's events, created
+    in a time range. Empty fields match everything."""
+
+    subscription_id: str | None = None
+    states: tuple[str, ...] = ()
+    job_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    delivery_id: int | None = None
+
+
+@dataclass(frozen=True)
+class QuarantineFilter:
+    """Which quarantined notifications: by error, source, job, time received, and whether
+    they still wait for a replay. Empty fields match everything."""
+
+    error: str | None = None
+    source: str | None = None
+    job_id: str | None = None
+    received_after: datetime | None = None
+    received_before: datetime | None = None
+    pending_only: bool = False

@@ -14,12 +14,16 @@ use this package's names (``store.get_job``); the modules are where each lives:
 - :mod:`~app.store.quarantine`: notifications kept aside to be replayed;
 - :mod:`~app.store.subscription`: subscriptions, their fan-out cursors and failures;
 - :mod:`~app.store.delivery`: fan-out, replays, claims and leases, pruning, figures;
-- :mod:`~app.store.workflow`: workflow instances and their tasks.
+- :mod:`~app.store.workflow`: workflow instances and their tasks;
+- :mod:`~app.store.delivery_filter`: deliveries by a filter: listed, counted, retried;
+- :mod:`~app.store.overview`: jobs by state and notifications by outcome, recently;
+- :mod:`~app.store.audit`: the audit log of actions taken in the console and the admin API.
 
 Module names are singular so that none hides a table of the same name (``store.jobs`` is the
 table).
 """
 
+from app.store.audit import insert_audit, list_audit
 from app.store.batched import insert_events, insert_jobs, insert_notifications, update_jobs
 from app.store.delivery import (
     bring_forward,
@@ -29,11 +33,11 @@ from app.store.delivery import (
     figures,
     finish_attempts,
     has_claimable,
-    list_deliveries,
     progress,
     prune_deliveries,
     renew_leases,
 )
+from app.store.delivery_filter import count_deliveries, list_deliveries, retry_deliveries
 from app.store.engine import (
     EVENTS_CHANNEL,
     KEEPALIVE,
@@ -71,7 +75,9 @@ from app.store.job import (
     update_job,
 )
 from app.store.outbox import events_head, find_event, insert_event, list_events
+from app.store.overview import count_jobs_by_state, count_notifications_by_outcome
 from app.store.quarantine import (
+    count_matching_quarantined,
     count_quarantined,
     count_recent_quarantined,
     get_quarantined,
@@ -82,6 +88,7 @@ from app.store.quarantine import (
 from app.store.schema import (
     BigId,
     UTCDateTime,
+    audit_log,
     deliveries,
     delivery_attempts,
     events,
@@ -124,8 +131,13 @@ __all__ = [
     "UTCDateTime",
     "WriterLock",
     "any_behind",
+    "audit_log",
     "bring_forward",
     "claim_deliveries",
+    "count_deliveries",
+    "count_jobs_by_state",
+    "count_matching_quarantined",
+    "count_notifications_by_outcome",
     "count_quarantined",
     "count_recent_quarantined",
     "create_engine",
@@ -150,6 +162,7 @@ __all__ = [
     "get_subscription",
     "has_claimable",
     "hold_events_lock",
+    "insert_audit",
     "insert_event",
     "insert_events",
     "insert_executions",
@@ -166,6 +179,7 @@ __all__ = [
     "jobs",
     "json_dumps",
     "json_loads",
+    "list_audit",
     "list_deliveries",
     "list_events",
     "list_executions",
@@ -190,6 +204,7 @@ __all__ = [
     "record_failure",
     "record_success",
     "renew_leases",
+    "retry_deliveries",
     "subscriptions",
     "subscriptions_to_fan_out",
     "transaction",

@@ -3,8 +3,6 @@ old ones are pruned; and the figures the health check and metrics report."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,8 +11,6 @@ from sqlalchemy.engine import Connection
 
 from app.models import (
     Claim,
-    Delivery,
-    DeliveryAttempt,
     DeliveryState,
     Event,
     Figures,
@@ -406,43 +402,6 @@ def prune_deliveries(conn: Connection, *, finished_before: datetime, limit: int)
         conn.execute(sa.delete(delivery_attempts).where(delivery_attempts.c.delivery_id.in_(ids)))
         conn.execute(sa.delete(deliveries).where(deliveries.c.id.in_(ids)))
     return len(ids)
-
-
-def list_deliveries(
-    conn: Connection,
-    subscription_id: str,
-    *,
-    states: Sequence[str] = (),
-    before: int | None = None,
-    limit: int = 50,
-) -> list[Delivery]:
-    """A subscription's deliveries, newest first, each with its attempts."""
-    query = (
-        sa.select(deliveries, events.c.id.label("event_id"), events.c.type.label("event_type"))
-        .join(events, events.c.seq == deliveries.c.event_seq)
-        .where(deliveries.c.subscription_id == subscription_id)
-        .order_by(deliveries.c.id.desc())
-        .limit(limit)
-    )
-    if states:
-        query = query.where(deliveries.c.state.in_(list(states)))
-    if before is not None:
-        query = query.where(deliveries.c.id < before)
-    rows = list(conn.execute(query).mappings())
-    history: dict[int, list[DeliveryAttempt]] = {}
-    if rows:
-        attempts_query = (
-            sa.select(delivery_attempts)
-            .where(delivery_attempts.c.delivery_id.in_([r["id"] for r in rows]))
-            .order_by(delivery_attempts.c.id)
-        )
-        for a in conn.execute(attempts_query).mappings():
-            values = {k: v for k, v in a.items() if k != "id"}
-            history.setdefault(int(a["delivery_id"]), []).append(DeliveryAttempt(**values))
-    fields = {f.name for f in dataclasses.fields(Delivery)} - {"history"}
-    return [
-        Delivery(**{k: r[k] for k in fields}, history=history.get(int(r["id"]), [])) for r in rows
-    ]
 
 
 def figures(conn: Connection, now: datetime) -> Figures:

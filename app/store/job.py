@@ -167,13 +167,23 @@ def list_jobs(
     created_before: datetime | None = None,
     before_id: str | None = None,
     limit: int = 50,
+    origin: str | None = None,
+    ci_job_id: str | None = None,
+    user_data: str | None = None,
 ) -> list[Job]:
-    """Newest first; ``before_id`` is the cursor (ids sort by creation time)."""
+    """Newest first; ``before_id`` is the cursor (ids sort by creation time). ``user_data``
+    matches jobs whose user data contains it."""
     query = sa.select(jobs).order_by(jobs.c.id.desc()).limit(limit)
     if states:
         query = query.where(jobs.c.state.in_(list(states)))
     if tag:
         query = query.where(jobs.c.tag == tag)
+    if origin:
+        query = query.where(jobs.c.origin == origin)
+    if ci_job_id:
+        query = query.where(jobs.c.ci_job_id == ci_job_id)
+    if user_data:
+        query = query.where(jobs.c.user_data.contains(user_data, autoescape=True))
     if created_after:
         query = query.where(jobs.c.created_at >= created_after)
     if created_before:
@@ -228,8 +238,12 @@ def mark_polled(conn: Connection, job_ids: Sequence[str], at: datetime) -> None:
     conn.execute(sa.update(jobs).where(jobs.c.id.in_(list(job_ids))).values(last_polled_at=at))
 
 
-def list_notifications(conn: Connection, job_id: str) -> list[NotificationRecord]:
-    cols = [c for c in notifications.c if c.name not in ("body", "headers", "content_type")]
+def list_notifications(
+    conn: Connection, job_id: str, *, with_bodies: bool = False
+) -> list[NotificationRecord]:
+    """The job's notifications, oldest first; with their bodies and headers when asked."""
+    bulky = () if with_bodies else ("body", "headers", "content_type")
+    cols = [c for c in notifications.c if c.name not in bulky]
     query = sa.select(*cols).where(notifications.c.job_id == job_id).order_by(notifications.c.id)
     return [
         NotificationRecord(
@@ -241,6 +255,9 @@ def list_notifications(conn: Connection, job_id: str) -> list[NotificationRecord
             wire_format=m["wire_format"],
             digest=m["digest"],
             received_at=m["received_at"],
+            content_type=m.get("content_type"),
+            headers=m.get("headers"),
+            body=m.get("body"),
         )
         for m in conn.execute(query).mappings()
     ]

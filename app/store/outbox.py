@@ -24,11 +24,20 @@ def list_events(
     limit: int = 100,
     types: Sequence[str] = (),
     type_prefixes: Sequence[str] = (),
+    job_id: str | None = None,
+    before: int | None = None,
 ) -> list[Event]:
-    """Events after sequence number ``after``, oldest first; when ``types`` or
-    ``type_prefixes`` are given, only events of one of those types or prefixes."""
-    query = sa.select(events).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
+    """Events after sequence number ``after``, oldest first (or, given ``before``, the
+    newest before it, newest first); when ``types`` or ``type_prefixes`` are given, only
+    events of one of those types or prefixes; with ``job_id``, only that job's."""
+    query = sa.select(events).where(events.c.seq > after).limit(limit)
+    if before is None:
+        query = query.order_by(events.c.seq)
+    else:
+        query = query.where(events.c.seq < before).order_by(events.c.seq.desc())
     query = query.where(of_types(TypeFilter(tuple(types), tuple(type_prefixes))))
+    if job_id is not None:
+        query = query.where(events.c.job_id == job_id)
     return [Event(**dict(m)) for m in conn.execute(query).mappings()]
 
 

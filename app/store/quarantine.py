@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from app.models import QuarantinedNotification
+from app.models import QuarantinedNotification, QuarantineFilter
 from app.store.schema import quarantined_notifications
 
 
@@ -47,14 +47,50 @@ def get_quarantined(conn: Connection, ident: int) -> QuarantinedNotification | N
 
 
 def list_quarantined(
-    conn: Connection, *, pending_only: bool = False, limit: int = 100
+    conn: Connection,
+    *,
+    pending_only: bool = False,
+    limit: int = 100,
+    which: QuarantineFilter | None = None,
+    after: int | None = None,
+    newest_first: bool = False,
 ) -> list[QuarantinedNotification]:
-    query = (
-        sa.select(quarantined_notifications).order_by(quarantined_notifications.c.id).limit(limit)
-    )
-    if pending_only:
-        query = query.where(quarantined_notifications.c.replayed_at.is_(None))
+    """Oldest first (``after`` an id pages), or newest first (``after`` then means before)."""
+    table = quarantined_notifications
+    which = which or QuarantineFilter(pending_only=pending_only)
+    query = sa.select(table).where(_matching(which)).limit(limit)
+    if newest_first:
+        query = query.order_by(table.c.id.desc())
+        if after is not None:
+            query = query.where(table.c.id < after)
+    else:
+        query = query.order_by(table.c.id)
+        if after is not None:
+            query = query.where(table.c.id > after)
     return [_quarantined(m) for m in conn.execute(query).mappings()]
+
+
+def count_matching_quarantined(conn: Connection, which: QuarantineFilter) -> int:
+    query = sa.select(sa.func.count()).select_from(quarantined_notifications)
+    return int(conn.execute(query.where(_matching(which))).scalar_one())
+
+
+def _matching(which: QuarantineFilter) -> sa.ColumnElement[bool]:
+    table = quarantined_notifications
+    conditions: list[sa.ColumnElement[bool]] = []
+    if which.pending_only:
+        conditions.append(table.c.replayed_at.is_(None))
+    if which.error:
+        conditions.append(table.c.error == which.error)
+    if which.source:
+        conditions.append(table.c.source == which.source)
+    if which.job_id:
+        conditions.append(table.c.job_id == which.job_id)
+    if which.received_after:
+        conditions.append(table.c.received_at >= which.received_after)
+    if which.received_before:
+        conditions.append(table.c.received_at < which.received_before)
+    return sa.and_(sa.true(), *conditions)
 
 
 def mark_replayed(conn: Connection, ident: int, at: datetime, outcome: str) -> None:

@@ -239,3 +239,17 @@ workflow_tasks = sa.Table(
     sa.Index(None, "ci_job_id"),
     sa.Index(None, "execution_id", "position"),
 )
+
+#: every action taken in the console or the admin API (replays, retries, subscription
+#: changes, rotations): who (the API key's name, never the key), when, through what
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False, index=True),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("via", sa.String(16), nullable=False),  # "api" or "console"
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("subject", sa.String(80)),
+    sa.Column("details", sa.JSON, nullable=False),
+)

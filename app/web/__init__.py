@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from app import Services, logs, store
 from app.config import ApiKey, Scope
 from app.errors import ForbiddenError, ServiceError, UnauthorizedError
+from app.models import Actor
 from app.web import errors
 
 log = logging.getLogger(__name__)
@@ -75,13 +76,10 @@ def is_admin() -> bool:
     return key is not None and key.scope is Scope.ADMIN
 
 
-def audit(action: str, **fields: Any) -> None:
-    """A "who did what" line: ``action`` and its subject, with the API key's name (never the
-    key) as ``api_key`` (see :func:`app.logs.bind_api_key`)."""
+def actor(via: str = "api") -> Actor:
+    """Who is acting: the request's API key's name (never the key), for the audit log."""
     key: ApiKey | None = g.get("api_key")
-    who = key.name if key is not None else "-"
-    subject = " ".join(f"{name}={value}" for name, value in fields.items())
-    log.info("%s by %s: %s", action, who, subject, extra={"api_key": who, **fields})
+    return Actor(key.name if key is not None else "-", via)
 
 
 def _render_service_error(exc: ServiceError) -> ResponseReturnValue:
@@ -108,7 +106,7 @@ def init_app(app: Flask) -> None:
     """The blueprints and error handlers. CI's callbacks are served in front of Flask
     (:class:`app.web.callbacks.CallbackLane`) and every request's id is bound around both
     (:class:`app.web.request_ids.RequestIds`): :func:`app.create_app` installs them."""
-    from app.web import callbacks, events, health, jobs, subscriptions, workflows
+    from app.web import admin, callbacks, console, events, health, jobs, subscriptions, workflows
 
     app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
@@ -118,4 +116,7 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(subscriptions.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(workflows.bp)
+    app.register_blueprint(admin.quarantine_bp)
+    app.register_blueprint(admin.audit_bp)
+    console.init_app(app)
     callbacks.register_routes(app)

@@ -49,7 +49,7 @@ class _Query:
             )
 
 
-def _query(after: str) -> _Query:
+def read_query(after: str) -> _Query:
     """``after`` (a sequence number), ``limit`` (1 to 500, default 100), ``type`` (repeat or
     comma-separate; ``com.cirelay.job.*`` for every job event; ``*`` for all)."""
     details = []
@@ -72,7 +72,7 @@ def _query(after: str) -> _Query:
 @require_api_key
 def list_events() -> ResponseReturnValue:
     """One page of events after ``after``; ``next_after`` is the cursor."""
-    query = _query(request.args.get("after", "0"))
+    query = read_query(request.args.get("after", "0"))
     page = query.page(query.after)
     return jsonify(
         {
@@ -91,7 +91,13 @@ def stream_events() -> ResponseReturnValue:
     Each client holds one gunicorn thread while connected (gthread workers): at most
     ``CIRELAY_MAX_STREAMS`` per process, so threads stay free for notifications; above it,
     503 with Retry-After (the load balancer's next try may reach another process)."""
-    query = _query(request.headers.get("Last-Event-ID") or request.args.get("after", "0"))
+    return open_stream(
+        read_query(request.headers.get("Last-Event-ID") or request.args.get("after", "0"))
+    )
+
+
+def open_stream(query: _Query) -> Response:
+    """The Server-Sent Events answer for ``query`` (the API's and the console's)."""
     svc = services()
     metrics, slots, waker = svc.metrics, svc.stream_slots, svc.waker
     app = current_app._get_current_object()  # type: ignore[attr-defined]

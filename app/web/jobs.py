@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app import store
+from app import operations, store
 from app.ci import wire
 from app.ci.errors import CIDocumentError
 from app.errors import (
@@ -16,11 +16,12 @@ from app.errors import (
     UnprocessableError,
     UnsupportedMediaTypeError,
 )
-from app.models import Job, JobState
+from app.models import Job
 from app.notifications import XML_CONTENT_TYPES, media_type
 from app.submission import request_from_json
-from app.web import audit, is_admin, require_api_key, services
-from app.web.inputs import json_body, page_query
+from app.web import actor, is_admin, require_api_key, services
+from app.web.filters import job_query
+from app.web.inputs import MAX_PAGE, ascii_int, json_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -57,7 +58,8 @@ def submit_job() -> ResponseReturnValue:
         ci_request, bucket, region, svc.clock(), idempotency_key=key
     )
     if not replayed:
-        audit("job submitted", job_id=job.id, ci_job_id=job.ci_job_id)
+        operations.record(svc.engine, actor(), "job submitted", job.id, svc.clock(),
+                          ci_job_id=job.ci_job_id)  # fmt: skip
     response = jsonify(_job_resource(job))
     response.status_code = 201
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -102,19 +104,19 @@ def get_job(ident: str) -> ResponseReturnValue:
 @bp.get("")
 @require_api_key
 def list_jobs() -> ResponseReturnValue:
-    """Newest first. Filters: ``state`` (repeat or comma-separate), ``tag``,
+    """Newest first. Filters: ``state`` (repeat or comma-separate), ``tag``, ``origin``
+    (``api``, ``queue``), ``ci_job_id``, ``user_data`` (contains),
     ``created_after``/``created_before`` (ISO 8601); ``limit`` (1 to 200, default 50);
     ``cursor`` from the previous page's ``next_cursor``."""
-    query = page_query(set(JobState))
+    query, details = job_query(request.args)
+    limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
+    if limit is None:
+        details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
+    if details or limit is None:
+        raise BadRequestError("invalid query parameters", details)
     with services().engine.connect() as conn:
         page = store.list_jobs(
-            conn,
-            states=query.states,
-            tag=request.args.get("tag") or None,
-            created_after=query.created_after,
-            created_before=query.created_before,
-            before_id=query.cursor,
-            limit=query.limit,
+            conn, **query.arguments(), before_id=request.args.get("cursor") or None, limit=limit
         )
-    next_cursor = page[-1].id if len(page) == query.limit else None
+    next_cursor = page[-1].id if len(page) == limit else None
     return jsonify({"jobs": [_job_resource(job) for job in page], "next_cursor": next_cursor})

@@ -1,24 +1,21 @@
-"""``/v1/subscriptions``: create, list, get, update, delete, rotate the signing secret."""
+"""``/v1/subscriptions``: create, list, get, update, delete, rotate the signing secret, send a
+test event, replay events, list deliveries and retry them (one, or every one matching a
+filter). Each change is an :mod:`app.operations` function, the console's too."""
 
 from __future__ import annotations
-
-import dataclasses
-from datetime import timedelta
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app import delivery, store, subscriptions
+from app import delivery, operations, store, subscriptions
+from app.delivery.sender import Sender
 from app.errors import BadRequestError, NotFoundError, UnprocessableError
-from app.models import DeliveryState, Subscription, new_id
-from app.web import audit, require_api_key, services
+from app.models import Subscription
+from app.web import actor, require_api_key, services
+from app.web.filters import delivery_filter, filter_body
 from app.web.inputs import ascii_int, json_body
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
-
-#: how long a rotated-out secret keeps signing and verifying, unless the request says
-DEFAULT_GRACE = timedelta(hours=24)
-MAX_GRACE = timedelta(days=7)
 
 
 @bp.post("")
@@ -27,25 +24,7 @@ def create() -> ResponseReturnValue:
     """201 with the subscription and, this once, its ``secret``."""
     svc = services()
     values = subscriptions.parse(json_body(), svc.settings.delivery_allowed_networks)
-    now = svc.clock()
-    item = Subscription(
-        id=new_id("sub", now),
-        url=values["url"],
-        event_types=values["event_types"],
-        description=values.get("description", ""),
-        enabled=values.get("enabled", True),
-        secret=subscriptions.new_secret(),
-        previous_secret=None,
-        previous_secret_expires_at=None,
-        disabled_reason=None,
-        created_at=now,
-        updated_at=now,
-    )
-    with store.transaction(svc.engine) as conn:
-        # deliveries start with the events after this moment
-        item = dataclasses.replace(item, fanout_seq=store.events_head(conn))
-        store.insert_subscription(conn, item)
-    audit("subscription created", subscription_id=item.id)
+    item = operations.create_subscription(svc.engine, values, actor(), svc.clock())
     response = jsonify(item.view() | {"secret": item.secret})
     response.status_code = 201
     response.headers["Location"] = f"/v1/subscriptions/{item.id}"
@@ -63,7 +42,7 @@ def list_all() -> ResponseReturnValue:
 @bp.get("/<ident>")
 @require_api_key
 def get(ident: str) -> ResponseReturnValue:
-    return jsonify(_get(ident).view())
+    return jsonify(find_subscription(ident).view())
 
 
 @bp.patch("/<ident>")
@@ -71,27 +50,15 @@ def get(ident: str) -> ResponseReturnValue:
 def update(ident: str) -> ResponseReturnValue:
     svc = services()
     values = subscriptions.parse(json_body(), svc.settings.delivery_allowed_networks, partial=True)
-    with store.transaction(svc.engine) as conn:
-        current = store.get_subscription(conn, ident)
-        if current is None:
-            raise NotFoundError(f"no subscription {ident!r}")
-        if values.get("enabled") is True and not current.enabled:
-            # re-enabled by hand: pending deliveries resume; events of the disabled period
-            # are not sent (a replay since a time brings them)
-            values |= {"disabled_reason": None, "failing_since": None, "successes_in_a_row": 0}
-            values["fanout_seq"] = store.events_head(conn)
-        store.update_subscription(conn, ident, values | {"updated_at": svc.clock()})
-    audit("subscription updated", subscription_id=ident)
-    return jsonify(_get(ident).view())
+    item = operations.update_subscription(svc.engine, ident, values, actor(), svc.clock())
+    return jsonify(item.view())
 
 
 @bp.delete("/<ident>")
 @require_api_key
 def delete(ident: str) -> ResponseReturnValue:
-    with store.transaction(services().engine) as conn:
-        if not store.delete_subscription(conn, ident):
-            raise NotFoundError(f"no subscription {ident!r}")
-    audit("subscription deleted", subscription_id=ident)
+    svc = services()
+    operations.delete_subscription(svc.engine, ident, actor(), svc.clock())
     return Response(status=204)
 
 
@@ -101,44 +68,36 @@ def rotate_secret(ident: str) -> ResponseReturnValue:
     """A new secret, returned this once; the old one keeps working for ``grace_seconds``
     (default a day, at most a week), during which deliveries are signed with both."""
     svc = services()
-    body = json_body()
-    body = {} if body is None else body
-    if not isinstance(body, dict):
-        raise UnprocessableError(
-            "a rotation is a JSON object", [{"field": "body", "message": '{"grace_seconds": 60}'}]
-        )
-    grace_seconds = body.get("grace_seconds", int(DEFAULT_GRACE.total_seconds()))
-    if (
-        not isinstance(grace_seconds, int)
-        or isinstance(grace_seconds, bool)
-        or not 0 <= grace_seconds <= MAX_GRACE.total_seconds()
-    ):
-        raise UnprocessableError(
-            "invalid grace period",
-            [{"field": "grace_seconds", "message": f"0 to {int(MAX_GRACE.total_seconds())}"}],
-        )
-    now = svc.clock()
-    current = _get(ident)
-    rotated = dataclasses.replace(
-        current,
-        secret=subscriptions.new_secret(),
-        previous_secret=current.secret,
-        previous_secret_expires_at=now + timedelta(seconds=grace_seconds),
-        updated_at=now,
-    )
-    with store.transaction(svc.engine) as conn:
-        store.update_subscription(
-            conn,
-            ident,
-            {
-                "secret": rotated.secret,
-                "previous_secret": rotated.previous_secret,
-                "previous_secret_expires_at": rotated.previous_secret_expires_at,
-                "updated_at": now,
-            },
-        )
-    audit("subscription secret rotated", subscription_id=ident)
+    grace = operations.parse_grace(json_body())
+    rotated = operations.rotate_secret(svc.engine, ident, grace, actor(), svc.clock())
     return jsonify(rotated.view() | {"secret": rotated.secret})
+
+
+@bp.post("/<ident>/test")
+@require_api_key
+def send_test(ident: str) -> ResponseReturnValue:
+    """POST a signed ``com.cirelay.subscription.test`` event to the subscription now (not
+    through the outbox: no other subscriber gets it); 200 with what it answered."""
+    svc = services()
+    report = operations.send_test_event(svc.engine, event_sender(), ident, actor(), svc.clock())
+    return jsonify(
+        {
+            "result": report.result.value,
+            "status_code": report.status_code,
+            "duration_ms": round(report.duration_ms, 3),
+            "error": report.error,
+        }
+    )
+
+
+def event_sender() -> Sender:
+    """The sender for test events: the SSRF rule and timeout of the deliveries."""
+    settings = services().settings
+    return Sender(
+        allowed_networks=settings.delivery_allowed_networks,
+        timeout=settings.delivery_timeout_seconds,
+        pool_size=1,
+    )
 
 
 @bp.post("/<ident>/replay")
@@ -160,8 +119,9 @@ def replay(ident: str) -> ResponseReturnValue:
             "invalid event_id", [{"field": "event_id", "message": "an event id"}]
         )
     since = delivery.parse_since(body["since"]) if "since" in body else None
-    done = delivery.start_replay(svc.engine, ident, now=svc.clock(), event_id=event_id, since=since)
-    audit("replay started", subscription_id=ident, replay_id=done.id, deliveries=done.deliveries)
+    done = operations.start_replay(
+        svc.engine, ident, actor(), svc.clock(), event_id=event_id, since=since
+    )
     response = jsonify(
         {"replay_id": done.id, "subscription_id": ident, "deliveries": done.deliveries}
     )
@@ -173,30 +133,25 @@ def replay(ident: str) -> ResponseReturnValue:
 @require_api_key
 def list_deliveries(ident: str) -> ResponseReturnValue:
     """The subscription's deliveries, newest first, each with every attempt (result, status
-    code, latency, an excerpt of the error). ``state`` filters; ``before`` (an id) pages."""
-    _get(ident)
-    states = [s for raw in request.args.getlist("state") for s in raw.split(",") if s]
-    bad = [s for s in states if s not in set(DeliveryState)]
+    code, latency, an excerpt of the error). Filters: ``state``, ``job_id``,
+    ``created_after``/``created_before``; ``before`` (an id) pages."""
+    find_subscription(ident)
     limit = ascii_int(request.args.get("limit", "50"), 1, 200)
     raw_before = request.args.get("before")
     before = ascii_int(raw_before) if raw_before is not None else None
     problems = []
-    if bad:
-        problems.append({"field": "state", "reason": f"one of {sorted(DeliveryState)}"})
     if limit is None:
         problems.append({"field": "limit", "reason": "an integer from 1 to 200"})
     if raw_before is not None and before is None:
         problems.append({"field": "before", "reason": "a delivery id"})
+    try:
+        which = delivery_filter(request.args, ident)
+    except BadRequestError as exc:
+        problems = exc.details + problems
     if problems or limit is None:
         raise BadRequestError("invalid query parameters", problems)
     with services().engine.connect() as conn:
-        items = store.list_deliveries(
-            conn,
-            ident,
-            states=states,
-            before=before,
-            limit=limit,
-        )
+        items = store.list_deliveries(conn, which=which, before=before, limit=limit)
     return jsonify(
         {
             "deliveries": [d.view() for d in items],
@@ -205,7 +160,37 @@ def list_deliveries(ident: str) -> ResponseReturnValue:
     )
 
 
-def _get(ident: str) -> Subscription:
+@bp.post("/<ident>/deliveries/<int:delivery_id>/retry")
+@require_api_key
+def retry_one(ident: str, delivery_id: int) -> ResponseReturnValue:
+    """Send one delivery again now (given up, or waiting on its backoff): 202
+    ``{"retried": 1}`` (0 while a worker is attempting it); 409 if it succeeded."""
+    svc = services()
+    retried = operations.retry_delivery(svc.engine, ident, delivery_id, actor(), svc.clock())
+    return jsonify({"retried": retried}), 202
+
+
+@bp.post("/<ident>/deliveries/retry")
+@require_api_key
+def retry_matching(ident: str) -> ResponseReturnValue:
+    """Send every delivery of the subscription matching the filter again now — e.g.
+    ``{"state": ["failed"]}``: every one given up — at most 1,000, oldest first. With
+    ``"dry_run": true``: 200 ``{"matching": n}`` and nothing changes; else 202
+    ``{"retried": n, "remaining": m}``."""
+    svc = services()
+    body = filter_body(RETRY_FIELDS, "a retry")
+    find_subscription(ident)
+    which = delivery_filter(body, ident)
+    if body.get("dry_run") is True:
+        return jsonify({"matching": operations.count_deliveries(svc.engine, which)})
+    return jsonify(operations.retry_matching(svc.engine, which, actor(), svc.clock())), 202
+
+
+RETRY_FIELDS = frozenset({"state", "job_id", "created_after", "created_before", "dry_run"})
+
+
+def find_subscription(ident: str) -> Subscription:
+    """The subscription, or a 404."""
     with services().engine.connect() as conn:
         item = store.get_subscription(conn, ident)
     if item is None:

@@ -1022,3 +1022,16 @@ def test_tracing_is_off_unless_asked_and_then_exports_to_the_endpoint_given(
     data = config_data(traced)
     assert data["CIRELAY_TRACING"] == "on"
     assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == endpoint
+
+
+def test_the_console_is_published_only_when_switched_on(
+    chart: helm.Chart, production: Release
+) -> None:
+    rules = production.get("Ingress", FULLNAME)["spec"]["rules"]
+    assert not _published("/console/jobs", rules)
+    switched = render(chart, {"ingress": {"enabled": True, "console": True}})
+    rules = switched.get("Ingress", FULLNAME)["spec"]["rules"]
+    assert _published("/console/jobs", rules) and _published("/v1/jobs", rules)
+    assert not [p for p in KEYLESS_PATHS if _published(p, rules)]
+    for ingress in switched.all("Ingress"):
+        kubernetes_validate.validate(ingress, KUBE_VERSION, strict=True)
