@@ -69,8 +69,11 @@ def test_only_the_store_and_the_migrations_build_sql() -> None:
     "domain", ["app.jobs", "app.notifications", "app.events", "app.models", "app.workflows"]
 )
 def test_domain_modules_import_neither_flask_nor_sqlalchemy(domain: str) -> None:
-    (path,) = [p for p in SOURCES if module(p) == domain]
-    assert not [i for i in runtime_imports(path) if i.split(".")[0] in ("flask", "sqlalchemy")]
+    paths = [p for p in SOURCES if in_part(p, domain)]
+    assert paths
+    for path in paths:
+        imported = runtime_imports(path)
+        assert not [i for i in imported if i.split(".")[0] in ("flask", "sqlalchemy")], path
 
 
 def calls_to(name: str) -> list[str]:
@@ -113,7 +116,7 @@ def test_no_state_name_is_spelled_outside_the_job_state_enum() -> None:
     offenders = [
         f"{module(p)}:{node.lineno} {node.value!r}"
         for p in SOURCES
-        if module(p) != "app.models" and not in_part(p, "app.emulator")
+        if module(p) != "app.models.job" and not in_part(p, "app.emulator")
         for node in ast.walk(ast.parse(p.read_text()))
         if isinstance(node, ast.Constant) and node.value in STATE_NAMES
     ]
