@@ -3,6 +3,7 @@ old ones are pruned; and the figures the health check and metrics report."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -154,13 +155,12 @@ _DUE_OF: sa.Select[tuple[int, datetime]] = _due_of_one_subscription()
 _CLAIMABLE_OF: sa.Select[tuple[int, datetime]] = _DUE_OF.with_for_update(
     skip_locked=True, of=deliveries
 )
-_LEASED = (
-    sa.select(deliveries.c.subscription_id, sa.func.count())
-    .where(
-        deliveries.c.state == DeliveryState.PENDING.value,
-        deliveries.c.lease_until >= sa.bindparam("now", type_=UTCDateTime),
-    )
-    .group_by(deliveries.c.subscription_id)
+#: the live leases' subscriptions, one row per lease (a few dozen at most: counted here rather
+#: than grouped in SQL, where a GROUP BY would tempt SQLite's planner into walking the
+#: subscription index, every delivery ever made, instead of the leased rows alone)
+_LEASED = sa.select(deliveries.c.subscription_id).where(
+    deliveries.c.state == DeliveryState.PENDING.value,
+    deliveries.c.lease_until >= sa.bindparam("now", type_=UTCDateTime),
 )
 _ENABLED = sa.select(subscriptions.c.id).where(subscriptions.c.enabled).order_by(subscriptions.c.id)
 
@@ -169,7 +169,7 @@ def _open_subscriptions(conn: Connection, now: datetime, cap: int) -> dict[str, 
     """The enabled subscriptions with fewer than ``cap`` deliveries leased (by any worker),
     each with how many it has. Leased rows are found by the index on ``(state,
     lease_until)``: a finished delivery's lease is cleared, so only live ones are counted."""
-    leased = {str(sub): int(n) for sub, n in conn.execute(_LEASED, {"now": now})}
+    leased = Counter(str(sub) for sub in conn.execute(_LEASED, {"now": now}).scalars())
     enabled = conn.execute(_ENABLED).scalars()
     return {str(s): leased.get(s, 0) for s in enabled if leased.get(s, 0) < cap}
 
