@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from app.subscriptions import mask_url
+
 
 class JobState(enum.StrEnum):
     """A job's states: CI's, spelled as CI spells them (§3.1 of the spec), and before them
@@ -324,10 +326,10 @@ class Subscription:
     successes_in_a_row: int = 0
 
     def view(self) -> dict[str, Any]:
-        """The public view: never the secrets."""
+        """The public view: never the secrets (nor a broker URL's credentials)."""
         return {
             "id": self.id,
-            "url": self.url,
+            "url": mask_url(self.url),
             "event_types": self.event_types,
             "description": self.description,
             "enabled": self.enabled,
@@ -365,6 +367,7 @@ class AttemptResult(enum.StrEnum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     FORBIDDEN_ADDRESS = "forbidden_address"  # resolved to a non-public address at connect
+    REJECTED = "rejected"  # a broker refused it: unroutable, no such stream or exchange, nack
 
 
 @dataclass(frozen=True)

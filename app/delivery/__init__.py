@@ -51,6 +51,7 @@ from app.delivery.deliverer import (
     Deliverer,
     Round,
     build_deliverer,
+    build_senders,
 )
 from app.delivery.policy import Policy
 from app.delivery.replay import Replay, parse_since, replay_progress, start_replay
@@ -69,6 +70,7 @@ __all__ = [
     "Round",
     "Sender",
     "build_deliverer",
+    "build_senders",
     "parse_retry_after",
     "parse_since",
     "replay_progress",

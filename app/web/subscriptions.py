@@ -26,7 +26,10 @@ MAX_GRACE = timedelta(days=7)
 def create() -> ResponseReturnValue:
     """201 with the subscription and, this once, its ``secret``."""
     svc = services()
-    values = subscriptions.parse(json_body(), svc.settings.delivery_allowed_networks)
+    values = subscriptions.parse(
+        json_body(), svc.settings.delivery_allowed_networks,
+        credentials=svc.settings.broker_logins,
+    )  # fmt: skip
     now = svc.clock()
     item = Subscription(
         id=new_id("sub", now),
@@ -70,7 +73,10 @@ def get(ident: str) -> ResponseReturnValue:
 @require_api_key
 def update(ident: str) -> ResponseReturnValue:
     svc = services()
-    values = subscriptions.parse(json_body(), svc.settings.delivery_allowed_networks, partial=True)
+    values = subscriptions.parse(
+        json_body(), svc.settings.delivery_allowed_networks, partial=True,
+        credentials=svc.settings.broker_logins,
+    )  # fmt: skip
     with store.transaction(svc.engine) as conn:
         current = store.get_subscription(conn, ident)
         if current is None:
