@@ -162,7 +162,7 @@ class BrokerSender(ABC, Generic[C]):
         except ForbiddenAddress as exc:
             report = AttemptReport(AttemptResult.FORBIDDEN_ADDRESS, error=str(exc))
         except Rejected as exc:
-            report = AttemptReport(AttemptResult.REJECTED, error=_excerpt(exc, secrets_))
+            report = AttemptReport(AttemptResult.REJECTED, error=_excerpt(exc, secrets_, False))
         except Exception as exc:  # the broker or the network: retried like a webhook's
             report = AttemptReport(AttemptResult.CONNECTION_ERROR, error=_excerpt(exc, secrets_))
         return replace(report, duration_ms=(time.perf_counter() - started) * 1000)
@@ -257,9 +257,10 @@ class BrokerSender(ABC, Generic[C]):
         self._links.clear()
 
 
-def _excerpt(exc: BaseException, secrets_: Sequence[str]) -> str:
-    """An exception as an attempt's ``error``, with any credential in it masked."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _excerpt(exc: BaseException, secrets_: Sequence[str], kind: bool = True) -> str:
+    """An exception as an attempt's ``error`` (``kind``: with its type), with any credential
+    in it masked."""
+    text = f"{type(exc).__name__}: {exc}" if kind and str(exc) else str(exc) or repr(exc)
     for secret in secrets_:
         text = text.replace(secret, "***")
     return text[:EXCERPT_BYTES]

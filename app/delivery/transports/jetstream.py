@@ -37,7 +37,10 @@ class NatsSender(BrokerSender[Client]):
         async def lost() -> None:
             on_lost.set()
 
+        failures: list[Exception] = []
+
         async def error(exc: Exception) -> None:
+            failures.append(exc)
             log.debug("nats %s: %s", target.broker, type(exc).__name__)
 
         host = f"[{address}]" if ":" in address else address
@@ -47,12 +50,20 @@ class NatsSender(BrokerSender[Client]):
         elif user is not None:
             login = {"user": user, "password": password or ""}
         # reconnecting is ours (BrokerSender._keep_connected), so every connect is checked;
-        # servers the cluster announces are never tried
-        return await nats.connect(
-            servers=[f"nats://{host}:{target.port}"], name="cirelay-worker",
-            allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=self.timeout,
-            disconnected_cb=lost, closed_cb=lost, error_cb=error, **login,
-        )  # fmt: skip
+        # servers the cluster announces are never tried. nats-py tries a server at least
+        # twice (max_reconnect_attempts=1: once more after reconnect_time_wait), even the
+        # first time: that is quick, and then says why.
+        try:
+            return await nats.connect(
+                servers=[f"nats://{host}:{target.port}"], name="cirelay-worker",
+                allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0.1,
+                connect_timeout=self.timeout, disconnected_cb=lost, closed_cb=lost,
+                error_cb=error, **login,
+            )  # fmt: skip
+        except nats.errors.NoServersError:
+            if failures:
+                raise failures[-1] from None
+            raise
 
     async def _publish(
         self, connection: Client, target: BrokerTarget, topic: str, body: bytes,

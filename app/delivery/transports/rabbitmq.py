@@ -18,6 +18,7 @@ from typing import Any
 import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.connection import make_url
 
 from app.delivery.transports.broker import BrokerSender, Rejected
 from app.subscriptions import BrokerTarget
@@ -26,21 +27,23 @@ CONTENT_TYPE = "application/cloudevents+json"
 
 
 class _Connection:
-    """A connection and its confirming channel (opened again after the broker closed it,
-    e.g. on a publish to an exchange that does not exist)."""
+    """A connection and a confirming channel per exchange: the broker closes a channel on
+    an error (a publish to an exchange that does not exist), which then fails only that
+    exchange's publishes; it is opened again on the next."""
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self._channel: AbstractChannel | None = None
+        self._channels: dict[str, AbstractChannel] = {}
         self._lock = asyncio.Lock()
 
-    async def channel(self) -> AbstractChannel:
+    async def channel(self, exchange: str) -> AbstractChannel:
         async with self._lock:
-            if self._channel is None or self._channel.is_closed:
-                self._channel = await self.connection.channel(
+            channel = self._channels.get(exchange)
+            if channel is None or channel.is_closed:
+                channel = self._channels[exchange] = await self.connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
-            return self._channel
+            return channel
 
 
 class AmqpSender(BrokerSender[_Connection]):
@@ -51,11 +54,19 @@ class AmqpSender(BrokerSender[_Connection]):
         on_lost: asyncio.Event,
     ) -> _Connection:  # fmt: skip
         tls = target.scheme == "amqps"
-        connection: AbstractConnection = await aio_pika.connect(
+        url = make_url(
             host=target.host if tls else address, port=target.port, login=user or "guest",
             password=password or "guest", virtualhost=target.vhost, ssl=tls,
-            timeout=self.timeout, client_properties={"connection_name": "cirelay-worker"},
+            client_properties={"connection_name": "cirelay-worker"},
         )  # fmt: skip
+        # not aio_pika.connect: a connection that failed to open is closed here, on the loop,
+        # rather than by its __del__ on whichever thread collects it (which cannot)
+        connection: AbstractConnection = aio_pika.Connection(url)
+        try:
+            await connection.connect(timeout=self.timeout)
+        except BaseException:
+            await connection.close()
+            raise
         connection.close_callbacks.add(lambda *_: on_lost.set())
         return _Connection(connection)
 
@@ -63,7 +74,7 @@ class AmqpSender(BrokerSender[_Connection]):
         self, connection: _Connection, target: BrokerTarget, topic: str, body: bytes,
         headers: dict[str, str],
     ) -> None:  # fmt: skip
-        channel = await connection.channel()
+        channel = await connection.channel(target.destination)
         exchange = await channel.get_exchange(target.destination, ensure=False)
         message = aio_pika.Message(
             body, content_type=CONTENT_TYPE, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
