@@ -225,7 +225,9 @@ def transport_of(url: str) -> str:
 
 def _port(parts: Any, default: int) -> int:
     port = parts.port  # ValueError when out of range or not a number
-    return int(port) if port else default
+    if port == 0:
+        raise ValueError("port 0")
+    return default if port is None else int(port)
 
 
 @dataclass(frozen=True)
