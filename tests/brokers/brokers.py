@@ -43,6 +43,8 @@ class Received:
     message_id: str | None = None
     content_type: str | None = None
     persistent: bool | None = None
+    #: when the stream stored it (JetStream's own time, seconds since the epoch)
+    stored: float | None = None
 
     def event(self) -> CloudEvent:
         """The CloudEvent, read with the SDK: the RabbitMQ binding for AMQP, the JSON format
@@ -109,7 +111,9 @@ class JetStream:
                 if not info.state.messages:
                     break
                 msg = await js.get_msg(self.name, seq)
-                found.append(Received(msg.subject, dict(msg.headers or {}), msg.data or b""))
+                stored = msg.time.timestamp() if msg.time else None
+                found.append(Received(msg.subject or "", dict(msg.headers or {}), msg.data or b"",
+                                      stored=stored))  # fmt: skip
             await nc.close()
             return found
 
