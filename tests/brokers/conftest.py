@@ -15,6 +15,7 @@ from app.delivery.transports import Transports
 from tests.brokers.brokers import Exchange, JetStream
 from tests.conftest import Clock
 from tests.test_delivery import LOOPBACK, hook, policy, services  # noqa: F401 - fixtures
+from tests.test_delivery_e2e import stack  # noqa: F401 - the end-to-end tests' fixture
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ reached through a TCP proxy the test starts and cuts (never the system service):
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,32 +21,9 @@ from tests.brokers.brokers import NATS, RABBIT, Exchange, JetStream, Received
 from tests.conftest import job_json
 from tests.e2e_stack import CIRELAY, Stack, free_port, poll, sample_sum, spawn, wait_http
 from tests.tcp_proxy import TcpProxy
+from tests.test_delivery_e2e import subscribe
 
 pytestmark = pytest.mark.slow
-
-ENV = {
-    "CIRELAY_DELIVERY_ALLOWED_NETWORKS": "127.0.0.0/8",
-    "CIRELAY_DELIVERY_TIMEOUT_SECONDS": "2",  # a lease is the timeout + 5 s
-    "CIRELAY_DELIVERY_RETRY_SCHEDULE": "0.5,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
-}
-
-
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    with Stack.start(tmp_path, ENV) as running:
-        try:
-            yield running
-        except BaseException:
-            print(running.tails())
-            raise
-
-
-def subscribe(stack: Stack, url: str) -> dict[str, Any]:
-    body = {"url": url, "event_types": ["com.cirelay.job.*"]}
-    response = stack.http.post(f"{stack.base}/v1/subscriptions", json=body, headers=stack.auth)
-    assert response.status_code == 201, response.text
-    created: dict[str, Any] = response.json()
-    return created
 
 
 def recorded(stack: Stack, ci_job_ids: list[str]) -> dict[str, list[str]]:
