@@ -429,7 +429,7 @@ def build_deliverer(
     transports: Transports | None = None,
 ) -> Deliverer:  # fmt: skip
     """The deliverer ``cirelay worker`` runs, configured from the settings (``transports``:
-    :func:`build_transports` of the settings unless given)."""
+    :func:`build_senders` of the settings unless given)."""
     policy = Policy.from_settings(settings)
     sender = transports or build_senders(settings)
     return Deliverer(
