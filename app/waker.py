@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.store.engine import EVENTS_CHANNEL
+from app.store.engine import EVENTS_CHANNEL, listening_connection
 
 
 class EventWaker:
@@ -52,13 +52,10 @@ class EventWaker:
                 threading.Thread(target=self._listen, name="event-waker", daemon=True).start()
 
     def _listen(self) -> None:
-        import psycopg
-
         assert self.url is not None
-        url = self.url.replace("postgresql+psycopg://", "postgresql://")
         while True:
             try:
-                with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+                with listening_connection(self.url) as conn:
                     conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     self._wake()  # anything committed while not listening is seen now
                     for _ in conn.notifies():

@@ -23,13 +23,15 @@ run and removed after) instead of the webhook subscriber: latency = when the bro
 arrival at a consumer of the queue, an upper bound of the publisher confirm) minus the event's
 ``time``. Target p95 <= 20 ms at 200 events/s. Exit 0 when every event arrived exactly once.
 
-``--faults`` runs three phases against one service and worker instead (issue 14 §4):
+``--faults`` runs four phases against one service and worker instead (issue 14 §4):
 
 1. **alone**: the fast subscriber only, as above;
 2. **beside a slow one**: a second subscription whose subscriber drip-feeds its answers (a byte
    every 0.5 s, so each read is quick and only the attempt's deadline ends it); the fast
    subscriber's latency is printed for both phases, side by side;
-3. **recovery**: the slow subscription deleted, the fast subscriber down for ``--outage``
+3. **beside a down one**: the slow subscription replaced by one whose address refuses
+   connections, so its deliveries fail at once and wait on their backoff;
+4. **recovery**: the down subscription deleted, the fast subscriber down for ``--outage``
    seconds while notifications go on, then up again on the same port: prints how long the
    backlog of retries took to drain once it answers (the failed deliveries wait on their
    backoff, 5 s, 30 s, 2 min…, unless brought forward).
@@ -45,6 +47,7 @@ import platform
 import queue
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -128,7 +131,6 @@ def run_subscriber(out: Path, port: int = 0) -> int:
 def run_drip_subscriber() -> int:
     """A subscriber that reads each request, then drip-feeds a 200 answer (a byte every
     0.5 s) on every connection until SIGTERM."""
-    import socket
 
     listener = socket.create_server(("127.0.0.1", 0), backlog=128)
     print(listener.getsockname()[1], flush=True)
@@ -403,6 +405,13 @@ def _subscriber(out: Path, port: int = 0, drip: bool = False) -> tuple[subproces
     return process, int(process.stdout.readline())
 
 
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed): connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _stop(process: subprocess.Popen[str]) -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -411,7 +420,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def run_faults(args: argparse.Namespace, work: Path) -> int:
     per_phase = int(args.rate * (args.warmup + args.duration))
     outage_jobs = int(args.rate * args.outage)
-    url, keys, jobs = prepare(args, work, 2 * per_phase + outage_jobs)
+    url, keys, jobs = prepare(args, work, 3 * per_phase + outage_jobs)
     template = ingest.notification_template()
     fast, port = _subscriber(work / "fast-1.jsonl")
     slow, slow_port = _subscriber(work / "slow.jsonl", drip=True)
@@ -435,10 +444,15 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
             phases["beside"] = send_at_rate(server.url, jobs[per_phase:2 * per_phase], template,
                                             args.rate, args.connections)  # fmt: skip
             delete_subscription(server.url, key, slow_id)
+            down_id = create_subscription(server.url, key, f"http://127.0.0.1:{_closed_port()}/")
+            print("phase 3: beside a subscriber that is down", flush=True)
+            phases["down"] = send_at_rate(server.url, jobs[2 * per_phase : 3 * per_phase],
+                                          template, args.rate, args.connections)  # fmt: skip
+            delete_subscription(server.url, key, down_id)
             wait_for_backlog(server.url, timeout=60)
-            print(f"phase 3: the fast subscriber down for {args.outage:g} s", flush=True)
+            print(f"phase 4: the fast subscriber down for {args.outage:g} s", flush=True)
             _stop(fast)
-            send_at_rate(server.url, jobs[2 * per_phase :], template, args.rate, args.connections)
+            send_at_rate(server.url, jobs[3 * per_phase :], template, args.rate, args.connections)
             time.sleep(2.0)  # the last notifications' first attempts fail too
             fast, _ = _subscriber(work / "fast-2.jsonl", port)
             up = time.monotonic()
@@ -453,6 +467,10 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
     received = [json.loads(line) for name in ("fast-1.jsonl", "fast-2.jsonl")
                 for line in (work / name).read_text().splitlines()]  # fmt: skip
     return report_faults(args, url, phases, received, outage_jobs, drained)
+
+
+PHASES = {"alone": "alone", "beside": "beside a drip-feeding subscriber",
+          "down": "beside a subscriber that is down"}  # fmt: skip
 
 
 def report_faults(
@@ -476,8 +494,7 @@ def report_faults(
             for r in events.values()
             if start <= datetime.fromisoformat(r["time"]).timestamp() < end
         ]
-        label = "alone" if name == "alone" else "beside a drip-feeding subscriber"
-        print(line(label, latencies))
+        print(line(PHASES[name], latencies))
     print(f"recovery: {outage_jobs} notifications during a {args.outage:g} s outage; backlog "
           f"drained {drained:.1f} s after the subscriber was back")  # fmt: skip
     return 0

@@ -343,6 +343,42 @@ def test_a_jobs_later_event_waits_for_the_earlier_one_other_jobs_do_not(
     assert job1 == ["com.cirelay.job.running", "com.cirelay.job.succeeded"]
 
 
+def test_a_jobs_later_deliveries_wait_as_long_as_its_earlier_one_s_retry(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber, policy: Policy,
+) -> None:  # fmt: skip
+    """Behind a delivery that waits on a retry, the job's later ones are not due before it
+    (they could not go anyway): a subscriber that is down leaves nothing for a claim to
+    walk past, whether the later event came before the failure or after it."""
+    hook.answer = lambda n, req: Answer(503)
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running", "Pause")
+    deliverer.wait_idle()
+    first, second = deliveries(engine)
+    assert first["attempts"] == 1 and second["attempts"] == 0
+    assert second["next_attempt_at"] == first["next_attempt_at"] > clock()
+
+    notify(client, engine, clock, 1, "Success")  # fanned out while the first one waits
+    deliverer.wait_idle()
+    assert {d["next_attempt_at"] for d in deliveries(engine)} == {first["next_attempt_at"]}
+    with engine.connect() as conn:
+        assert not store.has_claimable(conn, clock(), per_subscription=2)
+
+    clock.now = first["next_attempt_at"]  # the retry fails again: the others wait on
+    deliverer.wait_idle()
+    again, *later = deliveries(engine)
+    assert again["attempts"] == 2 and again["next_attempt_at"] > clock()
+    assert [d["next_attempt_at"] for d in later] == [again["next_attempt_at"]] * 2
+
+    hook.answer = lambda n, req: Answer()
+    clock.now = again["next_attempt_at"]
+    deliverer.wait_idle()
+    types = [r.event()["type"] for r in hook.accepted()]
+    assert types == ["com.cirelay.job.running", "com.cirelay.job.paused",
+                     "com.cirelay.job.succeeded"]  # fmt: skip
+    assert {d["state"] for d in deliveries(engine)} == {"succeeded"}
+
+
 # --- disabling ----------------------------------------------------------------------------
 
 

@@ -51,3 +51,17 @@ def test_without_postgresql_waiting_just_times_out(tmp_path: object) -> None:
     started = time.monotonic()
     assert waker.wait(0.05) is False
     assert time.monotonic() - started >= 0.05
+
+
+@pytest.mark.postgresql
+def test_the_listening_connection_is_dropped_by_a_silent_partition(pg_engine: Engine) -> None:
+    """Like every pooled connection: a bounded connect and TCP keepalive / user timeout, so
+    a partition that swallows packets ends the LISTEN and the waker reconnects."""
+    url = pg_engine.url.render_as_string(hide_password=False)
+    with store.listening_connection(url) as conn:
+        params = conn.info.get_parameters()
+        assert conn.autocommit
+    assert params["connect_timeout"] == "2"
+    assert {k: params[k] for k in store.KEEPALIVE} == {
+        k: str(v) for k, v in store.KEEPALIVE.items()
+    }

@@ -35,6 +35,7 @@ from app.store.delivery import (
 )
 from app.store.engine import (
     EVENTS_CHANNEL,
+    KEEPALIVE,
     DatabaseTimeouts,
     HeldConnection,
     WriterLock,
@@ -44,6 +45,7 @@ from app.store.engine import (
     is_unavailable,
     json_dumps,
     json_loads,
+    listening_connection,
     ping,
     pipelined,
     raising_unavailable,
@@ -101,6 +103,7 @@ from app.store.subscription import (
 
 __all__ = [
     "EVENTS_CHANNEL",
+    "KEEPALIVE",
     "NOTIFIED_COLUMNS",
     "BigId",
     "DatabaseTimeouts",
@@ -152,6 +155,7 @@ __all__ = [
     "list_silent_jobs",
     "list_subscriptions",
     "list_unbound_jobs",
+    "listening_connection",
     "lock_jobs",
     "mark_polled",
     "mark_replayed",

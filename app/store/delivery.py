@@ -59,13 +59,26 @@ def _insert_deliveries(
     conn: Connection, subscription_id: str, which: sa.ColumnElement[bool], *, origin: str,
     now: datetime,
 ) -> int:  # fmt: skip
+    # behind a job's delivery that waits on a retry, the job's next ones wait as long (so a
+    # claim never walks rows that cannot go yet; see _PUSH_BACK)
+    earlier = deliveries.alias("earlier")
+    waits_until = (
+        sa.select(sa.func.max(earlier.c.next_attempt_at))
+        .where(
+            earlier.c.subscription_id == subscription_id,
+            earlier.c.order_key == events.c.job_id,
+            earlier.c.state == DeliveryState.PENDING.value,
+            earlier.c.next_attempt_at > now,
+        )
+        .scalar_subquery()
+    )
     chosen = sa.select(
         sa.literal(subscription_id, sa.String(40)),
         events.c.seq,
         events.c.job_id,
         sa.literal(DeliveryState.PENDING.value, sa.String(16)),
         sa.literal(0, sa.Integer),
-        sa.literal(now, UTCDateTime),
+        sa.func.coalesce(waits_until, sa.literal(now, UTCDateTime)),
         sa.literal(origin, sa.String(40)),
         sa.literal(now, UTCDateTime),
     ).where(which)
@@ -107,63 +120,77 @@ def progress(conn: Connection, origin: str) -> dict[str, int]:
     return {str(state): int(n) for state, n in conn.execute(query)}
 
 
-def _claimable(now: datetime) -> sa.ColumnElement[bool]:
-    """Due, not leased by a live worker, of an enabled subscription, and not behind an
-    unfinished earlier delivery of the same job to the same subscription."""
+def _due_of_one_subscription() -> sa.Select[tuple[int, datetime]]:
+    """One subscription's deliveries that are due, not leased by a live worker, and not
+    behind an unfinished earlier delivery of the same job, oldest due first. Found with the
+    index on ``(subscription_id, state, next_attempt_at)``, so another subscription's backlog
+    is never walked. Parameters: ``sub``, ``now``, ``n`` (at most how many)."""
+    sub = sa.bindparam("sub", type_=sa.String)
+    now = sa.bindparam("now", type_=UTCDateTime)
     earlier = deliveries.alias("earlier")
-    return sa.and_(
-        deliveries.c.state == DeliveryState.PENDING.value,
-        deliveries.c.next_attempt_at <= now,
-        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
-        sa.select(subscriptions.c.enabled)
-        .where(subscriptions.c.id == deliveries.c.subscription_id)
-        .scalar_subquery(),
-        ~sa.exists().where(
-            earlier.c.subscription_id == deliveries.c.subscription_id,
-            earlier.c.order_key == deliveries.c.order_key,
-            earlier.c.state == DeliveryState.PENDING.value,
-            sa.or_(
-                earlier.c.event_seq < deliveries.c.event_seq,
-                sa.and_(
-                    earlier.c.event_seq == deliveries.c.event_seq, earlier.c.id < deliveries.c.id
+    return (
+        sa.select(deliveries.c.id, deliveries.c.next_attempt_at)
+        .where(
+            deliveries.c.subscription_id == sub,
+            deliveries.c.state == DeliveryState.PENDING.value,
+            deliveries.c.next_attempt_at <= now,
+            sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+            ~sa.exists().where(
+                earlier.c.subscription_id == sub,
+                earlier.c.order_key == deliveries.c.order_key,
+                earlier.c.state == DeliveryState.PENDING.value,
+                sa.or_(
+                    earlier.c.event_seq < deliveries.c.event_seq,
+                    sa.and_(
+                        earlier.c.event_seq == deliveries.c.event_seq,
+                        earlier.c.id < deliveries.c.id,
+                    ),
                 ),
             ),
-        ),
+        )
+        .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+        .limit(sa.bindparam("n", type_=sa.Integer))
     )
 
 
-def _leased(now: datetime) -> sa.ColumnElement[bool]:
-    """Being attempted under a live lease. A claimed delivery was due when claimed and its
-    ``next_attempt_at`` does not move while leased: the bound lets the index on
-    ``(state, next_attempt_at)`` find them among the due ones."""
-    return sa.and_(
+#: built once: a claim runs these for every subscription below its cap, every round
+_DUE_OF: sa.Select[tuple[int, datetime]] = _due_of_one_subscription()
+_CLAIMABLE_OF: sa.Select[tuple[int, datetime]] = _DUE_OF.with_for_update(
+    skip_locked=True, of=deliveries
+)
+_LEASED = (
+    sa.select(deliveries.c.subscription_id, sa.func.count())
+    .where(
         deliveries.c.state == DeliveryState.PENDING.value,
-        deliveries.c.next_attempt_at <= now,
-        deliveries.c.lease_until >= now,
+        deliveries.c.lease_until >= sa.bindparam("now", type_=UTCDateTime),
     )
+    .group_by(deliveries.c.subscription_id)
+)
+_ENABLED = sa.select(subscriptions.c.id).where(subscriptions.c.enabled).order_by(subscriptions.c.id)
 
 
-def _at_cap(now: datetime, cap: int) -> sa.Select[tuple[str]]:
-    """The subscriptions with ``cap`` deliveries (or more) leased, by any worker."""
-    return (
-        sa.select(deliveries.c.subscription_id)
-        .where(_leased(now))
-        .group_by(deliveries.c.subscription_id)
-        .having(sa.func.count() >= cap)
-    )
+def _open_subscriptions(conn: Connection, now: datetime, cap: int) -> dict[str, int]:
+    """The enabled subscriptions with fewer than ``cap`` deliveries leased (by any worker),
+    each with how many it has. Leased rows are found by the index on ``(state,
+    lease_until)``: a finished delivery's lease is cleared, so only live ones are counted."""
+    leased = {str(sub): int(n) for sub, n in conn.execute(_LEASED, {"now": now})}
+    enabled = conn.execute(_ENABLED).scalars()
+    return {str(s): leased.get(s, 0) for s in enabled if leased.get(s, 0) < cap}
 
 
 def has_claimable(conn: Connection, now: datetime, per_subscription: int | None = None) -> bool:
-    query = sa.select(deliveries.c.id).where(_claimable(now)).limit(1)
-    if per_subscription is not None:
-        query = query.where(deliveries.c.subscription_id.not_in(_at_cap(now, per_subscription)))
-    return conn.execute(query).first() is not None
+    """Whether a claim would find anything (a read, so an idle round writes nothing)."""
+    cap = per_subscription or _NO_CAP
+    return any(
+        conn.execute(_DUE_OF, {"sub": sub, "now": now, "n": 1}).first()
+        for sub in _open_subscriptions(conn, now, cap)
+    )
 
 
 #: any constant: the advisory lock that makes claims count each other's leases (PostgreSQL)
 _CLAIMS_LOCK = 0x636972656C6C6173  # "cirellas"
-#: queries a claim makes at most to fill its slots past subscriptions at their cap
-_CLAIM_PASSES = 4
+#: no per-subscription cap: more than any claim takes
+_NO_CAP = 1 << 30
 
 
 def claim_deliveries(
@@ -175,19 +202,24 @@ def claim_deliveries(
     limit: int,
     per_subscription: int | None = None,
 ) -> list[Claim]:
-    """Lease up to ``limit`` claimable deliveries to ``owner``; rows another worker is
-    claiming at the same moment are skipped (``FOR UPDATE SKIP LOCKED`` on PostgreSQL;
-    SQLite has one writer at a time).
+    """Lease up to ``limit`` claimable deliveries to ``owner``, oldest due first; rows
+    another worker is claiming at the same moment are skipped (``FOR UPDATE SKIP LOCKED``
+    on PostgreSQL; SQLite has one writer at a time).
 
     With ``per_subscription``, no subscription has more than that many deliveries leased at
     once, counted in the database over every worker: a slow subscriber cannot take every
-    slot. On PostgreSQL claims then take turns (a transaction-level advisory lock, taken
-    after anything else the claim's transaction locks and never held while waiting for
-    another lock), so two workers do not both fill the same subscription's last slots."""
-    if per_subscription is None:
-        ids = [ident for ident, _ in _due(conn, now, limit, skip_ids=[], full=None)]
-    else:
-        ids = _due_within_caps(conn, now, limit, per_subscription)
+    slot, and a subscription at its cap is not even looked at. On PostgreSQL claims then take
+    turns (a transaction-level advisory lock, taken after anything else the claim's
+    transaction locks and never held while waiting for another lock), so two workers do not
+    both fill the same subscription's last slots."""
+    cap = per_subscription or _NO_CAP
+    if per_subscription is not None and conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CLAIMS_LOCK)))
+    due: list[tuple[datetime, int]] = []
+    for sub, busy in _open_subscriptions(conn, now, cap).items():
+        rows = conn.execute(_CLAIMABLE_OF, {"sub": sub, "now": now, "n": min(limit, cap - busy)})
+        due.extend((row.next_attempt_at, int(row.id)) for row in rows)
+    ids = [ident for _, ident in sorted(due)[:limit]]
     if not ids:
         return []
     conn.execute(
@@ -221,56 +253,6 @@ def claim_deliveries(
             )
         )
     return claims
-
-
-def _due(
-    conn: Connection, now: datetime, limit: int, *, skip_ids: list[int],
-    full: sa.Select[tuple[str]] | list[str] | None,
-) -> list[tuple[int, str]]:  # fmt: skip
-    query = (
-        sa.select(deliveries.c.id, deliveries.c.subscription_id)
-        .where(_claimable(now))
-        .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True, of=deliveries)
-    )
-    if skip_ids:
-        query = query.where(deliveries.c.id.not_in(skip_ids))
-    if full is not None:
-        query = query.where(deliveries.c.subscription_id.not_in(full))
-    return [(int(i), str(s)) for i, s in conn.execute(query)]
-
-
-def _due_within_caps(conn: Connection, now: datetime, limit: int, cap: int) -> list[int]:
-    """Due deliveries, oldest first, taking no subscription past ``cap`` leased."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CLAIMS_LOCK)))
-    busy: dict[str, int] = {
-        str(sub): int(n)
-        for sub, n in conn.execute(
-            sa.select(deliveries.c.subscription_id, sa.func.count())
-            .where(_leased(now))
-            .group_by(deliveries.c.subscription_id)
-        )
-    }
-    full = [sub for sub, n in busy.items() if n >= cap]
-    taken: list[int] = []
-    seen: list[int] = []
-    for _ in range(_CLAIM_PASSES):
-        rows = _due(conn, now, limit - len(taken), skip_ids=seen, full=full)
-        skipped = False
-        for ident, sub in rows:
-            seen.append(ident)
-            if busy.get(sub, 0) >= cap:
-                skipped = True
-                continue
-            busy[sub] = busy.get(sub, 0) + 1
-            taken.append(ident)
-            if busy[sub] >= cap:
-                full.append(sub)
-        if not skipped or not rows or len(taken) >= limit:
-            break
-    return taken
 
 
 def bring_forward(
@@ -324,6 +306,22 @@ _FINISH = (
 )
 
 
+#: a delivery that waits on a retry holds its job's later deliveries back as long: they
+#: could not go before it anyway, and a claim then never walks them (a subscriber that is
+#: down would otherwise leave every claim scanning its whole backlog)
+_PUSH_BACK = (
+    sa.update(deliveries)
+    .where(
+        deliveries.c.subscription_id == sa.bindparam("p_sub"),
+        deliveries.c.order_key == sa.bindparam("p_key"),
+        deliveries.c.event_seq > sa.bindparam("p_seq"),
+        deliveries.c.state == DeliveryState.PENDING.value,
+        deliveries.c.next_attempt_at < sa.bindparam("p_at", type_=UTCDateTime),
+    )
+    .values(next_attempt_at=sa.bindparam("p_at", type_=UTCDateTime))
+)
+
+
 def renew_leases(conn: Connection, owner: str, ids: list[int], until: datetime) -> None:
     """Extend ``owner``'s leases on deliveries it is still attempting."""
     conn.execute(
@@ -356,21 +354,39 @@ def finish_attempts(
             conn.execute(sa.insert(delivery_attempts), kept)
     if not updates:
         return set()
-    held = set(
-        conn.execute(
-            sa.select(deliveries.c.id)
+    held = {
+        int(row.id): row
+        for row in conn.execute(
+            sa.select(
+                deliveries.c.id,
+                deliveries.c.subscription_id,
+                deliveries.c.order_key,
+                deliveries.c.event_seq,
+            )
             .where(
                 deliveries.c.id.in_([u["id"] for u in updates]),
                 deliveries.c.lease_owner == owner,
                 deliveries.c.state == DeliveryState.PENDING.value,
             )
             .with_for_update()
-        ).scalars()
-    )
+        )
+    }
     rows = [{**u, "b_id": u["id"]} for u in updates if u["id"] in held]
     if rows:
         conn.execute(_FINISH, [{k: v for k, v in r.items() if k != "id"} for r in rows])
-    return {int(i) for i in held}
+    retried = [
+        {
+            "p_sub": held[r["id"]].subscription_id,
+            "p_key": held[r["id"]].order_key,
+            "p_seq": held[r["id"]].event_seq,
+            "p_at": r["next_attempt_at"],
+        }
+        for r in rows
+        if r["state"] == DeliveryState.PENDING.value and held[r["id"]].order_key is not None
+    ]
+    if retried:
+        conn.execute(_PUSH_BACK, retried)
+    return set(held)
 
 
 def prune_deliveries(conn: Connection, *, finished_before: datetime, limit: int) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 import sqlalchemy as sa
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import Connection, Engine
 
 from app.errors import UnavailableError
@@ -63,6 +64,18 @@ KEEPALIVE = {
     "keepalives_count": 3,
     "tcp_user_timeout": 5000,
 }
+
+
+def listening_connection(url: str) -> psycopg.Connection[Any]:
+    """A connection of its own for ``LISTEN`` (autocommit), opened with the engine's connect
+    timeout and TCP keepalive, so a silent partition drops it and its owner reconnects
+    instead of waiting on a dead socket for ever."""
+    conninfo = make_conninfo(
+        url.replace("postgresql+psycopg://", "postgresql://"),
+        connect_timeout=max(2, round(DatabaseTimeouts().connect)),
+        **KEEPALIVE,
+    )
+    return psycopg.connect(conninfo, autocommit=True)
 
 
 class NoAnswerError(psycopg.OperationalError):

@@ -166,6 +166,9 @@ deliveries = sa.Table(
     sa.Column("last_status_code", sa.Integer),
     sa.Column("last_error", sa.Text),
     sa.Index(None, "state", "next_attempt_at"),
+    # a claim: each subscription's due deliveries, and the leased ones alone
+    sa.Index(None, "subscription_id", "state", "next_attempt_at"),
+    sa.Index(None, "state", "lease_until"),
     sa.Index(None, "subscription_id", "order_key", "event_seq"),
     sa.Index(None, "origin"),
 )
