@@ -47,8 +47,11 @@ class Transports:
         return [link for broker in self.brokers for link in broker.health()]
 
     def close(self) -> None:
+        """Close every broker connection, then stop the loop thread they shared."""
         for broker in self.brokers:
             broker.close()
+        for loop in {id(b.loop): b.loop for b in self.brokers}.values():
+            loop.close()
 
 
 def build_transports(

@@ -249,9 +249,11 @@ class BrokerSender(ABC, Generic[C]):
             log.debug("closing a %s connection failed", self.transport, exc_info=True)
 
     async def _close_all(self) -> None:
+        tasks = [link.task for link in self._links.values() if link.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for link in list(self._links.values()):
-            if link.task is not None:
-                link.task.cancel()
             if link.connection is not None:
                 await self._quietly_close(link.connection)
         self._links.clear()

@@ -46,7 +46,7 @@ class BrokerLoop:
             raise TimeoutError(f"no answer within {timeout:g} s") from None
 
     def close(self, timeout: float = 5.0) -> None:
-        """Run ``closing`` coroutines first (see :meth:`submit`), then stop the loop."""
+        """Stop the loop and its thread (close the connections on it first)."""
         if self.loop.is_closed():
             return
         self.loop.call_soon_threadsafe(self.loop.stop)
