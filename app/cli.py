@@ -367,12 +367,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     # the submitter (resubmitting jobs left Submitting) signs callback URLs; no API key
     services = build_services(Settings.from_env(environ, requires=("CIRELAY_CALLBACK_KEYS",)))
+    transports = worker.build_senders(services.settings)
     if args.metrics_port:
-        worker.serve_metrics(services, args.metrics_port)
+        worker.serve_metrics(services, args.metrics_port, transports)
     if args.ready_fd is not None:
         os.write(args.ready_fd, b"1")
         os.close(args.ready_fd)
-    worker.run(services)
+    worker.run(services, transports=transports)
     return 0
 
 
@@ -553,7 +554,7 @@ def cmd_subscriptions_list(args: argparse.Namespace) -> int:
         items = store.list_subscriptions(conn)
     for item in items:
         state = "enabled" if item.enabled else f"disabled ({item.disabled_reason or 'by hand'})"
-        print(f"{item.id}  {state:<10}  {','.join(item.event_types):<24}  {item.url}")
+        print(f"{item.id}  {state:<10}  {','.join(item.event_types):<24}  {item.view()['url']}")
     return 0
 
 

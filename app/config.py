@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
+from app.subscriptions import parse_broker_credentials
+
 DEFAULT_DATABASE_URL = "sqlite:///./var/cirelay.db"
 #: seconds between delivery attempts: 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 2 h, 4 h, 8 h
 DEFAULT_RETRY_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
@@ -118,6 +120,9 @@ class Settings:
     ci_bucket: str = ""
     ci_region: str = ""
     delivery_allowed_networks: tuple[str, ...] = ()
+    #: ``CIRELAY_BROKER_CREDENTIALS``: ``name=user:password`` entries a broker subscription
+    #: names with ``credentials=<name>`` (see :attr:`broker_logins`)
+    broker_credentials: tuple[str, ...] = field(default=(), repr=False)
     schema_dir: Path | None = None
     #: the largest notification body accepted, in bytes (413 above it)
     max_body_bytes: int = 1 << 20
@@ -190,6 +195,11 @@ class Settings:
         if problems:
             raise ConfigError(problems)
         return keys
+
+    @cached_property
+    def broker_logins(self) -> dict[str, tuple[str, str]]:
+        """``CIRELAY_BROKER_CREDENTIALS`` as name -> (user, password)."""
+        return parse_broker_credentials(self.broker_credentials)[0]
 
     @property
     def admin_api_key(self) -> str | None:
@@ -272,6 +282,7 @@ class Settings:
             ci_bucket=text("CIRELAY_CI_BUCKET"),
             ci_region=text("CIRELAY_CI_REGION"),
             delivery_allowed_networks=csv("CIRELAY_DELIVERY_ALLOWED_NETWORKS"),
+            broker_credentials=csv("CIRELAY_BROKER_CREDENTIALS"),
             schema_dir=Path(env["CIRELAY_SCHEMA_DIR"]) if env.get("CIRELAY_SCHEMA_DIR") else None,
             max_body_bytes=integer("CIRELAY_MAX_BODY_BYTES", 1 << 20, minimum=1024),
             max_depth=integer("CIRELAY_MAX_DEPTH", 32, minimum=8),
@@ -313,6 +324,7 @@ class Settings:
         problems += parse_api_keys(settings.api_keys)[1]
         if settings.console_secret and len(settings.console_secret) < MIN_SECRET_LENGTH:
             problems.append("CIRELAY_CONSOLE_SECRET: must be at least 16 characters")
+        problems += parse_broker_credentials(settings.broker_credentials)[1]
         if any(len(k) < 16 for k in settings.callback_keys):
             problems.append("CIRELAY_CALLBACK_KEYS: every key must be at least 16 characters")
         if problems:

@@ -28,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from app.models import AttemptResult, Figures, JobState, Outcome
+from app.subscriptions import TRANSPORTS
 
 #: Media jobs take seconds to hours.
 JOB_DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
@@ -122,17 +123,18 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         # --- webhook delivery (app.delivery, in the worker) ---
+        # ``transport``: http, nats or amqp (app.subscriptions.TRANSPORTS), from the URL scheme
         self.deliveries = Counter(
             "cirelay_deliveries",
-            "Webhook deliveries finished, by outcome (delivered, given_up), and subscriptions"
-            " disabled (subscription_disabled).",
-            ["outcome"],
+            "Deliveries finished, by outcome (delivered, given_up), and subscriptions"
+            " disabled (subscription_disabled); by transport (http, nats, amqp).",
+            ["outcome", "transport"],
             registry=registry,
         )
         self.delivery_attempts = Counter(
             "cirelay_delivery_attempts",
-            "Webhook delivery attempts, by result.",
-            ["result"],
+            "Delivery attempts, by result and transport.",
+            ["result", "transport"],
             registry=registry,
         )
         self.attempts_per_delivery = Histogram(
@@ -143,14 +145,18 @@ class Metrics:
         )
         self.delivery_latency = Histogram(
             "cirelay_delivery_latency_seconds",
-            "From the state change's commit to the subscriber's 2xx (replays excluded).",
+            "From the state change's commit to the subscriber's 2xx or the broker's ack"
+            " (replays excluded), by transport.",
+            ["transport"],
             buckets=DELIVERY_LATENCY_BUCKETS,
             registry=registry,
         )
-        for name in DELIVERY_OUTCOMES:
-            self.deliveries.labels(name)
-        for result in AttemptResult:
-            self.delivery_attempts.labels(result.value)
+        for transport in TRANSPORTS:
+            self.delivery_latency.labels(transport)
+            for name in DELIVERY_OUTCOMES:
+                self.deliveries.labels(name, transport)
+            for result in AttemptResult:
+                self.delivery_attempts.labels(result.value, transport)
         for outcome in Outcome:
             self.notifications.labels(outcome.value)
         for fmt in ("xml", "json"):

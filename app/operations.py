@@ -185,6 +185,12 @@ def send_test_event(
         sub = store.get_subscription(conn, ident)
     if sub is None:
         raise NotFoundError(f"no subscription {ident!r}")
+    if subscriptions.transport_of(sub.url) != "http":
+        # the broker connections live in the worker, not in the web tier
+        raise ConflictError(
+            f"subscription {ident!r} publishes to a broker: test events go to webhooks only "
+            "(replay an event to it instead)"
+        )
     event_id = new_id("evt", now)
     document = {
         "specversion": "1.0", "id": event_id, "type": TEST_EVENT_TYPE,

@@ -7,6 +7,23 @@ reserved or unspecified, nor an IPv6 address carrying an IPv4 one (NAT64, 6to4, 
 IPv4-compatible or -mapped) — unless ``CIRELAY_DELIVERY_ALLOWED_NETWORKS`` permits the network.
 Secrets are in Standard Webhooks form (``whsec_`` + base64 of 24 random bytes), returned once;
 rotating keeps the previous secret valid (and signing) for a grace period.
+
+A subscription's URL may also name a message broker (:class:`BrokerTarget`):
+
+- ``nats://[user:password@|token@]host[:4222]/<stream>[?subject_prefix=<prefix>]``: a JetStream
+  stream; the subject is ``<prefix>.<event type without com.cirelay.>``, e.g.
+  ``cirelay.events.job.succeeded`` (prefix default ``cirelay.events``);
+- ``amqp[s]://[user:password@]host[:5672|5671]/<vhost>?exchange=<name>[&routing_key_prefix=…]``:
+  a RabbitMQ exchange, the routing key derived likewise (vhost percent-encoded, ``%2F`` for
+  ``/``; an empty path is ``/``).
+
+Either may say ``credentials=<name>`` instead of carrying them: the user and password are then
+the entry of that name in ``CIRELAY_BROKER_CREDENTIALS`` (``name=user:password``, comma-
+separated, percent-encoded like a URL's), read by the worker when it connects. Credentials in
+a URL are kept like a signing secret: :func:`mask_url` hides them in every answer, log line and
+event; a URL sent back with the mask in it is refused rather than stored. The SSRF rule holds
+for brokers as for webhooks: a broker inside the network needs its network in
+``CIRELAY_DELIVERY_ALLOWED_NETWORKS``, checked at save and again at every connect.
 """
 
 from __future__ import annotations
@@ -16,9 +33,10 @@ import ipaddress
 import re
 import secrets
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from app.errors import UnprocessableError
 
@@ -106,19 +124,30 @@ def allowed_address(
 
 
 def check_url(
-    url: Any, allowed: Sequence[str], resolver: Resolver = resolve
+    url: Any,
+    allowed: Sequence[str],
+    resolver: Resolver = resolve,
+    credentials: Mapping[str, tuple[str, str]] | None = None,
 ) -> list[dict[str, str]]:
     """Problems with a subscriber URL (``[]`` when it may be used)."""
     if not isinstance(url, str) or not url:
-        return [{"field": "url", "message": "required: an http(s) URL"}]
+        return [{"field": "url", "message": "required: an http(s), nats or amqp(s) URL"}]
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return [{"field": "url", "message": "must be an absolute http(s) URL"}]
-    if parts.username or parts.password:
+    if parts.scheme in BROKER_SCHEMES:
+        try:
+            target = BrokerTarget.parse(url, credentials=credentials)
+        except ValueError as exc:
+            return [{"field": "url", "message": str(exc)}]
+        host, port = target.host, target.port
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        return [{"field": "url", "message": "must be an absolute http(s), nats or amqp(s) URL"}]
+    elif parts.username or parts.password:
         return [{"field": "url", "message": "must not carry credentials"}]
+    else:
+        host, port = parts.hostname, 0
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        allowed_address(parts.hostname, port, allowed, resolver)
+        port = port or _port(parts, 443 if parts.scheme == "https" else 80)
+        allowed_address(host, port, allowed, resolver)
     except ForbiddenAddress:
         message = (
             "resolves to an address that is not public (loopback, private, link-local, "
@@ -141,7 +170,12 @@ def check_event_types(value: Any) -> list[dict[str, str]]:
 
 
 def parse(
-    body: Any, allowed: Sequence[str], *, partial: bool = False, resolver: Resolver = resolve
+    body: Any,
+    allowed: Sequence[str],
+    *,
+    partial: bool = False,
+    resolver: Resolver = resolve,
+    credentials: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The fields of a subscription from a JSON body; every problem in one 422."""
     if not isinstance(body, dict):
@@ -150,7 +184,7 @@ def parse(
     problems = [{"field": k, "message": "unknown field"} for k in sorted(set(body) - known)]
     values: dict[str, Any] = {}
     if "url" in body or not partial:
-        problems += check_url(body.get("url"), allowed, resolver)
+        problems += check_url(body.get("url"), allowed, resolver, credentials)
         values["url"] = body.get("url")
     if "event_types" in body or not partial:
         types = body.get("event_types", ["*"])
@@ -167,3 +201,165 @@ def parse(
     if problems:
         raise UnprocessableError("the subscription is not valid", problems)
     return values
+
+
+# --- brokers -------------------------------------------------------------------------------
+
+#: URL scheme -> transport (the ``transport`` label of the delivery metrics)
+BROKER_SCHEMES = {"nats": "nats", "amqp": "amqp", "amqps": "amqp"}
+#: every value of the ``transport`` label
+TRANSPORTS = ("http", "nats", "amqp")
+DEFAULT_TOPIC_PREFIX = "cirelay.events"
+#: what a credential is shown as
+MASK = "***"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+_TOPIC = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+_EVENT_TYPE_PREFIX = "com.cirelay."
+_DEFAULT_PORTS = {"nats": 4222, "amqp": 5672, "amqps": 5671}
+
+
+def transport_of(url: str) -> str:
+    """``http``, ``nats`` or ``amqp``: which sender a subscription URL goes through."""
+    return BROKER_SCHEMES.get(url.partition(":")[0].lower(), "http")
+
+
+def _port(parts: Any, default: int) -> int:
+    port = parts.port  # ValueError when out of range or not a number
+    if port == 0:
+        raise ValueError("port 0")
+    return default if port is None else int(port)
+
+
+@dataclass(frozen=True)
+class BrokerTarget:
+    """A broker subscription's URL, parsed: where to connect, as whom, and where each event
+    goes (a JetStream stream's subject, or an exchange's routing key)."""
+
+    scheme: str
+    host: str
+    port: int
+    #: the JetStream stream, or the AMQP exchange
+    destination: str
+    #: subjects / routing keys are ``<prefix>.<event type without com.cirelay.>``
+    prefix: str
+    #: the AMQP virtual host ("" for NATS)
+    vhost: str = ""
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    #: a name in ``CIRELAY_BROKER_CREDENTIALS`` instead of credentials in the URL
+    credentials: str | None = None
+
+    @property
+    def transport(self) -> str:
+        return BROKER_SCHEMES[self.scheme]
+
+    @property
+    def broker(self) -> str:
+        """The broker without credentials (for logs, errors and ``/readyz``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        vhost = "/" + quote(self.vhost, safe="") if self.transport == "amqp" else ""
+        return f"{self.scheme}://{host}:{self.port}{vhost}"
+
+    def topic(self, event_type: str) -> str:
+        """The subject (NATS) or routing key (AMQP) of an event of ``event_type``."""
+        return f"{self.prefix}.{event_type.removeprefix(_EVENT_TYPE_PREFIX)}"
+
+    def login(self, named: Mapping[str, tuple[str, str]]) -> tuple[str | None, str | None]:
+        """The user and password (or, for NATS, a token as the user) to connect with."""
+        if self.credentials is not None:
+            if self.credentials not in named:
+                raise KeyError(f"no broker credentials named {self.credentials!r}")
+            return named[self.credentials]
+        return self.username, self.password
+
+    @classmethod
+    def parse(
+        cls, url: str, *, credentials: Mapping[str, tuple[str, str]] | None = None
+    ) -> BrokerTarget:
+        """The target of a ``nats://`` or ``amqp(s)://`` URL; ``ValueError`` says what is
+        wrong with it. ``credentials``: the names a ``credentials=`` may use (unchecked when
+        ``None``, as in the worker)."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in BROKER_SCHEMES or not parts.hostname:
+            raise ValueError("must be nats://host/<stream> or amqp(s)://host/<vhost>?exchange=")
+        if parts.fragment:
+            raise ValueError("must not have a #fragment")
+        try:
+            port = _port(parts, _DEFAULT_PORTS[scheme])
+        except ValueError:
+            raise ValueError("the port must be a number from 1 to 65535") from None
+        username = unquote(parts.username) if parts.username is not None else None
+        password = unquote(parts.password) if parts.password is not None else None
+        if MASK in (username, password):
+            raise ValueError(f"carries the mask {MASK} where a credential goes: send the real "
+                             "one, or name it with credentials=")  # fmt: skip
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        params = dict(query)
+        if len(params) != len(query):
+            raise ValueError("a query parameter is repeated")
+        is_nats = scheme == "nats"
+        known = {"credentials", "subject_prefix"} if is_nats else {
+            "credentials", "exchange", "routing_key_prefix"}  # fmt: skip
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"unknown query parameter {unknown[0]!r}; known: {sorted(known)}")
+        named = params.get("credentials")
+        if named is not None:
+            if username is not None or password is not None:
+                raise ValueError("credentials= or credentials in the URL, not both")
+            if credentials is not None and named not in credentials:
+                raise ValueError(f"no broker credentials named {named!r} in "
+                                 "CIRELAY_BROKER_CREDENTIALS")  # fmt: skip
+        prefix = params.get("subject_prefix" if is_nats else "routing_key_prefix",
+                            DEFAULT_TOPIC_PREFIX)  # fmt: skip
+        if not _TOPIC.fullmatch(prefix):
+            raise ValueError("the prefix is dot-separated tokens of letters, digits, _ and -")
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if is_nats:
+            if not _TOKEN.fullmatch(path):
+                raise ValueError("the path is the JetStream stream: nats://host:4222/<stream>")
+            destination, vhost = path, ""
+        else:
+            destination = params.get("exchange", "")
+            if not destination or len(destination) > 255:
+                raise ValueError("exchange=<name> is required (the exchange to publish to)")
+            vhost = unquote(path) or "/"
+            if "/" in path or len(vhost) > 255:
+                raise ValueError("the path is one vhost, percent-encoded (%2F for /)")
+        return cls(
+            scheme=scheme, host=parts.hostname, port=port, destination=destination,
+            prefix=prefix, vhost=vhost, username=username, password=password,
+            credentials=named,
+        )  # fmt: skip
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password (or a NATS token) in it replaced by :data:`MASK`."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in BROKER_SCHEMES or "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    masked = f"{user}:{MASK}" if colon else MASK
+    return parts._replace(netloc=f"{masked}@{hostport}").geturl()
+
+
+def parse_broker_credentials(
+    entries: Sequence[str],
+) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """``CIRELAY_BROKER_CREDENTIALS`` entries (``name=user:password``, percent-encoded) as
+    name -> (user, password), and what is wrong with them (never the values themselves)."""
+    named: dict[str, tuple[str, str]] = {}
+    problems = []
+    for i, entry in enumerate(entries):
+        name, eq, login = entry.partition("=")
+        user, colon, password = login.partition(":")
+        if not eq or not _TOKEN.fullmatch(name) or not user or name in named:
+            problems.append(
+                f"CIRELAY_BROKER_CREDENTIALS: entry {i + 1} is not name=user:password "
+                "(a unique name of letters, digits, _ and -)"
+            )
+            continue
+        named[name] = (unquote(user), unquote(password) if colon else "")
+    return named, problems

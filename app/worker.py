@@ -1,6 +1,13 @@
-"""``cirelay worker``: webhook delivery (:mod:`app.delivery`) and the reconciler
-(:mod:`app.reconciler`), each on a thread of its own. Stops cleanly on SIGTERM/SIGINT: the
-deliveries in flight finish and are recorded first.
+"""``cirelay worker``: delivery (:mod:`app.delivery`: webhooks, NATS JetStream, RabbitMQ) and
+the reconciler (:mod:`app.reconciler`), each on a thread of its own. Stops cleanly on
+SIGTERM/SIGINT: the deliveries in flight finish and are recorded first.
+
+Its metrics port (``--metrics-port``) also answers ``/healthz`` and ``/readyz``: ready while
+the database answers; the body lists each broker connection (``up``, ``connecting`` or
+``down``, since when, the last error) and says ``degraded`` while one is down. A broker that
+is down does not make the worker unready: it affects only its own subscriptions (their
+attempts fail at once and retry while the connection is retried with backoff), and an
+unready worker would hold up a rollout for another team's broker.
 
 Several workers (on several replicas) may run against one PostgreSQL database: deliveries are
 claimed with ``FOR UPDATE SKIP LOCKED`` and leased, so none is sent by two at once. On SQLite
@@ -9,14 +16,19 @@ one worker is enough (it has one writer at a time anyway); more are safe but gai
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from types import FrameType
+from typing import Any
 
 from app import Services, ci_clients, store
 from app.delivery import build_deliverer
+from app.delivery import build_senders as build_senders  # cli: the worker's senders
+from app.delivery.transports import Transports
 from app.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -84,21 +96,63 @@ def housekeeping(services: Services, stop: threading.Event) -> None:
         stop.wait(PRUNE_INTERVAL_SECONDS)
 
 
-def serve_metrics(services: Services, port: int, host: str = "0.0.0.0") -> None:  # noqa: S104
-    """``/metrics`` of this worker on ``port`` (its Deployment has no other HTTP port). Under
-    ``cirelay up`` the worker shares the service's multiprocess directory instead, and the
-    service's ``/metrics`` shows its counters."""
-    from prometheus_client import PlatformCollector, ProcessCollector, start_http_server
+def readiness(services: Services, transports: Transports) -> tuple[int, dict[str, Any]]:
+    """``/readyz`` of the worker: 503 when the database does not answer; the brokers' health
+    (a broker down makes it ``degraded``, not unready: see the module's docstring)."""
+    try:
+        store.ping(services.engine)
+        database = "ok"
+    except Exception as exc:  # any failure to answer is "not ready"
+        database = f"unavailable: {type(exc).__name__}"
+    brokers = transports.health()
+    status = "ready" if all(b["state"] != "down" for b in brokers) else "degraded"
+    if database != "ok":
+        status = "not ready"
+    body = {"status": status, "checks": {"database": database}, "brokers": brokers}
+    return (200 if database == "ok" else 503), body
+
+
+def serve_metrics(
+    services: Services,
+    port: int,
+    transports: Transports,
+    host: str = "0.0.0.0",  # noqa: S104
+) -> None:
+    """``/metrics``, ``/healthz`` and ``/readyz`` of this worker on ``port`` (its Deployment
+    has no other HTTP port). Under ``cirelay up`` the worker shares the service's
+    multiprocess directory instead, and the service's ``/metrics`` shows its counters."""
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client import PlatformCollector, ProcessCollector, make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
     registry = services.metrics.registry
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    start_http_server(port, host, registry=registry)
-    log.info("worker: metrics on http://%s:%d/metrics", host, port)
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in ("/healthz", "/readyz"):
+            return metrics(environ, start)  # type: ignore[no-any-return]
+        status, body = (200, {"status": "ok"}) if path == "/healthz" else readiness(
+            services, transports)  # fmt: skip
+        start(f"{status} {'OK' if status == 200 else 'Service Unavailable'}",
+              [("Content-Type", "application/json")])  # fmt: skip
+        return [json.dumps(body).encode()]
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("worker: metrics on http://%s:%d/metrics, health on /healthz and /readyz", host,
+             port)  # fmt: skip
 
 
-def run(services: Services, stop: threading.Event | None = None) -> None:
+def run(
+    services: Services, stop: threading.Event | None = None,
+    transports: Transports | None = None,
+) -> None:  # fmt: skip
     stop = stop or threading.Event()
+    transports = transports or build_senders(services.settings)
     if threading.current_thread() is threading.main_thread():
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -119,8 +173,10 @@ def run(services: Services, stop: threading.Event | None = None) -> None:
         target=housekeeping, args=(services, stop), name="housekeeping", daemon=True
     ).start()
     settings = services.settings
-    deliverer = build_deliverer(settings, services.engine, services.metrics, services.clock)
+    deliverer = build_deliverer(settings, services.engine, services.metrics, services.clock,
+                                transports)  # fmt: skip
     deliverer.run(stop, poll_seconds=settings.delivery_poll_seconds, waker=services.waker)
+    transports.close()
     # A reconcile round may be waiting on CI (up to its timeout, per request): not worth
     # waiting for. Leaving it mid-round is safe: each of its steps is one transaction.
     reconciler.join(timeout=2.0)

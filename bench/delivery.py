@@ -16,6 +16,13 @@ Run with the project's venv: ``.venv/bin/python bench/delivery.py`` (``make benc
 Exit status 0 when every event arrived exactly once per ``webhook-id``, 1 otherwise. The
 latency target (p95 <= 50 ms at 200 events/s) is reported, never asserted.
 
+``--broker nats`` or ``--broker amqp`` subscribes a JetStream stream or a RabbitMQ exchange
+(the real brokers on 127.0.0.1:4222 and :5672, a stream / an exchange and queue made for the
+run and removed after) instead of the webhook subscriber: latency = when the broker has it
+(JetStream: the time the stream stored the message, which it acks right after; RabbitMQ: the
+arrival at a consumer of the queue, an upper bound of the publisher confirm) minus the event's
+``time``. Target p95 <= 20 ms at 200 events/s. Exit 0 when every event arrived exactly once.
+
 ``--faults`` runs four phases against one service and worker instead (issue 14 §4):
 
 1. **alone**: the fast subscriber only, as above;
@@ -57,6 +64,7 @@ sys.path.insert(0, str(REPO))
 from bench import ingest  # noqa: E402 - after the path is set
 
 TARGET_P95_MS = 50.0
+TARGET_BROKER_P95_MS = 20.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, ingest._raise_interrupt)
     work = Path(tempfile.mkdtemp(prefix="cirelay-bench-delivery-"))
     try:
+        if args.broker:
+            return run_broker(args, work)
         return run_faults(args, work) if args.faults else run(args, work)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -87,6 +97,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--worker-class", default="gthread")
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--faults", action="store_true", help="the three phases (see above)")
+    parser.add_argument("--broker", choices=["nats", "amqp"], help="publish to a broker instead")
     parser.add_argument("--outage", type=float, default=20.0, help="--faults: seconds down")
     parser.add_argument("--subscriber", help=argparse.SUPPRESS)  # internal: run the subscriber
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -145,13 +156,7 @@ def run_drip_subscriber() -> int:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    total = int(args.rate * (args.warmup + args.duration))
-    url = args.database_url or f"sqlite:///{work / 'cirelay.db'}"
-    keys = (secrets.token_hex(20),)
-    jobs_file = work / "jobs.txt"
-    print(f"preparing {total} jobs in {ingest._redacted(url)}", flush=True)
-    ingest.prepare_database(url, "job", total, keys, jobs_file)
-    jobs = [line.split() for line in jobs_file.read_text().splitlines()]
+    url, keys, jobs = prepare(args, work)
     template = ingest.notification_template()
 
     received_file = work / "received.jsonl"
@@ -170,7 +175,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
             create_subscription(server.url, api_key, f"http://127.0.0.1:{hook_port}/hook")
             worker = start_worker(server, work)
             time.sleep(1.0)  # the worker's first round
-            print(f"sending {total} notifications at {args.rate:g}/s "
+            print(f"sending {len(jobs)} notifications at {args.rate:g}/s "
                   f"({args.warmup:g} s warm-up + {args.duration:g} s)", flush=True)  # fmt: skip
             sent = send_at_rate(server.url, jobs, template, args.rate, args.connections)
             wait_for_backlog(server.url, timeout=60)
@@ -187,6 +192,100 @@ def run(args: argparse.Namespace, work: Path) -> int:
         subscriber.wait(timeout=30)
     received = [json.loads(line) for line in received_file.read_text().splitlines()]
     return report(args, url, sent, baseline, received)
+
+
+def prepare(
+    args: argparse.Namespace, work: Path, total: int | None = None
+) -> tuple[str, tuple[str, ...], list[list[str]]]:
+    """The database, with ``total`` jobs (default ``rate x (warm-up + duration)``): its URL,
+    the callback keys and the jobs (callback path, CI job id)."""
+    total = total or int(args.rate * (args.warmup + args.duration))
+    url = args.database_url or f"sqlite:///{work / 'cirelay.db'}"
+    keys = (secrets.token_hex(20),)
+    jobs_file = work / "jobs.txt"
+    print(f"preparing {total} jobs in {ingest._redacted(url)}", flush=True)
+    ingest.prepare_database(url, "job", total, keys, jobs_file)
+    return url, keys, [line.split() for line in jobs_file.read_text().splitlines()]
+
+
+# --- broker mode ----------------------------------------------------------------------------
+
+
+def run_broker(args: argparse.Namespace, work: Path) -> int:
+    """The same load, published to a JetStream stream or a RabbitMQ exchange."""
+    from tests.brokers.brokers import Exchange, JetStream
+
+    url, keys, jobs = prepare(args, work)
+    env = ingest.server_env(args, url, keys, secrets.token_hex(16))
+    env["CIRELAY_DELIVERY_ALLOWED_NETWORKS"] = "127.0.0.0/8"
+    target_cm = JetStream.make() if args.broker == "nats" else Exchange.make()
+    worker: subprocess.Popen[bytes] | None = None
+    with target_cm as target:
+        consumer = _AmqpConsumer(target) if isinstance(target, Exchange) else None
+        try:
+            with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
+                create_subscription(server.url, env["CIRELAY_API_KEYS"], target.url())
+                worker = start_worker(server, work)
+                time.sleep(1.0)
+                print(f"sending {len(jobs)} notifications at {args.rate:g}/s to be published "
+                      f"to {args.broker}", flush=True)  # fmt: skip
+                sent = send_at_rate(server.url, jobs, ingest.notification_template(), args.rate,
+                                    args.connections)  # fmt: skip
+                wait_for_backlog(server.url, timeout=60)
+        finally:
+            if worker is not None:
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(timeout=30)
+        if consumer is not None:
+            received = consumer.stop()
+        else:
+            received = [
+                {"id": m.headers["Nats-Msg-Id"], "time": m.event().get_time().isoformat(),
+                 "arrived": m.stored}
+                for m in target.messages()
+            ]  # fmt: skip
+    return report(args, url, sent, None, received)
+
+
+class _AmqpConsumer:
+    """A consumer of the exchange's queue on a thread of its own: when each message arrived."""
+
+    def __init__(self, exchange: Any) -> None:
+        import asyncio
+
+        self.received: list[dict[str, Any]] = []
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._ready = threading.Event()
+        consume = self._consume(exchange.queue)
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(consume,),
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+        self._ready.wait(10)
+
+    async def _consume(self, queue_name: str) -> None:
+        import aio_pika
+
+        conn = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+        channel = await conn.channel()
+        queue = await channel.get_queue(queue_name, ensure=False)
+
+        async def on_message(message: Any) -> None:
+            arrived = time.time()
+            event = json.loads(message.body)
+            self.received.append({"id": message.message_id, "time": event["time"],
+                                  "arrived": arrived})  # fmt: skip
+
+        await queue.consume(on_message, no_ack=True)
+        self._ready.set()
+        await self._stop.wait()
+        await conn.close()
+
+    def stop(self) -> list[dict[str, Any]]:
+        time.sleep(1.0)  # the last ones in flight
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        return self.received
 
 
 def create_subscription(base: str, api_key: str, hook: str) -> str:
@@ -321,13 +420,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def run_faults(args: argparse.Namespace, work: Path) -> int:
     per_phase = int(args.rate * (args.warmup + args.duration))
     outage_jobs = int(args.rate * args.outage)
-    total = 3 * per_phase + outage_jobs
-    url = args.database_url or f"sqlite:///{work / 'cirelay.db'}"
-    keys = (secrets.token_hex(20),)
-    jobs_file = work / "jobs.txt"
-    print(f"preparing {total} jobs in {ingest._redacted(url)}", flush=True)
-    ingest.prepare_database(url, "job", total, keys, jobs_file)
-    jobs = [line.split() for line in jobs_file.read_text().splitlines()]
+    url, keys, jobs = prepare(args, work, 3 * per_phase + outage_jobs)
     template = ingest.notification_template()
     fast, port = _subscriber(work / "fast-1.jsonl")
     slow, slow_port = _subscriber(work / "slow.jsonl", drip=True)
@@ -423,8 +516,9 @@ def line(name: str, values_ms: list[float]) -> str:
 
 
 def report(
-    args: argparse.Namespace, url: str, sent: Sent, baseline: Sent, received: list[dict[str, Any]]
-) -> int:
+    args: argparse.Namespace, url: str, sent: Sent, baseline: Sent | None,
+    received: list[dict[str, Any]],
+) -> int:  # fmt: skip
     measured_from = sent.started + args.warmup
     to_epoch: Callable[[float], float] = lambda mono: mono - time.monotonic() + time.time()  # noqa: E731
     start_epoch = to_epoch(measured_from)
@@ -436,7 +530,7 @@ def report(
         if datetime.fromisoformat(r["time"]).timestamp() >= start_epoch
     ]
     ingest_ms = [s * 1000 for at, s in sent.latencies if at >= measured_from]
-    base_ms = [s * 1000 for _, s in baseline.latencies]
+    base_ms = [s * 1000 for _, s in baseline.latencies] if baseline else []
     accepted = len(sent.latencies) - sent.errors
     duplicates = len(ids) - len(set(ids))
     print()
@@ -447,12 +541,16 @@ def report(
           f"{accepted} notifications accepted, {sent.errors} errors, "
           f"{sent.late} sent late")  # fmt: skip
     print(f"{'':36} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    print(line("state change -> subscriber 2xx", latencies))
+    where = {None: "subscriber 2xx", "nats": "stored in JetStream",
+             "amqp": "consumer (RabbitMQ)"}[args.broker]  # fmt: skip
+    print(line(f"state change -> {where}", latencies))
     print(line("notification answered (ingest)", ingest_ms))
-    print(line("baseline: POST straight to hook", base_ms))
+    if baseline:
+        print(line("baseline: POST straight to hook", base_ms))
     p95 = percentile(latencies, 95)
-    verdict = "met" if p95 <= TARGET_P95_MS else "NOT met"
-    print(f"target p95 <= {TARGET_P95_MS:g} ms at 200 events/s: {verdict} ({p95:.1f} ms)")
+    target = TARGET_BROKER_P95_MS if args.broker else TARGET_P95_MS
+    verdict = "met" if p95 <= target else "NOT met"
+    print(f"target p95 <= {target:g} ms at 200 events/s: {verdict} ({p95:.1f} ms)")
     print(f"events received {len(set(ids))} of {accepted} accepted; duplicates {duplicates}")
     ok = len(set(ids)) == accepted and sent.errors == 0
     return 0 if ok else 1

@@ -53,6 +53,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def sample_sum(text: str, sample: str) -> float:
+    """In a text exposition, the sum of the samples ``sample`` names (``name`` or
+    ``name{label="value",…}``) over the labels it does not give: 0 when none is exposed."""
+    name, _, rest = sample.partition("{")
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if match and match.group(1) == name:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+            if wanted.items() <= labels.items():
+                total += float(match.group(3))
+    return total
+
+
 def children_of(parent: int) -> set[int]:
     """The pids whose parent is ``parent`` (gunicorn's workers, for its arbiter), from /proc."""
     found = set()
@@ -258,11 +273,9 @@ class Stack:
         return self.http.get(f"{self.base}/metrics", timeout=10).text
 
     def metric(self, name: str, labels: str = "") -> float:
-        """One sample's value (0 when not exposed yet), e.g.
+        """A sample's value (0 when not exposed yet), summed over the labels not given, e.g.
         ``metric("cirelay_notifications_total", '{outcome="duplicate"}')``."""
-        pattern = rf"^{re.escape(name + labels)} (\S+)$"
-        match = re.search(pattern, self.metrics_text(), re.MULTILINE)
-        return float(match.group(1)) if match else 0.0
+        return sample_sum(self.metrics_text(), name + labels)
 
     def terminal_transitions(self) -> float:
         text = self.metrics_text()

@@ -36,6 +36,7 @@ from tests.e2e_stack import (
     Process,
     _wait_log,
     free_port,
+    sample_sum,
     spawn,
     stack_env,
     wait_http,
@@ -335,11 +336,7 @@ class Fleet:
         """One sample of one worker's own /metrics, e.g.
         ``worker_metric("worker-1", 'cirelay_deliveries_total{outcome="delivered"}')``."""
         url = f"http://127.0.0.1:{self.worker_ports[name]}/metrics"
-        text = requests.get(url, timeout=10).text
-        for line in text.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        return 0.0
+        return sample_sum(requests.get(url, timeout=10).text, sample)
 
     def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:

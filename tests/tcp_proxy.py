@@ -6,6 +6,7 @@ or the network to it fails silently.
         proxy.restore()   # accepting again
         proxy.silence()   # a silent partition: connections stay open (new ones too) but
                           # nothing is forwarded either way, and nobody is told
+        proxy.held.wait() # …until something was sent and is held back
         proxy.resume()    # forwarding again (what was held back goes through)
 """
 
@@ -23,6 +24,8 @@ class TcpProxy:
         self._up = threading.Event()
         self._flowing = threading.Event()
         self._flowing.set()
+        #: set when data sent while silenced is being held back
+        self.held = threading.Event()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -53,6 +56,7 @@ class TcpProxy:
     def silence(self) -> None:
         """Forward nothing, either way, until :meth:`resume`; keep every connection open and
         accept new ones (whose handshake then never gets an answer)."""
+        self.held.clear()
         self._flowing.clear()
 
     def resume(self) -> None:
@@ -78,6 +82,8 @@ class TcpProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                if not self._flowing.is_set():
+                    self.held.set()
                 self._flowing.wait()  # silenced: held here (the kernel still acknowledges)
                 sink.sendall(data)
         except OSError:

@@ -97,7 +97,14 @@ def deliveries(engine: Engine) -> list[dict[str, Any]]:
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
+    """The sum of the samples ``name`` with ``labels``, over the labels not given
+    (``transport``, for one)."""
+    return sum(
+        s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
 
 
 # --- a delivery, as the subscriber sees it ----------------------------------------------------

@@ -340,7 +340,9 @@ def test_worker_exposition_passes_promtool_check_metrics(
     _, port = worker
     response = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     assert response.headers["Content-Type"].startswith("text/plain;")
-    assert sample(response.text, "cirelay_deliveries_total", {"outcome": "delivered"}) == 0
+    assert sample(
+        response.text, "cirelay_deliveries_total", {"outcome": "delivered", "transport": "http"}
+    ) == 0
 
     checked = promtool_check(response.content)
 

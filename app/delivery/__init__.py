@@ -32,6 +32,10 @@ sent again with the same ``webhook-id``, which subscribers deduplicate on.
 
 The modules:
 
+- :mod:`app.delivery.transports`: step 3's sender interface, by URL scheme: HTTP
+  (:class:`Sender`), NATS JetStream and RabbitMQ (one connection per broker per worker, on
+  one asyncio loop thread); same body and signature headers, acknowledged before the job's
+  next event.
 - :mod:`app.delivery.sender`: step 3. :class:`Sender` (HTTP, the SSRF check at connect),
   :func:`signed_headers`, :class:`AttemptReport` (what one attempt came to),
   :func:`parse_retry_after`.
@@ -51,6 +55,7 @@ from app.delivery.deliverer import (
     Deliverer,
     Round,
     build_deliverer,
+    build_senders,
 )
 from app.delivery.policy import Policy
 from app.delivery.replay import Replay, parse_since, replay_progress, start_replay
@@ -69,6 +74,7 @@ __all__ = [
     "Round",
     "Sender",
     "build_deliverer",
+    "build_senders",
     "parse_retry_after",
     "parse_since",
     "replay_progress",

@@ -30,6 +30,7 @@ from app.config import Settings
 from app.delivery.policy import Policy
 from app.delivery.rows import DeliveryUpdate, NewEvent
 from app.delivery.sender import AttemptReport, Sender, describe_error, signed_headers
+from app.delivery.transports import Transport, Transports, build_transports
 from app.events import TYPE_PREFIX, to_cloudevent
 from app.metrics import Metrics
 from app.models import (
@@ -40,6 +41,7 @@ from app.models import (
     Subscription,
     new_id,
 )
+from app.subscriptions import mask_url, transport_of
 
 if TYPE_CHECKING:
     from app.waker import EventWaker
@@ -84,7 +86,7 @@ class Deliverer:
         self,
         engine: Engine,
         policy: Policy,
-        sender: Sender,
+        sender: Transport,
         metrics: Metrics,
         *,
         clock: Callable[[], datetime],
@@ -281,9 +283,11 @@ class Deliverer:
                     self._bring_forward(conn, sub.id, now)
         for f in finished:
             self._count(f, f.claim.delivery_id in applied)
+        transports = {f.claim.subscription.id: transport_of(f.claim.subscription.url)
+                      for f in finished}  # fmt: skip
         for sub_id in disabled:
             log.warning("subscription %s disabled", sub_id)
-            self.metrics.deliveries.labels("subscription_disabled").inc()
+            self.metrics.deliveries.labels("subscription_disabled", transports[sub_id]).inc()
         return len(finished)
 
     # 5. health
@@ -352,17 +356,20 @@ class Deliverer:
 
     def _count(self, f: _Finished, applied: bool) -> None:
         m = self.metrics
-        m.delivery_attempts.labels(f.report.result.value).inc()
+        transport = transport_of(f.claim.subscription.url)
+        m.delivery_attempts.labels(f.report.result.value, transport).inc()
         if not applied:
             return  # the lease had lapsed: another worker owns the delivery's fate now
         if f.report.result is AttemptResult.SUCCESS:
-            m.deliveries.labels("delivered").inc()
+            m.deliveries.labels("delivered", transport).inc()
             m.attempts_per_delivery.observe(f.claim.attempt)
             if f.claim.origin == "fanout":  # a replay's latency says nothing about the pipe
                 latency = (f.finished_at - f.claim.event.time).total_seconds()
-                m.delivery_latency.observe(max(0.0, latency), exemplar=f.report.exemplar)
+                m.delivery_latency.labels(transport).observe(
+                    max(0.0, latency), exemplar=f.report.exemplar
+                )
         elif f.report.result is AttemptResult.GONE or f.claim.attempt > len(self.policy.schedule):
-            m.deliveries.labels("given_up").inc()
+            m.deliveries.labels("given_up", transport).inc()
             m.attempts_per_delivery.observe(f.claim.attempt)
 
 
@@ -418,22 +425,34 @@ def _disabled_event(sub: Subscription, reason: str, now: datetime) -> NewEvent:
         subject=sub.id,
         job_id=None,
         time=now,
-        data={"subscription_id": sub.id, "url": sub.url, "reason": reason},
+        data={"subscription_id": sub.id, "url": mask_url(sub.url), "reason": reason},
     )
 
 
 def build_deliverer(
-    settings: Settings, engine: Engine, metrics: Metrics, clock: Callable[[], datetime]
-) -> Deliverer:
-    """The deliverer ``cirelay worker`` runs, configured from the settings."""
+    settings: Settings, engine: Engine, metrics: Metrics, clock: Callable[[], datetime],
+    transports: Transports | None = None,
+) -> Deliverer:  # fmt: skip
+    """The deliverer ``cirelay worker`` runs, configured from the settings (``transports``:
+    :func:`build_senders` of the settings unless given)."""
     policy = Policy.from_settings(settings)
-    sender = Sender(
-        allowed_networks=settings.delivery_allowed_networks,
-        timeout=policy.timeout,
-        pool_size=settings.delivery_concurrency,
-    )
+    sender = transports or build_senders(settings)
     return Deliverer(
         engine, policy, sender, metrics, clock=clock, concurrency=settings.delivery_concurrency,
         per_subscription=settings.delivery_per_subscription or None,
         recovery_rate=settings.delivery_recovery_rate,
+    )  # fmt: skip
+
+
+def build_senders(settings: Settings) -> Transports:
+    """The HTTP sender and the broker senders, configured from the settings."""
+    timeout = Policy.from_settings(settings).timeout
+    http = Sender(
+        allowed_networks=settings.delivery_allowed_networks,
+        timeout=timeout,
+        pool_size=settings.delivery_concurrency,
+    )
+    return build_transports(
+        http, allowed_networks=settings.delivery_allowed_networks, timeout=timeout,
+        logins=settings.broker_logins,
     )  # fmt: skip

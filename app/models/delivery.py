@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from app.models.job import Event, iso_z
+from app.subscriptions import mask_url
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,10 @@ class Subscription:
     successes_in_a_row: int = 0
 
     def view(self) -> dict[str, Any]:
-        """The public view: never the secrets."""
+        """The public view: never the secrets (nor a broker URL's credentials)."""
         return {
             "id": self.id,
-            "url": self.url,
+            "url": mask_url(self.url),
             "event_types": self.event_types,
             "description": self.description,
             "enabled": self.enabled,
@@ -114,6 +115,7 @@ class AttemptResult(enum.StrEnum):
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"
     FORBIDDEN_ADDRESS = "forbidden_address"  # resolved to a non-public address at connect
+    REJECTED = "rejected"  # a broker refused it: unroutable, no such stream or exchange, nack
 
 
 @dataclass(frozen=True)

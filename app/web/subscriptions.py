@@ -23,7 +23,10 @@ bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 def create() -> ResponseReturnValue:
     """201 with the subscription and, this once, its ``secret``."""
     svc = services()
-    values = subscriptions.parse(json_body(), svc.settings.delivery_allowed_networks)
+    values = subscriptions.parse(
+        json_body(), svc.settings.delivery_allowed_networks,
+        credentials=svc.settings.broker_logins,
+    )  # fmt: skip
     item = operations.create_subscription(svc.engine, values, actor(), svc.clock())
     response = jsonify(item.view() | {"secret": item.secret})
     response.status_code = 201
@@ -49,7 +52,10 @@ def get(ident: str) -> ResponseReturnValue:
 @require_api_key
 def update(ident: str) -> ResponseReturnValue:
     svc = services()
-    values = subscriptions.parse(json_body(), svc.settings.delivery_allowed_networks, partial=True)
+    values = subscriptions.parse(
+        json_body(), svc.settings.delivery_allowed_networks, partial=True,
+        credentials=svc.settings.broker_logins,
+    )  # fmt: skip
     item = operations.update_subscription(svc.engine, ident, values, actor(), svc.clock())
     return jsonify(item.view())
 

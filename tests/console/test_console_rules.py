@@ -181,3 +181,29 @@ def test_the_offending_element_is_marked_in_the_body() -> None:
     assert [line.text.strip() for line in data if line.marked] == ['"State": "Done"']
     assert not any(line.marked for line in bodies.pretty_lines(body, "application/xml",
                                                                ["/Response/x')]|//*"]))  # fmt: skip
+
+
+def test_a_broker_url_s_credentials_are_masked_and_an_unchanged_edit_keeps_them(
+    client: FlaskClient, engine: Engine
+) -> None:
+    from app import store
+
+    url = "amqp://app:s3cret-pass@127.0.0.1:5672/%2F?exchange=media"
+    created = client.post("/v1/subscriptions", json={"url": url},
+                          headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+    assert created.status_code == 201, created.json
+    ident = created.json["id"]
+    csrf = sign_in(client)
+    for page in ("/console/subscriptions", f"/console/subscriptions/{ident}"):
+        text = client.get(page).get_data(as_text=True)
+        assert "s3cret-pass" not in text and "amqp://app:***@127.0.0.1" in text
+    masked = "amqp://app:***@127.0.0.1:5672/%2F?exchange=media"
+    form = {"url": masked, "description": "media", "csrf_token": csrf}
+    edited = client.post(f"/console/subscriptions/{ident}/edit", data=form)
+    assert edited.status_code == 303, edited.get_data(as_text=True)[:300]
+    with engine.connect() as conn:
+        kept = store.get_subscription(conn, ident)
+    assert kept is not None and kept.url == url and kept.description == "media"
+    test_event = client.post(f"/v1/subscriptions/{ident}/test",
+                             headers={"Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+    assert test_event.status_code == 409 and "broker" in test_event.json["message"]

@@ -41,6 +41,7 @@ SECRET_ENV = (
     "CIRELAY_QUEUE_CALLBACK_SECRET",
     "CIRELAY_CI_SECRET_ID",
     "CIRELAY_CI_SECRET_KEY",
+    "CIRELAY_BROKER_CREDENTIALS",
 )
 # Distinctive secret values: none of them may leak into a ConfigMap.
 SECRETS = {
@@ -50,6 +51,7 @@ SECRETS = {
     "queueCallbackSecret": "queue-secret-6d5c4b3a2f1e",
     "ciSecretId": "AKIDsecret-id-7c6b5a",
     "ciSecretKey": "ci-secret-key-0f9e8d7c",
+    "brokerCredentials": ["rabbit=relay:amqp-pass-2b9e", "nats=nats-token-71c3"],
 }
 
 
@@ -585,6 +587,7 @@ def test_secrets_go_to_the_secret_and_never_to_a_configmap(with_secrets: Release
         "CIRELAY_QUEUE_CALLBACK_SECRET": SECRETS["queueCallbackSecret"],
         "CIRELAY_CI_SECRET_ID": SECRETS["ciSecretId"],
         "CIRELAY_CI_SECRET_KEY": SECRETS["ciSecretKey"],
+        "CIRELAY_BROKER_CREDENTIALS": ",".join(SECRETS["brokerCredentials"]),
     }
     assert secret_data(with_secrets) == expected
     assert secret_data(with_secrets, f"{FULLNAME}-migration") == expected

@@ -25,19 +25,23 @@ FILTER_FIELDS = ("state", "job_id", "created_after", "created_before")
 RETRYABLE = (DeliveryState.FAILED.value, DeliveryState.PENDING.value)
 
 
-def _form_values(*, partial: bool) -> dict[str, Any]:
-    """The subscription form as :func:`app.subscriptions.parse` reads a JSON body."""
+def _form_values(*, partial: bool, shown_url: str | None = None) -> dict[str, Any]:
+    """The subscription form as :func:`app.subscriptions.parse` reads a JSON body. An edit
+    form shows the URL masked (``shown_url``): sent back unchanged, it is not a change."""
     form = request.form
     body: dict[str, Any] = {}
-    if "url" in form or not partial:
+    if ("url" in form or not partial) and form.get("url", "").strip() != shown_url:
         body["url"] = form.get("url", "").strip()
     if "event_types" in form or not partial:
         body["event_types"] = [t.strip() for t in form.get("event_types", "*").split(",")
                                if t.strip()] or ["*"]  # fmt: skip
     if "description" in form:
         body["description"] = form["description"]
-    allowed = services().settings.delivery_allowed_networks
-    return subscriptions.parse(body, allowed, partial=partial)
+    settings = services().settings
+    return subscriptions.parse(
+        body, settings.delivery_allowed_networks, partial=partial,
+        credentials=settings.broker_logins,
+    )  # fmt: skip
 
 
 def _secret_page(item: Subscription, what: str) -> Response:
@@ -95,8 +99,9 @@ def _retryable(which: DeliveryFilter) -> DeliveryFilter:
 @bp.post("/subscriptions/<ident>/edit")
 def edit_subscription(ident: str) -> ResponseReturnValue:
     svc = services()
+    shown = find_subscription(ident).view()["url"]
     operations.update_subscription(
-        svc.engine, ident, _form_values(partial=True), actor(), svc.clock()
+        svc.engine, ident, _form_values(partial=True, shown_url=shown), actor(), svc.clock()
     )
     flash("Subscription saved.", "ok")
     return redirect(url_for("console.subscription", ident=ident), code=303)

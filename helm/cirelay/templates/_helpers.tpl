@@ -229,6 +229,9 @@ CIRELAY_CI_SECRET_ID: {{ . | b64enc | quote }}
 {{- with $s.ciSecretKey }}
 CIRELAY_CI_SECRET_KEY: {{ . | b64enc | quote }}
 {{- end }}
+{{- with $s.brokerCredentials }}
+CIRELAY_BROKER_CREDENTIALS: {{ join "," . | b64enc | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
