@@ -21,6 +21,7 @@ from app.config import Settings
 from app.migrations import upgrade
 from app.schemas import SchemaSet
 from app.tokens import sign_job
+from tests.contract.outbox import checking_outbox
 
 CORPUS = Path(__file__).parent / "corpus"
 PG_URL = os.environ.get("CIRELAY_TEST_DATABASE_URL")
@@ -41,6 +42,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "postgresql" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _outbox_follows_the_catalogue(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every event any test writes to the outbox is of a catalogued type and its ``data``
+    satisfies that type's schema (tests/contract/outbox.py)."""
+    with checking_outbox(monkeypatch):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,7 @@ def init_app(app: Flask) -> None:
     """The blueprints and error handlers. CI's callbacks are served in front of Flask
     (:class:`app.web.callbacks.CallbackLane`) and every request's id is bound around both
     (:class:`app.web.request_ids.RequestIds`): :func:`app.create_app` installs them."""
-    from app.web import callbacks, events, health, jobs, subscriptions
+    from app.web import callbacks, contract, events, health, jobs, subscriptions
 
     app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
@@ -117,4 +117,5 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(events.bp)
     app.register_blueprint(subscriptions.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(contract.bp)
     callbacks.register_routes(app)

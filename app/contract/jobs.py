@@ -1,0 +1,286 @@
+"""``/v1/jobs``: submit a VoiceSeparate job, read one, list them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.ci.rules import AUDIO_MODES, CALLBACK_FORMATS, CODECS, JOB_LEVELS, MAX_USER_DATA
+from app.contract.parts import (
+    ADMIN_SCOPE,
+    READ,
+    READ_SCOPE,
+    WRITE,
+    Schema,
+    errors,
+    json_answer,
+    path_parameter,
+    query,
+    ref,
+)
+from app.models import JobState, Source
+
+TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
+STATE: Schema = {"type": "string", "enum": [s.value for s in JobState]}
+
+#: the public view of a job (``models.Job.view``): the API's answer and job events' ``data``
+JOB: Schema = {
+    "type": "object",
+    "required": [
+        "id",
+        "ci_job_id",
+        "origin",
+        "state",
+        "tag",
+        "queue_id",
+        "input",
+        "output",
+        "result_files",
+        "media_info",
+        "error",
+        "submit_error",
+        "user_data",
+        "workflow",
+        "template",
+        "timings",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "description": "cirelay's id"},
+        "ci_job_id": {"type": ["string", "null"], "description": "CI's JobId, once known"},
+        "origin": {"type": "string", "enum": ["api", "queue"]},
+        "state": STATE,
+        "tag": {"type": "string"},
+        "queue_id": {"type": ["string", "null"]},
+        "input": {"type": "object"},
+        "output": {"type": "object"},
+        "result_files": {"type": "array", "items": {"type": "object"}},
+        "media_info": {"type": "object"},
+        "error": {"type": ["object", "null"], "description": "CI's code and message (Failed)"},
+        "submit_error": {"type": ["object", "null"]},
+        "user_data": {"type": ["string", "null"]},
+        "workflow": {"type": ["object", "null"]},
+        "template": {"type": ["object", "null"]},
+        "timings": {
+            "type": "object",
+            "required": [
+                "ci_created_at",
+                "ci_started_at",
+                "ci_ended_at",
+                "ci_duration_seconds",
+                "created_at",
+                "updated_at",
+                "last_notified_at",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "ci_created_at": TIMESTAMP,
+                "ci_started_at": TIMESTAMP,
+                "ci_ended_at": TIMESTAMP,
+                "ci_duration_seconds": {"type": ["number", "null"]},
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+                "last_notified_at": TIMESTAMP,
+            },
+        },
+        "callback_url": {
+            "type": "string",
+            "description": "the job's CallBack URL (it holds the job's token): admin keys only",
+        },
+    },
+}
+
+_NOTIFICATION: Schema = {
+    "type": "object",
+    "required": ["id", "state", "source", "outcome", "wire_format", "received_at"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "integer"},
+        "state": {"type": "string"},
+        "source": {"type": "string", "enum": [s.value for s in Source]},
+        "outcome": {"type": "string"},
+        "wire_format": {"type": "string", "enum": ["xml", "json"]},
+        "received_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+_TEXT: Schema = {"type": "string", "maxLength": 1024}
+_NUMBER: Schema = {"type": "integer", "minimum": 0}
+
+JOB_REQUEST: Schema = {
+    "type": "object",
+    "description": (
+        "A VoiceSeparate job in CI's own terms, snake_case: `template_id` or "
+        "`voice_separate`; `input.bucket`/`region` default from the environment. Every "
+        "problem is answered at once, 422 with `details`."
+    ),
+    "additionalProperties": False,
+    "properties": {
+        "input": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"bucket": _TEXT, "region": _TEXT, "object": _TEXT},
+        },
+        "template_id": _TEXT,
+        "voice_separate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "audio_mode": {"type": "string", "enum": list(AUDIO_MODES)},
+                "audio_config": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "codec": {"type": "string", "enum": list(CODECS)},
+                        "samplerate": _NUMBER,
+                        "bitrate": _NUMBER,
+                        "channels": _NUMBER,
+                    },
+                },
+            },
+        },
+        "output": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"region": _TEXT, "bucket": _TEXT, "object": _TEXT, "au_object": _TEXT},
+        },
+        "queue_id": _TEXT,
+        "user_data": {"type": "string", "maxLength": MAX_USER_DATA},
+        "job_level": {"type": "integer", "enum": [int(level) for level in JOB_LEVELS]},
+        "callback_format": {"type": "string", "enum": list(CALLBACK_FORMATS)},
+    },
+    "example": {
+        "input": {"object": "songs/a.wav"},
+        "voice_separate": {
+            "audio_mode": "AudioAndBackground",
+            "audio_config": {"codec": "mp3", "samplerate": 44100, "bitrate": 128, "channels": 2},
+        },
+        "output": {
+            "region": "ap-guangzhou",
+            "bucket": "media-1250000000",
+            "object": "stems/${jobid}/bgm.${ext}",
+            "au_object": "stems/${jobid}/vocal.${ext}",
+        },
+        "user_data": "order-1",
+    },
+}
+
+_GET_JOB_LINK = {"operationId": "getJob", "parameters": {"ident": "$response.body#/id"}}
+
+PATHS: dict[str, Any] = {
+    "/v1/jobs": {
+        "post": {
+            "operationId": "submitJob",
+            "tags": ["jobs"],
+            "summary": "Submit a VoiceSeparate job to CI",
+            "description": (
+                "cirelay's JSON, or CI's own `<Request>` XML (its CallBack is replaced by "
+                "cirelay's). The job is stored, then sent to CI; 201 once CI accepted it. "
+                "With `Idempotency-Key`, a repeat of the same request answers the same job "
+                "(`Idempotent-Replayed: true`); another request with that key is a 409."
+            ),
+            "security": ADMIN_SCOPE,
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                },
+                query(
+                    "bucket",
+                    "XML bodies: the CI bucket (default from the environment)",
+                    {"type": "string"},
+                ),
+                query("region", "XML bodies: the CI region", {"type": "string"}),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": ref("JobRequest")},
+                    "application/xml": {"schema": {"type": "string"}},
+                    "text/xml": {"schema": {"type": "string"}},
+                },
+            },
+            "responses": {
+                "201": json_answer(
+                    "Accepted by CI",
+                    ref("Job"),
+                    headers={
+                        "Location": {"$ref": "#/components/headers/Location"},
+                        "Idempotent-Replayed": {
+                            "description": "`true` when this answers an earlier request",
+                            "schema": {"type": "string", "enum": ["true"]},
+                        },
+                    },
+                    links={"GetJob": _GET_JOB_LINK},
+                ),
+                **errors(400, *WRITE, 409, 413, 415, 422, 502, 504),
+            },
+        },
+        "get": {
+            "operationId": "listJobs",
+            "tags": ["jobs"],
+            "summary": "List jobs, newest first",
+            "security": READ_SCOPE,
+            "parameters": [
+                query(
+                    "state",
+                    "repeat or comma-separate",
+                    {"type": "array", "items": STATE},
+                    style="form",
+                    explode=True,
+                ),
+                query("tag", "CI's job tag", {"type": "string"}),
+                query("created_after", "ISO 8601", {"type": "string", "format": "date-time"}),
+                query("created_before", "ISO 8601", {"type": "string", "format": "date-time"}),
+                query(
+                    "limit",
+                    "page size",
+                    {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+                ),
+                query("cursor", "the previous page's `next_cursor`", {"type": "string"}),
+            ],
+            "responses": {
+                "200": json_answer(
+                    "One page",
+                    {
+                        "type": "object",
+                        "required": ["jobs", "next_cursor"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "jobs": {"type": "array", "items": ref("Job")},
+                            "next_cursor": {"type": ["string", "null"]},
+                        },
+                    },
+                ),
+                **errors(400, *READ),
+            },
+        },
+    },
+    "/v1/jobs/{ident}": {
+        "get": {
+            "operationId": "getJob",
+            "tags": ["jobs"],
+            "summary": "One job, by cirelay id or CI JobId, with its notifications",
+            "security": READ_SCOPE,
+            "parameters": [path_parameter("ident", "cirelay's job id or CI's JobId")],
+            "responses": {
+                "200": json_answer("The job", ref("JobDetail")),
+                **errors(404, *READ),
+            },
+        }
+    },
+}
+
+SCHEMAS: dict[str, Schema] = {
+    "Job": JOB,
+    "JobDetail": {
+        **JOB,
+        "required": [*JOB["required"], "notifications"],
+        "properties": {
+            **JOB["properties"],
+            "notifications": {"type": "array", "items": _NOTIFICATION},
+        },
+    },
+    "JobRequest": JOB_REQUEST,
+}
