@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.ci.rules import AUDIO_MODES, CALLBACK_FORMATS, CODECS, JOB_LEVELS, MAX_USER_DATA
+from app.ci.rules import (
+    AUDIO_MODES,
+    BITRATE_RANGE,
+    CALLBACK_FORMATS,
+    CHANNELS,
+    CODECS,
+    JOB_LEVELS,
+    MAX_USER_DATA,
+    SAMPLERATES,
+)
 from app.contract.parts import (
     ADMIN_SCOPE,
     READ,
@@ -103,8 +112,14 @@ _NOTIFICATION: Schema = {
     },
 }
 
-_TEXT: Schema = {"type": "string", "maxLength": 1024}
-_NUMBER: Schema = {"type": "integer", "minimum": 0}
+_TEXT: Schema = {"type": "string", "minLength": 1, "maxLength": 1024}
+#: one label each of CI's host name: at most 63 characters
+_BUCKET: Schema = {
+    "type": "string",
+    "maxLength": 63,
+    "pattern": "^[a-z0-9][a-z0-9-]{0,48}-[0-9]{1,20}$",
+}
+_REGION: Schema = {"type": "string", "maxLength": 63, "pattern": "^[a-z]{2,}(-[a-z0-9]+)+$"}
 
 JOB_REQUEST: Schema = {
     "type": "object",
@@ -113,14 +128,16 @@ JOB_REQUEST: Schema = {
         "`voice_separate`; `input.bucket`/`region` default from the environment. Every "
         "problem is answered at once, 422 with `details`."
     ),
+    "required": ["input", "output"],
     "additionalProperties": False,
     "properties": {
         "input": {
             "type": "object",
+            "required": ["object"],
             "additionalProperties": False,
-            "properties": {"bucket": _TEXT, "region": _TEXT, "object": _TEXT},
+            "properties": {"bucket": _BUCKET, "region": _REGION, "object": _TEXT},
         },
-        "template_id": _TEXT,
+        "template_id": {"type": "string", "pattern": "^t[0-9a-zA-Z]{1,64}$"},
         "voice_separate": {
             "type": "object",
             "additionalProperties": False,
@@ -131,19 +148,29 @@ JOB_REQUEST: Schema = {
                     "additionalProperties": False,
                     "properties": {
                         "codec": {"type": "string", "enum": list(CODECS)},
-                        "samplerate": _NUMBER,
-                        "bitrate": _NUMBER,
-                        "channels": _NUMBER,
+                        "samplerate": {"type": "integer", "enum": [int(r) for r in SAMPLERATES]},
+                        "bitrate": {
+                            "type": "integer",
+                            "minimum": BITRATE_RANGE[0],
+                            "maximum": BITRATE_RANGE[1],
+                        },
+                        "channels": {"type": "integer", "enum": [int(c) for c in CHANNELS]},
                     },
                 },
             },
         },
         "output": {
             "type": "object",
+            "required": ["region", "bucket"],
             "additionalProperties": False,
-            "properties": {"region": _TEXT, "bucket": _TEXT, "object": _TEXT, "au_object": _TEXT},
+            "properties": {
+                "region": _REGION,
+                "bucket": _BUCKET,
+                "object": _TEXT,
+                "au_object": _TEXT,
+            },
         },
-        "queue_id": _TEXT,
+        "queue_id": {"type": "string", "pattern": "^p[0-9a-f]{32}$"},
         "user_data": {"type": "string", "maxLength": MAX_USER_DATA},
         "job_level": {"type": "integer", "enum": [int(level) for level in JOB_LEVELS]},
         "callback_format": {"type": "string", "enum": list(CALLBACK_FORMATS)},

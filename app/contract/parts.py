@@ -24,6 +24,18 @@ ERROR: Schema = {
             "description": "one entry per problem (e.g. `{field, message}`)",
             "items": {"type": "object"},
         },
+        "ci": {
+            "type": "object",
+            "description": "when CI refused or failed: what CI answered",
+            "required": ["code", "message", "request_id", "status"],
+            "additionalProperties": False,
+            "properties": {
+                "code": {"type": ["string", "null"]},
+                "message": {"type": ["string", "null"]},
+                "request_id": {"type": ["string", "null"]},
+                "status": {"type": ["integer", "null"]},
+            },
+        },
     },
 }
 

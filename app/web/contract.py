@@ -4,9 +4,10 @@ The documents themselves are :mod:`app.contract`'s."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
-from flask import Blueprint, jsonify, send_from_directory
+from flask import Blueprint, Response, jsonify
 from flask.typing import ResponseReturnValue
 
 from app import contract
@@ -35,9 +36,23 @@ def asyncapi() -> ResponseReturnValue:
     return jsonify(contract.asyncapi())
 
 
+_MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+
+
+@cache
+def _viewer_file(name: str) -> bytes:
+    return (VIEWER / name).read_bytes()
+
+
+def _viewer_response(name: str, max_age: int) -> Response:
+    response = Response(_viewer_file(name), mimetype=_MEDIA_TYPES[Path(name).suffix])
+    response.headers["Cache-Control"] = f"public, max-age={max_age}"
+    return response
+
+
 @bp.get("/docs")
 def docs() -> ResponseReturnValue:
-    response = send_from_directory(VIEWER, "index.html", mimetype="text/html", max_age=0)
+    response = _viewer_response("index.html", 0)
     response.headers["Content-Security-Policy"] = _CSP
     return response
 
@@ -46,7 +61,7 @@ def docs() -> ResponseReturnValue:
 def docs_asset(name: str) -> ResponseReturnValue:
     if name not in ASSETS:
         raise NotFoundError(f"no asset {name!r}")
-    return send_from_directory(VIEWER, name, max_age=3600)
+    return _viewer_response(name, 3600)
 
 
 @bp.get("/v1/event-types")
