@@ -25,9 +25,7 @@ def test_docs_page_loads_only_what_cirelay_serves(client: FlaskClient) -> None:
 
 
 def test_the_vendored_viewer_is_the_pinned_one(client: FlaskClient) -> None:
-    pins = dict(
-        reversed(line.split()) for line in (VIEWER / "SHA256SUMS").read_text().splitlines()
-    )
+    pins = dict(reversed(line.split()) for line in (VIEWER / "SHA256SUMS").read_text().splitlines())
     assert set(pins) == {"swagger-ui-bundle.js", "swagger-ui.css"}
     for name, digest in pins.items():
         served = client.get(f"/docs/assets/{name}")

@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.contract import openapi_document
+from tests.conftest import job_json
 from tests.contract.outbox import problems
 from tests.e2e_stack import Stack
 from tests.subscriber import Subscriber
@@ -155,6 +156,9 @@ def test_the_stateful_links_keep_to_the_document(api: Any, live: Stack) -> None:
 
 
 def test_every_event_the_fuzzing_made_is_in_the_catalogue(live: Stack) -> None:
+    """The server's own events (its outbox is in another process: read back through the API),
+    a job's whole life among them."""
+    live.wait_final(live.submit(job_json())["id"])
     after, seen = 0, 0
     while True:
         page = live.http.get(
