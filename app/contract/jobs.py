@@ -9,9 +9,13 @@ from app.ci.rules import (
     BITRATE_RANGE,
     CALLBACK_FORMATS,
     CHANNELS,
-    CODECS,
+    DEFAULT_CODEC,
+    DEFAULT_SAMPLERATE,
     JOB_LEVELS,
+    MATRIX,
     MAX_USER_DATA,
+    MUSIC_MODE,
+    MUSIC_MODE_CODECS,
     SAMPLERATES,
 )
 from app.contract.parts import (
@@ -121,6 +125,66 @@ _BUCKET: Schema = {
 }
 _REGION: Schema = {"type": "string", "maxLength": 63, "pattern": "^[a-z]{2,}(-[a-z0-9]+)+$"}
 
+_BITRATE: Schema = {"type": "integer", "minimum": BITRATE_RANGE[0], "maximum": BITRATE_RANGE[1]}
+
+
+def _audio_config(codecs: Any, rates: Any, channels: Any, *, codec_required: bool) -> Schema:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["codec"] if codec_required else [],
+        "properties": {
+            "codec": {"type": "string", "enum": list(codecs)},
+            "samplerate": {"type": "integer", "enum": [int(r) for r in rates]},
+            "bitrate": _BITRATE,
+            "channels": {"type": "integer", "enum": [int(c) for c in channels]},
+        },
+    }
+
+
+def _matrix_entry(codec: str, rates: tuple[str, ...], channels: tuple[str, ...]) -> Schema:
+    """One codec's row of the matrix (spec §2.4); a codec whose rates lack the default needs
+    an explicit samplerate."""
+    entry = _audio_config([codec], rates, channels, codec_required=codec != DEFAULT_CODEC)
+    if DEFAULT_SAMPLERATE not in rates:
+        entry["required"] = [*entry["required"], "samplerate"]
+    return entry
+
+
+#: the inline parameters, with the codec x samplerate x channels matrix (app.ci.rules.MATRIX):
+#: MusicMode takes its own codecs and ignores the rest
+_VOICE_SEPARATE: Schema = {
+    "anyOf": [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["audio_mode"],
+            "properties": {
+                "audio_mode": {"type": "string", "const": MUSIC_MODE},
+                "audio_config": _audio_config(
+                    MUSIC_MODE_CODECS, SAMPLERATES, CHANNELS, codec_required=False
+                ),
+            },
+        },
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "audio_mode": {
+                    "type": "string",
+                    "enum": [m for m in AUDIO_MODES if m != MUSIC_MODE],
+                },
+                "audio_config": {
+                    "anyOf": [
+                        _matrix_entry(codec, rates, channels)
+                        for codec, (rates, channels) in MATRIX.items()
+                    ]
+                },
+            },
+        },
+    ]
+}
+
 JOB_REQUEST: Schema = {
     "type": "object",
     "description": (
@@ -138,27 +202,7 @@ JOB_REQUEST: Schema = {
             "properties": {"bucket": _BUCKET, "region": _REGION, "object": _TEXT},
         },
         "template_id": {"type": "string", "pattern": "^t[0-9a-zA-Z]{1,64}$"},
-        "voice_separate": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "audio_mode": {"type": "string", "enum": list(AUDIO_MODES)},
-                "audio_config": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "codec": {"type": "string", "enum": list(CODECS)},
-                        "samplerate": {"type": "integer", "enum": [int(r) for r in SAMPLERATES]},
-                        "bitrate": {
-                            "type": "integer",
-                            "minimum": BITRATE_RANGE[0],
-                            "maximum": BITRATE_RANGE[1],
-                        },
-                        "channels": {"type": "integer", "enum": [int(c) for c in CHANNELS]},
-                    },
-                },
-            },
-        },
+        "voice_separate": _VOICE_SEPARATE,
         "output": {
             "type": "object",
             "required": ["region", "bucket"],
@@ -169,6 +213,7 @@ JOB_REQUEST: Schema = {
                 "object": _TEXT,
                 "au_object": _TEXT,
             },
+            "anyOf": [{"required": ["object"]}, {"required": ["au_object"]}],
         },
         "queue_id": {"type": "string", "pattern": "^p[0-9a-f]{32}$"},
         "user_data": {"type": "string", "maxLength": MAX_USER_DATA},
