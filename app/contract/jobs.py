@@ -233,6 +233,7 @@ JOB_REQUEST: Schema = {
             "au_object": "stems/${jobid}/vocal.${ext}",
         },
         "user_data": "order-1",
+        "job_level": 1,
     },
 }
 
