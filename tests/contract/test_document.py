@@ -176,3 +176,17 @@ def test_the_outbox_check_refuses_an_unknown_type(event_type: str) -> None:
     from tests.contract.outbox import problems
 
     assert problems(event_type, {}) != []
+
+
+def test_the_job_example_meets_its_schema_and_the_codec_matrix_is_the_rules() -> None:
+    from app.ci.rules import check_request
+    from app.submission import request_from_json
+
+    schemas = openapi_document()["components"]["schemas"]
+    job = schemas["JobRequest"]
+    Draft202012Validator(job).validate(job["example"])
+    assert check_request(request_from_json(job["example"], default_bucket="media-1250000000",
+                                           default_region="ap-guangzhou")[0]) == []  # fmt: skip
+    amr_at_44100 = {"audio_config": {"codec": "amr", "samplerate": 44100}}
+    bad = {**job["example"], "voice_separate": amr_at_44100}
+    assert list(Draft202012Validator(job).iter_errors(bad))
