@@ -67,3 +67,12 @@ dashboards: $(STAMP) ## write the Grafana dashboards (helm/cirelay/dashboards/*.
 .PHONY: clean
 clean: ## remove the local database and caches (keeps .venv)
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+
+SWAGGER_UI_VERSION ?= 5.36.0
+.PHONY: docs-viewer
+docs-viewer: ## re-vendor Swagger UI (swagger-ui-dist@SWAGGER_UI_VERSION from npm) for /docs
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null \
+	  && tar xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz \
+	  && cp package/swagger-ui-bundle.js package/swagger-ui.css package/LICENSE package/NOTICE $(CURDIR)/app/contract/viewer/ \
+	  && cd $(CURDIR)/app/contract/viewer && sha256sum swagger-ui-bundle.js swagger-ui.css > SHA256SUMS \
+	  && sed -i 's/swagger-ui-dist@[0-9.]*/swagger-ui-dist@$(SWAGGER_UI_VERSION)/' README.md && rm -rf $$tmp

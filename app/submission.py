@@ -43,8 +43,9 @@ _JSON_FIELDS = {
 }  # fmt: skip
 _AUDIO_CONFIG = {"codec": "Codec", "samplerate": "Samplerate", "bitrate": "Bitrate",
                  "channels": "Channels"}  # fmt: skip
-_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]{0,48}-[0-9]{1,20}")
-_REGION = re.compile(r"[a-z]{2,}(-[a-z0-9]+)+")
+#: each is one label of CI's host name ``<bucket>.ci.<region>.myqcloud.com``: at most 63
+_BUCKET = re.compile(r"(?=.{1,63}$)[a-z0-9][a-z0-9-]{0,48}-[0-9]{1,20}")
+_REGION = re.compile(r"(?=.{1,63}$)[a-z]{2,}(-[a-z0-9]+)+")
 _OUTPUT = {"region": "Region", "bucket": "Bucket", "object": "Object", "au_object": "AuObject"}
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Iterator
@@ -18,9 +19,11 @@ from sqlalchemy.engine import Engine
 
 from app import Services, build_services, create_app, store
 from app.config import Settings
+from app.contract.jobs import JOB_REQUEST
 from app.migrations import upgrade
 from app.schemas import SchemaSet
 from app.tokens import sign_job
+from tests.contract.outbox import checking_outbox
 
 CORPUS = Path(__file__).parent / "corpus"
 PG_URL = os.environ.get("CIRELAY_TEST_DATABASE_URL")
@@ -41,6 +44,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "postgresql" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _outbox_follows_the_catalogue(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Every event any test writes to the outbox is of a catalogued type and its ``data``
+    satisfies that type's schema (tests/contract/outbox.py); only a test of the storage
+    itself, marked ``outbox_unchecked``, may write events of its own making."""
+    if request.node.get_closest_marker("outbox_unchecked"):
+        yield
+        return
+    with checking_outbox(monkeypatch):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -156,21 +173,7 @@ def notification_xml(ci_job_id: str = SAMPLE_JOB_ID, state: str = "Success", **f
 
 def job_json(**changes: object) -> dict[str, object]:
     """A VoiceSeparate job in cirelay's JSON, as POST /v1/jobs takes it."""
-    job: dict[str, object] = {
-        "input": {"object": "songs/a.wav"},
-        "voice_separate": {
-            "audio_mode": "AudioAndBackground",
-            "audio_config": {"codec": "mp3", "samplerate": 44100, "bitrate": 128, "channels": 2},
-        },
-        "output": {
-            "region": "ap-guangzhou",
-            "bucket": "media-1250000000",
-            "object": "stems/${jobid}/bgm.${ext}",
-            "au_object": "stems/${jobid}/vocal.${ext}",
-        },
-        "user_data": "order-1",
-        "job_level": 1,
-    }
+    job: dict[str, object] = copy.deepcopy(JOB_REQUEST["example"])  # the documented example
     job.update(changes)
     return job
 

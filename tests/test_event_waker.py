@@ -13,6 +13,9 @@ from sqlalchemy.engine import Engine
 from app import store
 from app.waker import EventWaker
 
+#: the outbox's mechanics with placeholder events, not the event catalogue
+pytestmark = pytest.mark.outbox_unchecked
+
 
 def event_row(n: int) -> dict[str, object]:
     return {"id": f"evt_waker_{n}", "type": "com.cirelay.test", "source": "/test",

@@ -106,7 +106,17 @@ def init_app(app: Flask) -> None:
     """The blueprints and error handlers. CI's callbacks are served in front of Flask
     (:class:`app.web.callbacks.CallbackLane`) and every request's id is bound around both
     (:class:`app.web.request_ids.RequestIds`): :func:`app.create_app` installs them."""
-    from app.web import admin, callbacks, console, events, health, jobs, subscriptions, workflows
+    from app.web import (
+        admin,
+        callbacks,
+        console,
+        contract,
+        events,
+        health,
+        jobs,
+        subscriptions,
+        workflows,
+    )
 
     app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
@@ -119,4 +129,5 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(admin.quarantine_bp)
     app.register_blueprint(admin.audit_bp)
     console.init_app(app)
+    app.register_blueprint(contract.bp)
     callbacks.register_routes(app)
