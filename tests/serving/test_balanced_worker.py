@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.serving import gunicorn_conf
 from app.serving.balanced_worker import STALE_AFTER, ConnectionTable
 from tests.e2e_stack import Process, children_of, free_port, poll, spawn
 
@@ -58,7 +59,8 @@ def server(tmp_path: Path) -> Iterator[tuple[int, Process]]:
     """gunicorn with the project's config (2 workers, the balanced worker) serving the pid."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CIRELAY_")}
-    env.update(CIRELAY_CPU_AFFINITY="off", CIRELAY_ACCESS_LOG="off", PYTHONPATH=str(REPO))
+    env.update(CIRELAY_CPU_AFFINITY="off", CIRELAY_ACCESS_LOG="off", PYTHONPATH=str(REPO),
+               CIRELAY_WORKER_CLASS=gunicorn_conf.BALANCED_WORKER)  # fmt: skip
     command = [sys.executable, "-m", "gunicorn", "--config", "python:app.serving.gunicorn_conf",
                "--bind", f"127.0.0.1:{port}", "--workers", "2",
                "tests.serving.pid_app:application"]  # fmt: skip
