@@ -23,6 +23,8 @@ callback lane counts it ``truncated``).
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from typing import Any
 
 from gunicorn.asgi.protocol import ASGIProtocol
@@ -95,6 +97,23 @@ class Worker(gasgi.ASGIWorker):  # type: ignore[misc]
     (``tests/serving/test_gunicorn_internals.py`` checks it); this process runs only this
     worker, so the name is pointed at the subclass when it starts serving."""
 
+    def load_wsgi(self) -> None:
+        """Load the application; its event streams end when this worker stops (so a graceful
+        stop or a ``--max-requests`` recycle need not wait out ``graceful_timeout``: the
+        clients reconnect, to another worker, with ``Last-Event-ID``)."""
+        super().load_wsgi()
+        streams = getattr(self.asgi, "streams", None)
+        if streams is not None:
+            streams.stopping = lambda: not self.alive
+
     def run(self) -> None:
         gasgi.ASGIProtocol = DeadlineProtocol
-        super().run()
+        try:
+            super().run()
+        finally:
+            if self._quick_shutdown:
+                # SIGQUIT or SIGINT: the loop is gone, and an application thread still handing
+                # its answer over to it would wait forever, and the interpreter's exit with it
+                self.log.info("Worker exiting (pid: %s)", self.pid)
+                logging.shutdown()
+                os._exit(0)

@@ -38,8 +38,10 @@ _worker_class = os.environ.get("CIRELAY_WORKER_CLASS", EVENT_LOOP_WORKER)
 worker_class = FORMER_NAMES.get(_worker_class, _worker_class)
 #: the application gunicorn loads when its command line names none: ASGI for the event-loop
 #: workers, WSGI for the thread-per-connection ones
-wsgi_app = "app.asgi:application" if worker_class in (EVENT_LOOP_WORKER, "asgi") else (
-    "app.wsgi:application"
+wsgi_app = (
+    "app.asgi:application"
+    if worker_class in (EVENT_LOOP_WORKER, "asgi")
+    else ("app.wsgi:application")
 )
 threads = int(os.environ.get("CIRELAY_THREADS", "16"))
 # Recycle workers now and then, staggered so they do not all restart at once.

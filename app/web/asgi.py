@@ -44,7 +44,7 @@ class Serving:
         self.header_timeout_seconds = settings.header_timeout_seconds
         self.body_timeout_seconds = settings.body_timeout_seconds
         self.max_body_bytes = settings.max_body_bytes
-        noted: Any = _NoteForAccessLog(wsgi_app)
+        noted: Any = _WholeRequest(wsgi_app)
         #: a2wsgi's typed scope and messages are the plain dicts used here
         self.threads: Any = WSGIMiddleware(noted, workers=threads)
         self.streams = Streams(
@@ -131,14 +131,17 @@ class _HoldLastBody:
             await self._send(self._held)
 
 
-class _NoteForAccessLog:
-    """WSGI: the API key's name the request was made with, into the ASGI scope, where the
-    access log reads it (:meth:`app.serving.asgi_worker.DeadlineProtocol._build_environ`)."""
+class _WholeRequest:
+    """WSGI, between a2wsgi and the application: the input is the whole body, ended by its
+    end (``wsgi.input_terminated``, which werkzeug reads a chunked body by); the API key's
+    name the request was made with goes into the ASGI scope, where the access log reads it
+    (:meth:`app.serving.asgi_worker.DeadlineProtocol._build_environ`)."""
 
     def __init__(self, app: WSGIApplication) -> None:
         self.app = app
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ["wsgi.input_terminated"] = True
         try:
             return self.app(environ, start_response)
         finally:

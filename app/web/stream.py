@@ -162,6 +162,8 @@ class Streams:
         self.services = services
         self.keepalive = keepalive
         self.tail = EventTail(services, poll)
+        #: whether the process is stopping: the streams end (set by the gunicorn worker)
+        self.stopping: Callable[[], bool] = lambda: False
 
     async def serve(self, plan: StreamPlan, receive: Receive, send: Send) -> None:
         """Write the stream until the client leaves (noticed at once: its connection closes)
@@ -172,6 +174,9 @@ class Streams:
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done() and not writer.cancelled() and writer.exception() is None:
+                # the worker stops: end the response, the client reconnects elsewhere
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             for task in (writer, gone):
                 task.cancel()
@@ -186,7 +191,7 @@ class Streams:
         await write(RETRY.encode())
         await self.tail.start()
         cursor, spoke = plan.after, time.monotonic()
-        while True:
+        while not self.stopping():
             changed = self.tail.changed
             held = self.tail.since(cursor, plan.wanted)
             if held is None:  # behind what the tail holds: a page from the database
@@ -208,8 +213,8 @@ class Streams:
                 await write(KEEPALIVE.encode())
                 spoke = time.monotonic()
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self.keepalive - silent)
+            with contextlib.suppress(TimeoutError):  # at least once a second: stopping?
+                await asyncio.wait_for(changed.wait(), min(self.keepalive - silent, 1.0))
 
     def _page(self, plan: StreamPlan, after: int) -> list[Event]:
         with self.services.engine.connect() as conn:
