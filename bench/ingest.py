@@ -114,11 +114,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=gunicorn_conf.worker_class,
         help=f"gunicorn worker class, both servers (default {gunicorn_conf.worker_class})",
     )
+    from app.config import Settings
+
     parser.add_argument(
         "--threads",
         type=int,
-        default=gunicorn_conf.threads,
-        help=f"threads per gthread worker, both servers (default {gunicorn_conf.threads})",
+        default=Settings.threads,
+        help="threads per worker running the application (CIRELAY_THREADS), both servers "
+        f"(default {Settings.threads})",
     )
     parser.add_argument(
         "--database-url",
@@ -537,6 +540,11 @@ def _psycopg_url(database_url: str) -> str:
 
 
 def bare_command(args: argparse.Namespace, app: str | None = None) -> list[str]:
+    from app.serving import gunicorn_conf
+
+    app = app or args.baseline
+    if args.worker_class == gunicorn_conf.EVENT_LOOP_WORKER:  # ASGI: the WSGI app in threads
+        app = f"bench.asgi_apps:wrap({app!r})"
     return [
         str(_venv_bin() / "python"),
         "-m",
@@ -547,7 +555,7 @@ def bare_command(args: argparse.Namespace, app: str | None = None) -> list[str]:
         f"{HOST}:{{port}}",
         "--workers",
         str(args.workers),
-        app or args.baseline,
+        app,
     ]
 
 

@@ -43,7 +43,9 @@ wsgi_app = (
     if worker_class in (EVENT_LOOP_WORKER, "asgi")
     else ("app.wsgi:application")
 )
-threads = int(os.environ.get("CIRELAY_THREADS", "16"))
+#: gthread's threads per worker; the event-loop worker runs the application in as many
+#: threads of its own (Settings.threads reads the same CIRELAY_THREADS) and takes none here
+threads = int(os.environ.get("CIRELAY_THREADS", "16")) if wsgi_app == "app.wsgi:application" else 1
 # Recycle workers now and then, staggered so they do not all restart at once.
 max_requests = int(os.environ.get("CIRELAY_MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10

@@ -28,7 +28,7 @@ def test_defaults_chosen_by_benchmark_with_recycling_staggered(conf: ModuleType)
     assert (conf.worker_class, conf.workers, conf.threads) == (
         "app.serving.asgi_worker.Worker",
         2,
-        16,
+        1,  # the application's 16 threads are the event-loop worker's own (CIRELAY_THREADS)
     )
     assert conf.wsgi_app == "app.asgi:application" and conf.keepalive == 5
     assert conf.max_requests == 20000 and conf.max_requests_jitter == 2000
@@ -41,6 +41,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, conf: ModuleType
     monkeypatch.setenv("CIRELAY_MAX_REQUESTS", "1000")
     monkeypatch.setenv("CIRELAY_ACCESS_LOG", "off")
     monkeypatch.setenv("CIRELAY_THREADS", "4")
+    monkeypatch.setenv("CIRELAY_WORKER_CLASS", "gthread")
     reloaded = importlib.reload(app.serving.gunicorn_conf)
     assert (reloaded.max_requests, reloaded.max_requests_jitter) == (1000, 100)
     assert reloaded.accesslog is None and reloaded.threads == 4
