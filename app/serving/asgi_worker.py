@@ -25,14 +25,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
+import time
 from typing import Any
 
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 
+from app.serving.balanced_worker import TABLE
+
 #: seconds a connection may take to send its first request's headers (the application's
 #: ``header_timeout_seconds`` overrides it)
 HEADER_TIMEOUT_SECONDS = 10.0
+#: how soon a worker that left a connection to a worker with fewer looks again
+RETRY_SECONDS = 0.01
 
 
 class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
@@ -71,6 +77,9 @@ class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)
+        publish = getattr(self.worker, "_publish", None)
+        if publish is not None:  # the other workers see this one's count drop at once
+            publish()
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
@@ -91,11 +100,20 @@ class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
 
 
 class Worker(gasgi.ASGIWorker):  # type: ignore[misc]
-    """gunicorn's ASGI worker serving its connections with :class:`DeadlineProtocol`.
+    """gunicorn's ASGI worker, serving its connections with :class:`DeadlineProtocol` and
+    accepting a connection only while no other live worker holds fewer.
 
-    The worker makes each connection's protocol by the name ``ASGIProtocol`` in its module
-    (``tests/serving/test_gunicorn_internals.py`` checks it); this process runs only this
-    worker, so the name is pointed at the subclass when it starts serving."""
+    gunicorn's own worker serves the listening socket with asyncio's server, which takes up to
+    a hundred connections each time it is woken: a burst of connections (a balancer's
+    keep-alive pool, CI's senders, wrk) lands on one worker, with its GIL and its CPU, while
+    the other idles, and the service gets half of what it could (``bench/RESULTS.md``). As
+    :class:`app.serving.balanced_worker.BalancedThreadWorker` does for gthread, this worker
+    publishes its count of connections in the table shared with the others
+    (:data:`app.serving.balanced_worker.TABLE`, its slot given by the master's ``pre_fork``)
+    and accepts one connection at a time while it has the fewest; otherwise it looks again
+    :data:`RETRY_SECONDS` later. Without a slot, or with TLS, it is gunicorn's worker."""
+
+    cirelay_slot: int | None = None
 
     def load_wsgi(self) -> None:
         """Load the application; its event streams end when this worker stops (so a graceful
@@ -107,7 +125,7 @@ class Worker(gasgi.ASGIWorker):  # type: ignore[misc]
             streams.stopping = lambda: not self.alive
 
     def run(self) -> None:
-        gasgi.ASGIProtocol = DeadlineProtocol
+        gasgi.ASGIProtocol = DeadlineProtocol  # the protocol of gunicorn's own _serve (TLS)
         try:
             super().run()
         finally:
@@ -117,3 +135,66 @@ class Worker(gasgi.ASGIWorker):  # type: ignore[misc]
                 self.log.info("Worker exiting (pid: %s)", self.pid)
                 logging.shutdown()
                 os._exit(0)
+
+    async def _serve(self) -> None:
+        """Accept (:meth:`_accept`), beat the heart once a second, then shut down as gunicorn
+        does (:meth:`_shutdown`: in-flight connections finish within ``graceful_timeout``).
+        The application has no lifespan to run."""
+        if self.cirelay_slot is None or self.cfg.is_ssl:
+            await super()._serve()
+            return
+        self._accepting = 0  # accepted, not yet counted in nr_conns
+        listeners = [sock.sock for sock in self.sockets]
+        for listener in listeners:
+            listener.setblocking(False)
+            self.loop.add_reader(listener.fileno(), self._accept, listener)
+            self.log.info("ASGI server listening on %s", listener.getsockname())
+        while self.alive and self.ppid == os.getppid():
+            self.notify()
+            self._publish()
+            await asyncio.sleep(1.0)
+        for listener in listeners:
+            self.loop.remove_reader(listener.fileno())
+        await self._shutdown()
+
+    def _accept(self, listener: socket.socket) -> None:
+        """Woken for a connection: take it while this worker has the fewest, one at a time."""
+        while self.alive:
+            if not self._fewest():
+                self.loop.remove_reader(listener.fileno())
+                self.loop.call_later(RETRY_SECONDS, self._listen_again, listener)
+                return
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):  # another worker took it
+                return
+            except OSError as exc:  # out of file descriptors, …: the next wake tries again
+                self.log.warning("accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            self._accepting += 1
+            self.loop.create_task(self._connect(conn))
+
+    def _listen_again(self, listener: socket.socket) -> None:
+        if self.alive:
+            self.loop.add_reader(listener.fileno(), self._accept, listener)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: DeadlineProtocol(self), conn)
+        except OSError:
+            conn.close()
+        finally:
+            self._accepting -= 1
+
+    def _fewest(self) -> bool:
+        assert self.cirelay_slot is not None
+        count = self.nr_conns + self._accepting
+        now = time.monotonic()
+        TABLE.publish(self.cirelay_slot, count, now)
+        return TABLE.fewest(self.cirelay_slot, count, now, self.cfg.workers)
+
+    def _publish(self) -> None:
+        if self.cirelay_slot is not None:
+            count = self.nr_conns + getattr(self, "_accepting", 0)
+            TABLE.publish(self.cirelay_slot, count, time.monotonic())

@@ -79,8 +79,13 @@ INTERNALS = [
              "(its slot cleared, its metrics marked dead)"),
     # app.serving.asgi_worker: the event-loop worker and its protocol
     Internal(ASGIWorker, "_serve", "(self)", "986a7a4ab51cb4a7",
+             "what Worker._serve replaces (with TLS or without a slot it still runs it): "
+             "lifespan (the application has none), asyncio servers, a heartbeat a second; it "
              "makes each connection's protocol by the module-level name ASGIProtocol, which "
              "Worker.run points at DeadlineProtocol"),
+    Internal(ASGIWorker, "_shutdown", "(self)", "9598f4e44fbadf84",
+             "closes self.servers (none when Worker._serve accepts by itself) and waits up to "
+             "graceful_timeout for nr_conns to reach 0"),
     Internal(ASGIProtocol, "connection_made", "(self, transport)", "9113fc16d379728e",
              "sets up the HTTP/1 parser and _request_ready; DeadlineProtocol arms the headers' "
              "deadline after it"),
