@@ -78,6 +78,7 @@ class EventTail:
         self.last = 0
         self._seqs: list[int] = []
         self._items: list[tuple[str, bytes]] = []  # type, rendered message
+        self._joined: dict[int, bytes] = {}  # every message from an index on, until new ones
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
         self._started: asyncio.Future[None] | None = None
@@ -113,9 +114,13 @@ class EventTail:
         events after ``cursor`` are no longer held (the stream reads them from the database)."""
         if cursor < self.base:
             return None
-        start = bisect.bisect_right(self._seqs, cursor)
-        data = b"".join(m for t, m in self._items[start:] if wanted.matches(t))
-        return data, max(cursor, self.last)
+        start, after = bisect.bisect_right(self._seqs, cursor), max(cursor, self.last)
+        if not wanted.everything:
+            return b"".join(m for t, m in self._items[start:] if wanted.matches(t)), after
+        joined = self._joined.get(start)
+        if joined is None:  # the streams at one cursor share it
+            joined = self._joined[start] = b"".join(m for _, m in self._items[start:])
+        return joined, after
 
     def _head(self) -> int:
         with self.services.engine.connect() as conn:
@@ -151,6 +156,7 @@ class EventTail:
             cut = len(self._seqs) - TAIL_KEEP
             self.base = self._seqs[cut - 1]
             del self._seqs[:cut], self._items[:cut]
+        self._joined.clear()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
