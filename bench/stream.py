@@ -86,6 +86,8 @@ def run(worker_class: str, workers: int, streams: int, args: argparse.Namespace)
     options = argparse.Namespace(workers=workers, worker_class=worker_class, threads=16)
     env = ingest.server_env(options, url, keys, secrets.token_hex(16))
     env["CIRELAY_ACCESS_LOG"] = "off"
+    if "Thread" in worker_class or worker_class == "gthread":  # each stream holds a thread:
+        env["CIRELAY_MAX_STREAMS"] = "8"  # the cap gthread had (half of the 16 threads)
     body_file = work / "notification.xml"
     body_file.write_text(ingest.notification_template())
     wrk = ingest.ensure_wrk()

@@ -2,8 +2,9 @@
 
 :class:`Serving` reads each request whole on the event loop (its body within
 ``CIRELAY_MAX_BODY_BYTES`` and ``CIRELAY_BODY_TIMEOUT_SECONDS``), and only then runs the WSGI
-application (the callback lane and Flask, :func:`app.create_app`) in one of a pool of threads
-(``a2wsgi``): a client that sends slowly holds a socket and a buffer, never a thread. A body
+application (the callback lane and Flask, :func:`app.create_app`) in one of a pool of
+threads, with ``a2wsgi``'s WSGI environ, taking its whole answer back at once: a client that
+sends slowly holds a socket and a buffer, never a thread. A body
 that misses its deadline is answered 408 and its connection closed; the application never
 sees it, so nothing of it is stored.
 
@@ -15,11 +16,13 @@ loop writes it (:class:`app.web.stream.Streams`).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, cast
 
-from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import build_environ
 from werkzeug.exceptions import RequestTimeout
 
 from app import logs
@@ -32,24 +35,21 @@ if TYPE_CHECKING:
 
     from app import Services
 
-STREAM_PATH = "/v1/events/stream"
 
+class WholeRequests:
+    """ASGI: each request read whole on the loop, then the WSGI application run on it in a
+    thread (see the module). Also how the benchmarks serve their baselines."""
 
-class Serving:
-    """ASGI: whole requests to the WSGI application in threads; streams on the loop."""
-
-    def __init__(self, wsgi_app: WSGIApplication, services: Services, *, threads: int) -> None:
-        settings = services.settings
+    def __init__(
+        self, wsgi_app: WSGIApplication, *, threads: int, max_body_bytes: int,
+        body_timeout_seconds: float, header_timeout_seconds: float,
+    ) -> None:  # fmt: skip
         #: read by :class:`app.serving.asgi_worker.DeadlineProtocol`
-        self.header_timeout_seconds = settings.header_timeout_seconds
-        self.body_timeout_seconds = settings.body_timeout_seconds
-        self.max_body_bytes = settings.max_body_bytes
-        noted: Any = _WholeRequest(wsgi_app)
-        #: a2wsgi's typed scope and messages are the plain dicts used here
-        self.threads: Any = WSGIMiddleware(noted, workers=threads)
-        self.streams = Streams(
-            services, poll=events.STREAM_POLL_SECONDS, keepalive=events.STREAM_KEEPALIVE_SECONDS
-        )
+        self.header_timeout_seconds = header_timeout_seconds
+        self.body_timeout_seconds = body_timeout_seconds
+        self.max_body_bytes = max_body_bytes
+        self.app: WSGIApplication = _WholeRequest(wsgi_app)
+        self.threads = ThreadPoolExecutor(threads, thread_name_prefix="app")
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -61,17 +61,18 @@ class Serving:
         if body is None:
             await _answer(send, *http_error(RequestTimeout()), close=True)
             return
-        replay = _Replay(body, receive)
-        if scope["path"] != STREAM_PATH:
-            await self.threads(scope, replay, send)
-            return
-        held = _HoldLastBody(send)
-        await self.threads(scope, replay, held)
-        plan = scope.get(PLAN)
-        if plan is None:  # refused (401, 400, 503): the answer as it is
-            await held.release()
-            return
-        await self.streams.serve(plan, replay, send)
+        # a2wsgi's environ (its typed scope is the plain dict used here)
+        made = build_environ(cast(Any, scope), cast(Any, io.BytesIO(body)))
+        environ: WSGIEnvironment = dict(made)
+        loop = asyncio.get_running_loop()
+        status, headers, chunks = await loop.run_in_executor(self.threads, _run, self.app, environ)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._respond(scope, receive, send, b"".join(chunks))
+
+    async def _respond(
+        self, scope: dict[str, Any], receive: Receive, send: Send, body: bytes
+    ) -> None:
+        await send({"type": "http.response.body", "body": body})
 
     async def _whole_body(self, scope: dict[str, Any], receive: Receive) -> bytes | None:
         """The request's body, up to one byte past the cap (the application refuses more), or
@@ -98,39 +99,6 @@ class Serving:
         return b"".join(chunks)
 
 
-class _Replay:
-    """``receive`` for the application: the body read beforehand, then the connection's own
-    (which tells when the client leaves)."""
-
-    def __init__(self, body: bytes, receive: Receive) -> None:
-        self._body: bytes | None = body
-        self._receive = receive
-
-    async def __call__(self) -> dict[str, Any]:
-        body, self._body = self._body, None
-        if body is not None:
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await self._receive()
-
-
-class _HoldLastBody:
-    """``send`` that keeps back the message ending the response, for a stream to go on."""
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self._held: dict[str, Any] | None = None
-
-    async def __call__(self, message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self._held = message
-        else:
-            await self._send(message)
-
-    async def release(self) -> None:
-        if self._held is not None:
-            await self._send(self._held)
-
-
 class _WholeRequest:
     """WSGI, between a2wsgi and the application: the input is the whole body, ended by its
     end (``wsgi.input_terminated``, which werkzeug reads a chunked body by); the API key's
@@ -148,6 +116,54 @@ class _WholeRequest:
             name = environ.get(logs.API_KEY_ENVIRON)
             if name:
                 environ["asgi.scope"]["cirelay.log"] = {logs.API_KEY_ENVIRON: name}
+
+
+class Serving(WholeRequests):
+    """cirelay's: whole requests to the WSGI application in threads; streams on the loop."""
+
+    def __init__(self, wsgi_app: WSGIApplication, services: Services, *, threads: int) -> None:
+        settings = services.settings
+        super().__init__(
+            wsgi_app, threads=threads, max_body_bytes=settings.max_body_bytes,
+            body_timeout_seconds=settings.body_timeout_seconds,
+            header_timeout_seconds=settings.header_timeout_seconds,
+        )  # fmt: skip
+        self.streams = Streams(
+            services, poll=events.STREAM_POLL_SECONDS, keepalive=events.STREAM_KEEPALIVE_SECONDS
+        )
+
+    async def _respond(
+        self, scope: dict[str, Any], receive: Receive, send: Send, body: bytes
+    ) -> None:
+        plan = scope.get(PLAN)
+        if plan is None:  # every answer but a stream (a refused one too): whole
+            await super()._respond(scope, receive, send, body)
+            return
+        await self.streams.serve(plan, receive, send)
+
+
+def _run(
+    app: WSGIApplication, environ: WSGIEnvironment
+) -> tuple[int, list[tuple[bytes, bytes]], list[bytes]]:
+    """Call the WSGI application (in a thread) and take its whole answer: status, headers and
+    body, handed to the event loop at once (a2wsgi's middleware hands each part over and
+    waits for the loop, three round trips between threads a request)."""
+    chunks: list[bytes] = []
+    answer: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        answer[:] = [int(status.split(" ", 1)[0]), headers]
+        return chunks.append
+
+    body = app(environ, start_response)
+    try:
+        chunks.extend(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    status, headers = answer
+    return status, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers], chunks
 
 
 def _content_length(scope: dict[str, Any]) -> int | None:
