@@ -78,8 +78,10 @@ class EventTail:
         self.last = 0
         self._seqs: list[int] = []
         self._items: list[tuple[str, bytes]] = []  # type, rendered message
-        self._joined: dict[int, bytes] = {}  # every message from an index on, until new ones
-        self._changed = asyncio.Event()
+        #: the messages from an index on, by filter, until new ones come
+        self._joined: dict[tuple[int, TypeFilter], bytes] = {}
+        #: what the streams of each filter wait for: new events they want
+        self._waiting: dict[TypeFilter, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
         self._started: asyncio.Future[None] | None = None
 
@@ -104,10 +106,13 @@ class EventTail:
             self._started.set_result(None)
         await self._started
 
-    @property
-    def changed(self) -> asyncio.Event:
-        """Set once the tail holds newer events than now (take it before :meth:`since`)."""
-        return self._changed
+    def changed(self, wanted: TypeFilter) -> asyncio.Future[None]:
+        """Done once the tail holds newer events ``wanted`` than now (take it before
+        :meth:`since`). Streams that want none of the new events are not woken."""
+        future = self._waiting.get(wanted)
+        if future is None:
+            future = self._waiting[wanted] = asyncio.get_running_loop().create_future()
+        return future
 
     def since(self, cursor: int, wanted: TypeFilter) -> tuple[bytes, int] | None:
         """The messages ``wanted`` after ``cursor``, and the cursor after them; ``None`` when
@@ -115,11 +120,11 @@ class EventTail:
         if cursor < self.base:
             return None
         start, after = bisect.bisect_right(self._seqs, cursor), max(cursor, self.last)
-        if not wanted.everything:
-            return b"".join(m for t, m in self._items[start:] if wanted.matches(t)), after
-        joined = self._joined.get(start)
-        if joined is None:  # the streams at one cursor share it
-            joined = self._joined[start] = b"".join(m for _, m in self._items[start:])
+        joined = self._joined.get((start, wanted))
+        if joined is None:  # the streams at one cursor with one filter share it
+            items = self._items[start:]
+            joined = b"".join(m for t, m in items if wanted.everything or wanted.matches(t))
+            self._joined[start, wanted] = joined
         return joined, after
 
     def _head(self) -> int:
@@ -157,8 +162,12 @@ class EventTail:
             self.base = self._seqs[cut - 1]
             del self._seqs[:cut], self._items[:cut]
         self._joined.clear()
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        types = {e.type for e in page}
+        for wanted, future in list(self._waiting.items()):
+            if any(wanted.matches(t) for t in types):
+                del self._waiting[wanted]
+                if not future.done():
+                    future.set_result(None)
 
 
 class Streams:
@@ -198,7 +207,7 @@ class Streams:
         await self.tail.start()
         cursor, spoke = plan.after, time.monotonic()
         while not self.stopping():
-            changed = self.tail.changed
+            changed = self.tail.changed(plan.wanted)
             held = self.tail.since(cursor, plan.wanted)
             if held is None:  # behind what the tail holds: a page from the database
                 head = self.tail.last
@@ -219,8 +228,8 @@ class Streams:
                 await write(KEEPALIVE.encode())
                 spoke = time.monotonic()
                 continue
-            with contextlib.suppress(TimeoutError):  # at least once a second: stopping?
-                await asyncio.wait_for(changed.wait(), min(self.keepalive - silent, 1.0))
+            # at least once a second: is the worker stopping?
+            await asyncio.wait([changed], timeout=min(self.keepalive - silent, 1.0))
 
     def _page(self, plan: StreamPlan, after: int) -> list[Event]:
         with self.services.engine.connect() as conn:

@@ -3,6 +3,7 @@ newest events a process holds, and when it must read the database instead."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -61,9 +62,16 @@ def test_a_cursor_behind_what_is_held_reads_the_database(monkeypatch: pytest.Mon
     assert data == (sse_message(event(4)) + sse_message(event(5))).encode() and cursor == 5
 
 
-def test_new_events_wake_the_streams_waiting() -> None:
-    tail = tail_at(0)
-    waiting = tail.changed
-    assert not waiting.is_set()
-    tail._hold([event(1)])
-    assert waiting.is_set() and not tail.changed.is_set()
+def test_new_events_wake_the_streams_that_want_them_only() -> None:
+    async def scenario() -> None:
+        tail = tail_at(0)
+        everything = tail.changed(EVERYTHING)
+        quarantined = tail.changed(TypeFilter.from_patterns(["com.cirelay.notification.*"]))
+        assert everything is tail.changed(EVERYTHING)  # one wake-up for the streams alike
+        tail._hold([event(1)])
+        assert everything.done() and not tail.changed(EVERYTHING).done()
+        assert not quarantined.done()  # nothing it wants: left asleep
+        tail._hold([event(2, "com.cirelay.notification.quarantined")])
+        assert quarantined.done()
+
+    asyncio.run(scenario())
