@@ -88,7 +88,8 @@ class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
 
     def _build_http_scope(self, request: Any, sockname: Any, peername: Any) -> Any:
         scope = super()._build_http_scope(request, sockname, peername)
-        self._scopes[id(request)] = scope  # the access log reads what the application noted
+        if self.log.access_log_enabled:  # the access log reads what the application noted
+            self._scopes[id(request)] = scope
         return scope
 
     def _build_environ(self, request: Any, sockname: Any, peername: Any) -> Any:
