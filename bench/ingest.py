@@ -562,6 +562,24 @@ def bare_command(args: argparse.Namespace, app: str | None = None) -> list[str]:
 # --- servers ------------------------------------------------------------------------------
 
 
+def job_slice_load(
+    wrk: str, server: Server, jobs_file: Path, first: int, count: int, body_file: Path,
+    connections: int, seconds: int, label: str,
+) -> WrkResult:  # fmt: skip
+    """wrk's notification load on a slice of the prepared jobs (each job notified once),
+    printed: what ``bench/slow_clients.py`` and ``bench/stream.py`` run."""
+    lua = {
+        "BENCH_MODE": "job", "BENCH_JOBS_FILE": str(jobs_file),
+        "BENCH_FIRST": str(first), "BENCH_COUNT": str(count),
+        "BENCH_RUN": secrets.token_hex(7), "BENCH_THREADS": str(WRK_THREADS),
+        "BENCH_BODY_FILE": str(body_file), "BENCH_QUEUE_PATH": "/", "BENCH_WRAP": "0",
+        "BENCH_OUT": str(body_file.parent / f"{server.name}-{label.replace(' ', '-')}-{first}"),
+    }  # fmt: skip
+    result = run_wrk(wrk, server.url, connections, seconds, lua, label)
+    print_wrk(server.name, result)
+    return result
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))

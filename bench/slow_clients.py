@@ -75,16 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             cut[worker_class] = {}
 
         def load(server: ingest.Server, jobs_file: Path, k: int, label: str) -> ingest.WrkResult:
-            lua = {
-                "BENCH_MODE": "job", "BENCH_JOBS_FILE": str(jobs_file),
-                "BENCH_FIRST": str(k * per_run), "BENCH_COUNT": str(per_run),
-                "BENCH_RUN": secrets.token_hex(7), "BENCH_THREADS": str(ingest.WRK_THREADS),
-                "BENCH_BODY_FILE": str(body_file), "BENCH_QUEUE_PATH": "/",
-                "BENCH_WRAP": "0", "BENCH_OUT": str(work / f"{server.name}-{k}"),
-            }  # fmt: skip
-            result = ingest.run_wrk(wrk, server.url, args.connections, args.duration, lua, label)
-            ingest.print_wrk(server.name, result)
-            return result
+            return ingest.job_slice_load(
+                wrk, server, jobs_file, k * per_run, per_run, body_file, args.connections,
+                args.duration, label,
+            )  # fmt: skip
 
         for server, _, jobs_file in servers:
             load(server, jobs_file, 0, "warm-up")

@@ -98,16 +98,10 @@ def run(worker_class: str, workers: int, streams: int, args: argparse.Namespace)
     with ingest.Server("cirelay", ingest.cirelay_command(options), env, work, 200) as server:
 
         def load(k: int, label: str) -> ingest.WrkResult:
-            lua = {
-                "BENCH_MODE": "job", "BENCH_JOBS_FILE": str(work / "jobs.txt"),
-                "BENCH_FIRST": str(timed + k * per_wrk), "BENCH_COUNT": str(per_wrk),
-                "BENCH_RUN": secrets.token_hex(7), "BENCH_THREADS": str(ingest.WRK_THREADS),
-                "BENCH_BODY_FILE": str(body_file), "BENCH_QUEUE_PATH": "/",
-                "BENCH_WRAP": "0", "BENCH_OUT": str(work / f"wrk-{k}"),
-            }  # fmt: skip
-            result = ingest.run_wrk(wrk, server.url, 16, args.wrk_seconds, lua, label)
-            ingest.print_wrk(server.name, result)
-            return result
+            return ingest.job_slice_load(
+                wrk, server, work / "jobs.txt", timed + k * per_wrk, per_wrk, body_file, 16,
+                args.wrk_seconds, label,
+            )  # fmt: skip
 
         load(0, "warm-up")
         # 1. latency at the rate, every stream timing every event
