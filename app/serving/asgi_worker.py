@@ -25,8 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
+from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from gunicorn.asgi.protocol import ASGIProtocol
@@ -37,6 +40,7 @@ from app.serving.balanced_worker import TABLE
 #: seconds a connection may take to send its first request's headers (the application's
 #: ``header_timeout_seconds`` overrides it)
 HEADER_TIMEOUT_SECONDS = 10.0
+_REQUEST_LINE = re.compile(r"([A-Z]+) (/\S*) HTTP/1\.[01]")
 #: how soon a worker that left a connection to a worker with fewer looks again
 RETRY_SECONDS = 0.01
 
@@ -45,6 +49,8 @@ class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
     """gunicorn's HTTP/1 protocol, with the headers' deadline and half-close kept open."""
 
     _header_timer: asyncio.TimerHandle | None = None
+    #: the start of a request not yet parsed (for the access line of a refused one)
+    _first_line = b""
 
     def connection_made(self, transport: Any) -> None:
         self._scopes: dict[int, Any] = {}  # by request, until its access log line is written
@@ -54,6 +60,7 @@ class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
 
     def _on_headers_complete(self) -> Any:
         self._cancel_header_timer()
+        self._first_line = b""
         return super()._on_headers_complete()
 
     def _headers_too_slow(self) -> None:
@@ -80,6 +87,36 @@ class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
         publish = getattr(self.worker, "_publish", None)
         if publish is not None:  # the other workers see this one's count drop at once
             publish()
+
+    def data_received(self, data: bytes) -> None:
+        if self._current_request is None and b"\n" not in self._first_line:
+            self._first_line = (self._first_line + data)[:8192]  # for _log_refused
+        super().data_received(data)
+
+    def _send_error_response(self, status: int, message: str, extra_headers: Any = ()) -> None:
+        super()._send_error_response(status, message, extra_headers)
+        if self.log.access_log_enabled:
+            self._log_refused(status)
+
+    def _log_refused(self, status: int) -> None:
+        """An access line for a request gunicorn refused itself (bad framing, a duplicate
+        Content-Length), as its threaded workers write and its asyncio worker does not: the
+        method and path parsed, else those of a well-formed request line; none without."""
+        request = self._current_request
+        if request is not None:
+            method, path = request.method, request.path
+        else:
+            line = self._first_line.split(b"\r\n", 1)[0].decode("latin-1")
+            if not (match := _REQUEST_LINE.fullmatch(line)):
+                return
+            method, path = match[1], match[2].split("?", 1)[0]
+        peer = self.transport.get_extra_info("peername")
+        self.log.access(
+            SimpleNamespace(status=str(status), headers=[], sent=0),
+            SimpleNamespace(method=method, path=path),
+            {"REMOTE_ADDR": peer[0] if peer else "-"},
+            timedelta(0),
+        )
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
