@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# cirelay's image: gunicorn serving app.wsgi on :8080, as uid 10001.
+# cirelay's image: gunicorn serving app.asgi (its event-loop worker) on :8080, as uid 10001.
 #
 #   docker build -t cirelay --build-arg REVISION="$(git rev-parse HEAD)" .
 #   docker run --rm -p 8080:8080 -e CIRELAY_API_KEYS=... -e CIRELAY_CALLBACK_KEYS=... cirelay

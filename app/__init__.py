@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import requests
 from flask import Flask
@@ -163,3 +164,14 @@ def create_app(
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
     return app
+
+
+def create_asgi_app(settings: Settings | None = None) -> Any:
+    """The service as gunicorn's event-loop worker runs it (:class:`app.web.asgi.Serving`):
+    :func:`create_app` run on whole requests in ``CIRELAY_THREADS`` threads, event streams on
+    the loop."""
+    from app.web.asgi import Serving
+
+    app = create_app(settings)
+    services: Services = app.extensions["cirelay"]
+    return Serving(app, services, threads=services.settings.threads)

@@ -215,7 +215,7 @@ def _gunicorn_command(host: str, port: int, workers: int | None) -> list[str]:
     ]
     if workers:
         command += ["--workers", str(workers)]
-    return [*command, "app.wsgi:application"]
+    return command  # the application: app.serving.gunicorn_conf's wsgi_app
 
 
 def _prepare_metrics_dir(env: dict[str, str]) -> None:

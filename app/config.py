@@ -167,9 +167,17 @@ class Settings:
     #: deliveries per second a subscription that answers 2xx again is sent from its backlog
     #: of retries (brought forward, in order, instead of waiting out their backoff)
     delivery_recovery_rate: float = 200.0
-    #: open event streams per process; each holds a gunicorn thread, so this keeps threads
-    #: free for notifications (with 16 threads: half). Above it: 503 with Retry-After.
-    max_streams: int = 8
+    #: open event streams per process (on the event loop each costs a socket and a cursor,
+    #: no thread; under the gthread worker class each holds a thread: set it far lower).
+    #: Above it: 503 with Retry-After.
+    max_streams: int = 2000
+    #: seconds a connection may take to send its request's headers, then it is closed
+    header_timeout_seconds: float = 10.0
+    #: seconds a request's body may take to arrive after its headers, then 408 and closed
+    body_timeout_seconds: float = 30.0
+    #: threads per process running the application on whole requests (``CIRELAY_THREADS``,
+    #: also gthread's threads)
+    threads: int = 16
     #: invalid notifications one source (a callback token's job, or the queue secret) may
     #: store in quarantine per minute; beyond it they get the same 400 and are only counted
     quarantine_per_minute: int = 60
@@ -304,7 +312,10 @@ class Settings:
             db_pool_timeout_seconds=number("CIRELAY_DB_POOL_TIMEOUT_SECONDS", 2.0, 0.0),
             delivery_per_subscription=integer("CIRELAY_DELIVERY_PER_SUBSCRIPTION", 0, minimum=0),
             delivery_recovery_rate=number("CIRELAY_DELIVERY_RECOVERY_RATE", 200.0, 0.1),
-            max_streams=integer("CIRELAY_MAX_STREAMS", 8, minimum=1),
+            max_streams=integer("CIRELAY_MAX_STREAMS", 2000, minimum=1),
+            header_timeout_seconds=number("CIRELAY_HEADER_TIMEOUT_SECONDS", 10.0, 0.1),
+            body_timeout_seconds=number("CIRELAY_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
+            threads=integer("CIRELAY_THREADS", 16, minimum=1),
             quarantine_per_minute=integer("CIRELAY_QUARANTINE_PER_MINUTE", 60, minimum=1),
             accept_tags=csv("CIRELAY_ACCEPT_TAGS"),
             tracing=text("CIRELAY_TRACING", "off").lower() == "on",

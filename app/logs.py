@@ -178,7 +178,8 @@ class GunicornLogger(glogging.Logger):  # type: ignore[misc]
             status = _status_code(resp)
             path = redact_path(getattr(req, "path", None) or "-")
             method = getattr(req, "method", None) or "-"
-            duration_ms = request_time.total_seconds() * 1000
+            # a timedelta (threaded workers) or gunicorn's ASGI stand-in: both have these two
+            duration_ms = request_time.seconds * 1000 + request_time.microseconds / 1000
             api_key = environ.get(API_KEY_ENVIRON)
             self.access_log.info(
                 "%s %s %s",

@@ -114,11 +114,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=gunicorn_conf.worker_class,
         help=f"gunicorn worker class, both servers (default {gunicorn_conf.worker_class})",
     )
+    from app.config import Settings
+
     parser.add_argument(
         "--threads",
         type=int,
-        default=gunicorn_conf.threads,
-        help=f"threads per gthread worker, both servers (default {gunicorn_conf.threads})",
+        default=Settings.threads,
+        help="threads per worker running the application (CIRELAY_THREADS), both servers "
+        f"(default {Settings.threads})",
     )
     parser.add_argument(
         "--database-url",
@@ -548,6 +551,11 @@ def _psycopg_url(database_url: str) -> str:
 
 
 def bare_command(args: argparse.Namespace, app: str | None = None) -> list[str]:
+    from app.serving import gunicorn_conf
+
+    app = app or args.baseline
+    if args.worker_class == gunicorn_conf.EVENT_LOOP_WORKER:  # ASGI: the WSGI app in threads
+        app = f"bench.asgi_apps:wrap({app!r})"
     return [
         str(_venv_bin() / "python"),
         "-m",
@@ -558,7 +566,7 @@ def bare_command(args: argparse.Namespace, app: str | None = None) -> list[str]:
         f"{HOST}:{{port}}",
         "--workers",
         str(args.workers),
-        app or args.baseline,
+        app,
     ]
 
 
@@ -597,6 +605,24 @@ def reference_server(args: argparse.Namespace, env: dict[str, str], work: Path,
                    check=True)  # fmt: skip
     command = [python, "-m", "app.cli", *cirelay_command(args)[1:]]
     return Server("cirelay-ref", command, tree_env, work, ready_status=200, cwd=tree)
+
+
+def job_slice_load(
+    wrk: str, server: Server, jobs_file: Path, first: int, count: int, body_file: Path,
+    connections: int, seconds: int, label: str,
+) -> WrkResult:  # fmt: skip
+    """wrk's notification load on a slice of the prepared jobs (each job notified once),
+    printed: what ``bench/slow_clients.py`` and ``bench/stream.py`` run."""
+    lua = {
+        "BENCH_MODE": "job", "BENCH_JOBS_FILE": str(jobs_file),
+        "BENCH_FIRST": str(first), "BENCH_COUNT": str(count),
+        "BENCH_RUN": secrets.token_hex(7), "BENCH_THREADS": str(WRK_THREADS),
+        "BENCH_BODY_FILE": str(body_file), "BENCH_QUEUE_PATH": "/", "BENCH_WRAP": "0",
+        "BENCH_OUT": str(body_file.parent / f"{server.name}-{label.replace(' ', '-')}-{first}"),
+    }  # fmt: skip
+    result = run_wrk(wrk, server.url, connections, seconds, lua, label)
+    print_wrk(server.name, result)
+    return result
 
 
 def free_port() -> int:

@@ -1,24 +1,33 @@
-"""Server-Sent Events under gunicorn (not a test): which worker class serves open streams and
-notifications together.
+"""Server-Sent Events under gunicorn (not a test): open streams beside the notifications.
 
-For each setting (``--setting worker_class:workers:threads:streams``, repeatable):
-``cirelay serve`` with that gunicorn worker class and counts, ``streams`` clients on
-``GET /v1/events/stream``, then Success notifications for distinct jobs at ``--rate`` for
-``--duration`` seconds (open loop). Prints, per setting: notifications answered (errors,
-p50/p95), the streams that got through (the rest were refused: ``CIRELAY_MAX_STREAMS`` per
-process, 503), the fewest events a connected stream received, and the latency from the
-event's ``time`` to its arrival on the stream (p50/p95).
+For each setting (``--setting worker_class:workers:streams``, repeatable; default the
+event-loop worker with 1,000 streams, and the balanced gthread it replaced with 100):
+``cirelay serve`` (SQLite, jobs prepared as in ``bench/ingest.py``), ``streams`` clients on
+``GET /v1/events/stream`` (one asyncio thread reads them all), then
 
-Run: ``.venv/bin/python bench/stream.py`` (defaults: gthread 2x16 with 0, 8 and 24 streams;
-sync 2 workers with 2 streams).
+1. **latency**: Success notifications for distinct jobs at ``--rate`` for ``--duration``
+   seconds (open loop). Per setting: the streams that got through (the rest were refused,
+   503), whether every connected stream got every event committed meanwhile (count and last
+   id), and the latency from each event's ``time`` (its commit) to its arrival on the
+   stream, p50/p95, measured on one stream in :data:`TIMED_EVERY`;
+2. **throughput**: ``--rounds`` rounds of wrk's notification load (``bench/notify.lua``) for
+   ``--wrk-seconds`` seconds, in turn with no stream, with the streams connected (each
+   receiving every event, drained by the client without parsing), and with the streams
+   connected but idle (asking for ``com.cirelay.notification.quarantined``, which the load
+   never makes); each ratio to the first (the issue's target: within 10 %).
+
+Run: ``.venv/bin/python bench/stream.py`` (about 2 minutes with the defaults).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
+import asyncio
+import contextlib
 import json
+import re
 import secrets
+import statistics
 import sys
 import tempfile
 import threading
@@ -32,92 +41,197 @@ sys.path.insert(0, str(REPO))
 
 from bench import delivery, ingest  # noqa: E402 - after the path is set
 
-DEFAULT_SETTINGS = ["gthread:2:16:0", "gthread:2:16:8", "gthread:2:16:24", "sync:2:1:2"]
+DEFAULT_SETTINGS = [
+    "app.serving.asgi_worker.Worker:2:1000",
+    "app.serving.balanced_worker.BalancedThreadWorker:2:100",
+]
+_TIME = re.compile(rb'"time":"([^"]+)"')
+#: one stream in this many is timed (every event parsed), the others only counted: a client
+#: parsing 100,000 messages a second would time itself, not the server
+TIMED_EVERY = 20
+#: what idle streams ask for: an event type the valid notifications of the load never make
+IDLE_TYPE = "com.cirelay.notification.quarantined"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--setting", action="append", help="worker_class:workers:threads:streams")
-    parser.add_argument("--rate", type=float, default=100.0)
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--setting", action="append", help="worker_class:workers:streams")
+    parser.add_argument("--rate", type=float, default=100.0, help="notifications/s (latency)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds at --rate")
+    parser.add_argument("--rounds", type=int, default=3, help="wrk rounds with and without")
+    parser.add_argument("--wrk-seconds", type=int, default=4)
     args = parser.parse_args(argv)
     rows = []
     for setting in args.setting or DEFAULT_SETTINGS:
-        worker_class, workers, threads, streams = setting.split(":")
-        rows.append(
-            run(worker_class, int(workers), int(threads), int(streams), args.rate, args.duration)
-        )
+        worker_class, workers, streams = setting.rsplit(":", 2)
+        rows.append(run(worker_class, int(workers), int(streams), args))
     print()
-    print(f"{'worker class':<14} {'procs x threads':>15} {'streams':>9} {'answered':>9} "
-          f"{'errors':>6} {'p50 ms':>7} {'p95 ms':>7} {'events/stream':>13} "
-          f"{'stream p50':>10} {'stream p95':>10}")  # fmt: skip
+    print(f"{'worker class':<50} {'streams':>9} {'answered':>9} {'errors':>6} {'every event':>11}"
+          f" {'stream p50':>10} {'stream p95':>10} {'ok/s without':>12} {'ok/s with':>9}"
+          f" {'ratio':>5} {'ok/s idle':>9} {'ratio':>5}")  # fmt: skip
     for r in rows:
-        print(f"{r['class']:<14} {r['procs']:>15} {r['streams']:>9} {r['answered']:>9} "
-              f"{r['errors']:>6} {r['p50']:>7.1f} {r['p95']:>7.1f} {r['per_stream']:>13} "
-              f"{r['s50']:>10.1f} {r['s95']:>10.1f}")  # fmt: skip
+        print(f"{r['class']:<50} {r['streams']:>9} {r['answered']:>9} {r['errors']:>6} "
+              f"{r['every']:>11} {r['s50']:>10.1f} {r['s95']:>10.1f} {r['without']:>12.0f} "
+              f"{r['with']:>9.0f} {r['with'] / max(r['without'], 1e-9):>5.2f} "
+              f"{r['idle']:>9.0f} {r['idle'] / max(r['without'], 1e-9):>5.2f}")  # fmt: skip
     return 0
 
 
-def run(
-    worker_class: str, workers: int, threads: int, streams: int, rate: float, duration: float
-) -> dict[str, Any]:
+def run(worker_class: str, workers: int, streams: int, args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="cirelay-bench-stream-"))
     url = f"sqlite:///{work / 'cirelay.db'}"
     keys = (secrets.token_hex(20),)
-    total = int(rate * duration)
-    ingest.prepare_database(url, "job", total, keys, work / "jobs.txt")
+    timed = int(args.rate * args.duration)
+    per_wrk = 1500 * args.wrk_seconds
+    wrk_runs = 1 + 3 * args.rounds
+    ingest.prepare_database(url, "job", timed + per_wrk * wrk_runs, keys, work / "jobs.txt")
     jobs = [line.split() for line in (work / "jobs.txt").read_text().splitlines()]
-    options = argparse.Namespace(workers=workers, worker_class=worker_class, threads=threads)
+    options = argparse.Namespace(workers=workers, worker_class=worker_class, threads=16)
     env = ingest.server_env(options, url, keys, secrets.token_hex(16))
-    print(f"{worker_class} {workers}x{threads}, {streams} streams", flush=True)
+    env["CIRELAY_ACCESS_LOG"] = "off"
+    if "Thread" in worker_class or worker_class == "gthread":  # each stream holds a thread:
+        env["CIRELAY_MAX_STREAMS"] = "8"  # the cap gthread had (half of the 16 threads)
+    body_file = work / "notification.xml"
+    body_file.write_text(ingest.notification_template())
+    wrk = ingest.ensure_wrk()
+    print(f"{worker_class} {workers} workers, {streams} streams", flush=True)
     with ingest.Server("cirelay", ingest.cirelay_command(options), env, work, 200) as server:
-        arrivals: list[list[float]] = [[] for _ in range(streams)]
-        stop = threading.Event()
-        readers = [
-            threading.Thread(target=read_stream, daemon=True,
-                             args=(server.url, env["CIRELAY_API_KEYS"], arrivals[i], stop))
-            for i in range(streams)
-        ]  # fmt: skip
-        for reader in readers:
-            reader.start()
-        time.sleep(1.0)  # the streams are open
-        sent = delivery.send_at_rate(server.url, jobs, ingest.notification_template(), rate, 8)
-        time.sleep(1.0)
-        stop.set()
-    answered_ms = [s * 1000 for _, s in sent.latencies]
-    stream_ms = [v for a in arrivals for v in a]
+
+        def load(k: int, label: str) -> ingest.WrkResult:
+            return ingest.job_slice_load(
+                wrk, server, work / "jobs.txt", timed + k * per_wrk, per_wrk, body_file, 16,
+                args.wrk_seconds, label,
+            )  # fmt: skip
+
+        load(0, "warm-up")
+        # 1. latency at the rate, every stream timing every event
+        with Readers(server.port, env["CIRELAY_API_KEYS"], streams, timing=True) as readers:
+            first_seq = readers.after
+            sent = delivery.send_at_rate(
+                server.url, jobs[:timed], ingest.notification_template(), args.rate, 8
+            )
+            time.sleep(2.0)
+        answered = len(sent.latencies) - sent.errors
+        connected = [r for r in readers.streams if r["open"]]
+        every = all(r["count"] >= answered and r["last"] >= first_seq + answered
+                    for r in connected)  # fmt: skip
+        latencies = [v for r in connected for v in r["ms"]]
+        # 2. throughput, with the streams connected (counting, not timing) and without
+        with_streams, idle, without = [], [], []
+        for k in range(args.rounds):
+            without.append(load(1 + 3 * k, "without"))
+            with Readers(server.port, env["CIRELAY_API_KEYS"], streams, timing=False):
+                time.sleep(1.0)
+                with_streams.append(load(2 + 3 * k, f"with {streams}"))
+            with Readers(server.port, env["CIRELAY_API_KEYS"], streams, timing=False,
+                         types=IDLE_TYPE):  # fmt: skip
+                time.sleep(1.0)
+                idle.append(load(3 + 3 * k, f"{streams} idle"))
     return {
         "class": worker_class,
-        "procs": f"{workers} x {threads}",
-        "streams": f"{sum(1 for a in arrivals if a)}/{streams}",
-        "answered": len(sent.latencies) - sent.errors,
+        "streams": f"{len(connected)}/{streams}",
+        "answered": answered,
         "errors": sent.errors,
-        "p50": delivery.percentile(answered_ms, 50),
-        "p95": delivery.percentile(answered_ms, 95),
-        "per_stream": min((len(a) for a in arrivals if a), default=0) if streams else "-",
-        "s50": delivery.percentile(stream_ms, 50) if stream_ms else float("nan"),
-        "s95": delivery.percentile(stream_ms, 95) if stream_ms else float("nan"),
+        "every": "yes" if every and connected else "NO",
+        "s50": delivery.percentile(latencies, 50) if latencies else float("nan"),
+        "s95": delivery.percentile(latencies, 95) if latencies else float("nan"),
+        "without": statistics.median(r.ok_per_second for r in without),
+        "with": statistics.median(r.ok_per_second for r in with_streams),
+        "idle": statistics.median(r.ok_per_second for r in idle),
     }
 
 
-def read_stream(base: str, api_key: str, out: list[float], stop: threading.Event) -> None:
-    """Follow the stream; for each event, milliseconds from its ``time`` to its arrival."""
-    conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=30)
-    try:
-        conn.request("GET", "/v1/events/stream", headers={"Authorization": f"Bearer {api_key}"})
-        response = conn.getresponse()
-        while not stop.is_set():
-            line = response.readline()
-            if not line:
+class Readers:
+    """``n`` stream clients on one event loop (a thread). Each stream's record: open, events
+    counted, the last id, and (``timing``) milliseconds from each event's ``time`` to its
+    arrival."""
+
+    def __init__(self, port: int, api_key: str, n: int, *, timing: bool, types: str = "") -> None:
+        self.port, self.api_key, self.timing = port, api_key, timing
+        self.query = f"&type={types}" if types else ""
+        self.after = self.head()  # the streams start at the newest event
+        self.streams: list[dict[str, Any]] = [
+            {"index": i, "open": False, "count": 0, "last": 0, "ms": []} for i in range(n)
+        ]
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> Readers:
+        self._thread.start()
+        self._ready.wait(60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def head(self) -> int:
+        """The newest event's sequence number, as the API reports it."""
+        import urllib.request
+
+        after = 0
+        while True:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.port}/v1/events?after={after}&limit=500",
+                headers={"Authorization": f"Bearer {self.api_key}"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                page = json.load(response)
+            if page["next_after"] == after:
+                return after
+            after = page["next_after"]
+
+    async def _run(self) -> None:
+        tasks = [asyncio.create_task(self._read(record)) for record in self.streams]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(r["open"] or r.get("refused")
+                                                      for r in self.streams):  # fmt: skip
+            await asyncio.sleep(0.1)
+        self._ready.set()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.1)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _read(self, record: dict[str, Any]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(
+                f"GET /v1/events/stream?after={self.after}{self.query} HTTP/1.1\r\nHost: bench\r\n"
+                f"Authorization: Bearer {self.api_key}\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                record["refused"] = True
                 return
-            if line.startswith(b"data:"):
-                event = json.loads(line[5:])
-                sent = datetime.fromisoformat(event["time"]).timestamp()
-                out.append((time.time() - sent) * 1000)
-    except (OSError, http.client.HTTPException):
-        return
-    finally:
-        conn.close()
+            record["open"] = True
+            timed = self.timing and record["index"] % TIMED_EVERY == 0
+            buffer, carry = b"", b""
+            while chunk := await reader.read(65536):
+                arrived = time.time()
+                # every stream: count the events and keep the last id, at the least CPU
+                data, carry = carry + chunk, (carry + chunk)[-4:]  # "\nid: " is 5 bytes
+                record["count"] += data.count(b"\nid: ")
+                at = data.rfind(b"\nid: ")
+                end = data.find(b"\n", at + 5)
+                if at >= 0 and end > 0:
+                    record["last"] = int(data[at + 5 : end])
+                if not timed:
+                    continue
+                buffer += chunk
+                *messages, buffer = buffer.split(b"\n\n")
+                for message in messages:
+                    if found := _TIME.search(message):
+                        committed = datetime.fromisoformat(found.group(1).decode()).timestamp()
+                        record["ms"].append((arrived - committed) * 1000)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            return
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ serve() {
         sqlite*) cirelay db upgrade ;;
     esac
 
-    exec gunicorn --config python:app.serving.gunicorn_conf "$@" app.wsgi:application
+    # the application: the config's wsgi_app (app.asgi on the event-loop worker, the default)
+    exec gunicorn --config python:app.serving.gunicorn_conf "$@"
 }
 
 if [ "$#" -eq 0 ]; then

@@ -1,14 +1,17 @@
 """gunicorn configuration used by ``cirelay serve``, ``cirelay up`` and the image.
 
 Every value can be overridden on gunicorn's command line or with the ``CIRELAY_*`` variables
-read below. Worker class and counts were chosen with ``bench/ingest.py`` (its runs are in
-``bench/RESULTS.md``): ``gthread`` because a notification waits for its group commit (an
-fsync) with the GIL released, so more requests in flight per process make larger batches,
-where sync workers (one request per process) commit one at a time; 2 workers x 16 threads
-because that served the most on the 2-core host the defaults are tuned for. The worker class
-is gthread spreading client connections evenly over the workers
-(:mod:`app.serving.balanced_worker`); ``CIRELAY_WORKER_CLASS=gthread`` is plain gthread.
-Each worker is pinned to a CPU of its own when there are as many workers as CPUs (see
+read below. The worker class is gunicorn's asyncio worker with a deadline on the headers
+(:mod:`app.serving.asgi_worker`), running :func:`app.create_asgi_app` (``app.asgi``): each
+worker multiplexes its connections on an event loop, and runs the application on whole
+requests only, in ``CIRELAY_THREADS`` threads (16: a notification waits for its group commit,
+an fsync, with the GIL released, so more requests in flight per process make larger batches);
+event streams are written by the loop. Slow clients and open streams cost no thread
+(``bench/slow_clients.py``, ``bench/stream.py``; figures in ``bench/RESULTS.md``).
+``CIRELAY_WORKER_CLASS=gthread`` (or the balanced gthread, :mod:`app.serving.balanced_worker`)
+runs the WSGI application (``app.wsgi``) a thread per connection, as before: the baseline of
+the benchmarks. 2 workers because that served the most on the 2-core host the defaults are
+tuned for; each is pinned to a CPU of its own when there are as many workers as CPUs (see
 :func:`pre_fork`).
 """
 
@@ -18,26 +21,40 @@ import os
 import signal
 from typing import Any
 
+from gunicorn.workers.gasgi import ASGIWorker
 from prometheus_client import multiprocess
 
 from app.serving.balanced_worker import TABLE as connection_table
 
 bind = os.environ.get("CIRELAY_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("CIRELAY_WORKERS", "2"))
+#: gunicorn's asyncio worker with a deadline on the headers (app.serving.asgi_worker)
+EVENT_LOOP_WORKER = "app.serving.asgi_worker.Worker"
 # gthread that spreads client connections evenly over the workers (app.serving.balanced_worker)
 BALANCED_WORKER = "app.serving.balanced_worker.BalancedThreadWorker"
 #: CIRELAY_WORKER_CLASS values that named the balanced worker before it moved to app.serving
 FORMER_NAMES = {"app.workers.BalancedThreadWorker": BALANCED_WORKER}
-_worker_class = os.environ.get("CIRELAY_WORKER_CLASS", BALANCED_WORKER)
+_worker_class = os.environ.get("CIRELAY_WORKER_CLASS", EVENT_LOOP_WORKER)
 worker_class = FORMER_NAMES.get(_worker_class, _worker_class)
-threads = int(os.environ.get("CIRELAY_THREADS", "16"))
+#: the application gunicorn loads when its command line names none: ASGI for the event-loop
+#: workers, WSGI for the thread-per-connection ones
+wsgi_app = (
+    "app.asgi:application"
+    if worker_class in (EVENT_LOOP_WORKER, "asgi")
+    else ("app.wsgi:application")
+)
+#: gthread's threads per worker; the event-loop worker runs the application in as many
+#: threads of its own (Settings.threads reads the same CIRELAY_THREADS) and takes none here
+threads = int(os.environ.get("CIRELAY_THREADS", "16")) if wsgi_app == "app.wsgi:application" else 1
 # Recycle workers now and then, staggered so they do not all restart at once.
 max_requests = int(os.environ.get("CIRELAY_MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10
 # In-flight notifications finish before a worker exits on SIGTERM.
 graceful_timeout = 30
 timeout = 60
-keepalive = 5
+# idle seconds a kept-alive connection is held open (and, on the event loop, the deadline for
+# the headers of every request after its first)
+keepalive = int(os.environ.get("CIRELAY_KEEPALIVE_SECONDS", "5"))
 # JSON lines on stdout with the request id (app.logs); CIRELAY_ACCESS_LOG=off turns the
 # access log off. Callback paths are logged with their token or secret cut out.
 logger_class = "app.logs.GunicornLogger"
@@ -59,7 +76,10 @@ def post_worker_init(worker: Any) -> None:
     signal handler; when the signal lands while the main thread is in
     ``ThreadPoolExecutor.submit`` (holding the pool's lock, i.e. handing over a request), the
     worker deadlocks (CPython issue 121649) and the master waits out ``graceful_timeout``
-    before killing it. Seen as ``cirelay up`` hanging on Ctrl-C under load."""
+    before killing it. Seen as ``cirelay up`` hanging on Ctrl-C under load. (The event-loop
+    worker handles its signals on its loop: left as it is.)"""
+    if isinstance(worker, ASGIWorker):
+        return
     signal.signal(signal.SIGQUIT, worker.handle_exit)
     signal.signal(signal.SIGINT, worker.handle_exit)
 

@@ -9,7 +9,6 @@ misses nothing and repeats nothing.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,15 +22,18 @@ from app.events import to_cloudevent
 from app.models import Event, TypeFilter
 from app.web import require_api_key, services
 from app.web.inputs import ascii_int
+from app.web.stream import KEEPALIVE, PLAN, RETRY, StreamPlan, sse_message
 
 bp = Blueprint("events", __name__, url_prefix="/v1/events")
 
 MAX_PAGE = 500
 
 
-#: how often a stream looks for new events, and how long it may stay silent
-STREAM_POLL_SECONDS = 0.1
-#: also how soon a stream whose client left notices it (on the next write) and frees its thread
+#: how often a stream looks for new events (the event loop's one reader of the outbox per
+#: process, :class:`app.web.stream.EventTail`; a thread per stream under gthread)
+STREAM_POLL_SECONDS = 0.05
+#: how long a stream may stay silent; under gthread also how soon a stream whose client left
+#: notices it (on the next write) and frees its thread (the event loop notices at once)
 STREAM_KEEPALIVE_SECONDS = 5.0
 
 
@@ -88,9 +90,12 @@ def stream_events() -> ResponseReturnValue:
     """Server-Sent Events: each event once, in order, ``id:`` = its sequence number; resume
     with ``Last-Event-ID`` (or ``?after=``); a comment line keeps idle connections open.
 
-    Each client holds one gunicorn thread while connected (gthread workers): at most
-    ``CIRELAY_MAX_STREAMS`` per process, so threads stay free for notifications; above it,
-    503 with Retry-After (the load balancer's next try may reach another process)."""
+    Served by gunicorn's event loop (:mod:`app.web.asgi`), this view only checks the request
+    and hands a :class:`app.web.stream.StreamPlan` over in the ASGI scope: the stream itself
+    costs no thread. Under a thread-per-connection server (gthread, Flask's test client) the
+    stream is the generator below and holds a thread. Either way at most
+    ``CIRELAY_MAX_STREAMS`` per process; above it, 503 with Retry-After (the load balancer's
+    next try may reach another process)."""
     return open_stream(
         read_query(request.headers.get("Last-Event-ID") or request.args.get("after", "0"))
     )
@@ -105,33 +110,34 @@ def open_stream(query: _Query) -> Response:
         raise UnavailableError(
             f"this process already serves {svc.settings.max_streams} streams; try again"
         )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    scope = request.environ.get("asgi.scope")
+    if scope is not None:  # the event loop serves the stream once this answer's head is sent
+        wanted = TypeFilter(tuple(query.types), tuple(query.prefixes))
+        scope[PLAN] = StreamPlan(query.after, wanted, query.limit, slots.release)
+        return Response(iter(()), mimetype="text/event-stream", headers=headers)
 
     def generate() -> Iterator[str]:
         metrics.sse_clients.inc()
         try:
-            yield "retry: 2000\n\n"
+            yield RETRY
             after, spoke = query.after, time.monotonic()
             while True:
                 with app.app_context():
                     page = query.page(after)
                 for event in page:
-                    document = json.dumps(to_cloudevent(event), separators=(",", ":"))
-                    yield f"id: {event.seq}\nevent: {event.type}\ndata: {document}\n\n"
+                    yield sse_message(event)
                     after = event.seq
                 if page:
                     spoke = time.monotonic()
                     continue
                 waker.wait(STREAM_POLL_SECONDS)  # at once on PostgreSQL's NOTIFY
                 if time.monotonic() - spoke >= STREAM_KEEPALIVE_SECONDS:
-                    yield ": keep-alive\n\n"
+                    yield KEEPALIVE
                     spoke = time.monotonic()
         finally:
             metrics.sse_clients.dec()
 
-    response = Response(
-        generate(),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    response = Response(generate(), mimetype="text/event-stream", headers=headers)
     response.call_on_close(slots.release)  # also when the stream never started
     return response

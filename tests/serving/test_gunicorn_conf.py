@@ -26,10 +26,11 @@ def conf(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
 def test_defaults_chosen_by_benchmark_with_recycling_staggered(conf: ModuleType) -> None:
     assert (conf.worker_class, conf.workers, conf.threads) == (
-        "app.serving.balanced_worker.BalancedThreadWorker",
+        "app.serving.asgi_worker.Worker",
         2,
-        16,
+        1,  # the application's 16 threads are the event-loop worker's own (CIRELAY_THREADS)
     )
+    assert conf.wsgi_app == "app.asgi:application" and conf.keepalive == 5
     assert conf.max_requests == 20000 and conf.max_requests_jitter == 2000
     assert conf.graceful_timeout == 30
     assert conf.logger_class == "app.logs.GunicornLogger" and conf.accesslog == "-"
@@ -40,6 +41,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch, conf: ModuleType
     monkeypatch.setenv("CIRELAY_MAX_REQUESTS", "1000")
     monkeypatch.setenv("CIRELAY_ACCESS_LOG", "off")
     monkeypatch.setenv("CIRELAY_THREADS", "4")
+    monkeypatch.setenv("CIRELAY_WORKER_CLASS", "gthread")
     reloaded = importlib.reload(app.serving.gunicorn_conf)
     assert (reloaded.max_requests, reloaded.max_requests_jitter) == (1000, 100)
     assert reloaded.accesslog is None and reloaded.threads == 4
@@ -54,6 +56,7 @@ def test_the_balanced_workers_former_dotted_path_still_names_it(
     assert importlib.reload(conf).worker_class == "app.serving.balanced_worker.BalancedThreadWorker"
     monkeypatch.setenv("CIRELAY_WORKER_CLASS", "gthread")
     assert importlib.reload(conf).worker_class == "gthread"
+    assert conf.wsgi_app == "app.wsgi:application"  # a thread per connection: WSGI as before
 
 
 def test_a_worker_quits_like_it_exits(conf: ModuleType) -> None:
@@ -73,6 +76,16 @@ def test_a_worker_quits_like_it_exits(conf: ModuleType) -> None:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_the_event_loop_worker_keeps_its_own_signal_handling(conf: ModuleType) -> None:
+    """gunicorn's asyncio worker handles its signals on its loop: the hook leaves them."""
+    from app.serving.asgi_worker import Worker
+
+    worker = Worker.__new__(Worker)
+    before = {s: signal.getsignal(s) for s in (signal.SIGQUIT, signal.SIGINT)}
+    conf.post_worker_init(worker)
+    assert {s: signal.getsignal(s) for s in (signal.SIGQUIT, signal.SIGINT)} == before
 
 
 # --- CPU affinity -------------------------------------------------------------------------

@@ -26,6 +26,9 @@ from typing import Any
 import gunicorn
 import pytest
 from gunicorn.arbiter import Arbiter
+from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
+from gunicorn.workers import gasgi
+from gunicorn.workers.gasgi import ASGIWorker
 from gunicorn.workers.gthread import ThreadWorker
 
 #: the gunicorn version the records below were read from
@@ -74,6 +77,36 @@ INTERNALS = [
     Internal(Arbiter, "reap_workers", "(self)", "ebcf4187e9ebf378",
              "child_exit(server, worker) is called with that same object when a worker exits "
              "(its slot cleared, its metrics marked dead)"),
+    # app.serving.asgi_worker: the event-loop worker and its protocol
+    Internal(ASGIWorker, "_serve", "(self)", "986a7a4ab51cb4a7",
+             "what Worker._serve replaces (with TLS or without a slot it still runs it): "
+             "lifespan (the application has none), asyncio servers, a heartbeat a second; it "
+             "makes each connection's protocol by the module-level name ASGIProtocol, which "
+             "Worker.run points at DeadlineProtocol"),
+    Internal(ASGIWorker, "_shutdown", "(self)", "9598f4e44fbadf84",
+             "closes self.servers (none when Worker._serve accepts by itself) and waits up to "
+             "graceful_timeout for nr_conns to reach 0"),
+    Internal(ASGIProtocol, "connection_made", "(self, transport)", "9113fc16d379728e",
+             "sets up the HTTP/1 parser and _request_ready; DeadlineProtocol arms the headers' "
+             "deadline after it"),
+    Internal(ASGIProtocol, "_on_headers_complete", "(self)", "27b70078474dd11e",
+             "called once a request's headers are parsed, sets _current_request and "
+             "_body_receiver: the headers' deadline is met"),
+    Internal(ASGIProtocol, "connection_lost", "(self, exc)", "b137894451589cb3",
+             "the cleanup (nr_conns, the body receiver told): the timer is cancelled first"),
+    Internal(ASGIProtocol, "_handle_connection", "(self)", "9e8aa1729b5ad113",
+             "arms the keep-alive timer while it waits for a later request's headers and "
+             "cancels it only once they are complete: keepalive bounds those headers; a body "
+             "not framed complete refuses keep-alive (the answer to a half-closed request "
+             "closes the connection)"),
+    Internal(ASGIProtocol, "_build_http_scope", "(self, request, sockname, peername)",
+             "323a0d69faa9dee0", "the scope handed to the application, built per request"),
+    Internal(ASGIProtocol, "_build_environ", "(self, request, sockname, peername)",
+             "eaac3ae92aaf891a", "the environ the access log gets, built after the call"),
+    Internal(BodyReceiver, "signal_disconnect", "(self)", "c03b7c0ceac24e13",
+             "receive() answers http.disconnect from then on: a half-closed body ends"),
+    Internal(ASGIProtocol, "_close_transport", "(self)", "44a7b01bff383f42",
+             "closes the connection and marks it _closed (the headers' deadline uses it)"),
 ]  # fmt: skip
 
 
@@ -142,3 +175,12 @@ def test_gthread_reads_the_limit_each_turn_and_sets_it_once() -> None:
     assert "can_accept = self.nr_conns < self.worker_connections" in run
     assert "self.wait_for_and_dispatch_events(timeout=1.0)" in run
     assert "worker_connections" not in vars(ThreadWorker)  # an attribute, not a descriptor
+
+
+def test_the_event_loop_worker_names_its_protocol_by_the_module_global() -> None:
+    """``ASGIWorker._serve`` looks ``ASGIProtocol`` up in its module when a connection comes,
+    which is how :class:`app.serving.asgi_worker.Worker` puts its protocol in."""
+    source = textwrap.dedent(inspect.getsource(ASGIWorker._serve))
+    calls = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)]
+    assert any(isinstance(c.func, ast.Name) and c.func.id == "ASGIProtocol" for c in calls)
+    assert gasgi.ASGIProtocol is ASGIProtocol or gasgi.ASGIProtocol.__mro__[1] is ASGIProtocol
