@@ -18,17 +18,32 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
 
-from app.contract import callbacks, events, jobs, parts, service, subscriptions
+from app.contract import (
+    admin,
+    callbacks,
+    events,
+    jobs,
+    parts,
+    service,
+    subscriptions,
+    workflows,
+)
 from app.contract.asyncapi import asyncapi_document
 from app.contract.catalogue import EVENT_TYPES, EventType
 
 #: the areas of the API, in the order the document lists them
-AREAS = (jobs, events, subscriptions, callbacks, service)
+AREAS = (jobs, workflows, events, subscriptions, admin, callbacks, service)
 
 _TAGS = [
     {"name": "jobs", "description": "VoiceSeparate jobs: submit, read, list"},
+    {"name": "workflows", "description": "Workflow instances CI reported (WorkflowFinish)"},
     {"name": "events", "description": "The event log (pull, Server-Sent Events), the catalogue"},
-    {"name": "subscriptions", "description": "Webhook subscriptions and their deliveries"},
+    {
+        "name": "subscriptions",
+        "description": "Subscriptions (webhooks, NATS, RabbitMQ), their deliveries and retries",
+    },
+    {"name": "quarantine", "description": "Refused notifications: read them, replay them"},
+    {"name": "audit", "description": "Who did what, through the API or the console"},
     {"name": "callbacks", "description": "What CI calls: job notifications"},
     {"name": "service", "description": "Health, metrics, this contract"},
 ]

@@ -7,21 +7,45 @@ from __future__ import annotations
 from typing import Any
 
 from app.contract.parts import PUBLIC, Schema, errors, json_answer, path_parameter, ref
-from app.models import JobState, Outcome
+from app.models import WORKFLOW_STATES, JobState, Outcome
+
+#: what became of one report: recorded (accepted, duplicate, stale) or not stored (ignored:
+#: a tag ``CIRELAY_ACCEPT_TAGS`` excludes)
+_OUTCOME: Schema = {
+    "type": "string",
+    "enum": [
+        o.value for o in (Outcome.ACCEPTED, Outcome.DUPLICATE, Outcome.STALE, Outcome.IGNORED)
+    ],
+}
+_STATE: Schema = {"type": "string", "enum": [s.value for s in JobState]}
 
 _RESULT: Schema = {
-    "type": "object",
-    "required": ["outcome", "job_id", "ci_job_id", "state"],
-    "additionalProperties": False,
-    "properties": {
-        "outcome": {
-            "type": "string",
-            "enum": [Outcome.ACCEPTED.value, Outcome.DUPLICATE.value, Outcome.STALE.value],
+    "oneOf": [
+        {
+            "type": "object",
+            "description": "A job's report (`job_id` is null when ignored)",
+            "required": ["outcome", "job_id", "ci_job_id", "state"],
+            "additionalProperties": False,
+            "properties": {
+                "outcome": _OUTCOME,
+                "job_id": {"type": ["string", "null"]},
+                "ci_job_id": {"type": "string"},
+                "state": _STATE,
+            },
         },
-        "job_id": {"type": "string"},
-        "ci_job_id": {"type": "string"},
-        "state": {"type": "string", "enum": [s.value for s in JobState]},
-    },
+        {
+            "type": "object",
+            "description": "A workflow instance's report (WorkflowFinish)",
+            "required": ["outcome", "workflow_execution_id", "run_id", "state"],
+            "additionalProperties": False,
+            "properties": {
+                "outcome": _OUTCOME,
+                "workflow_execution_id": {"type": ["string", "null"]},
+                "run_id": {"type": "string"},
+                "state": {"type": "string", "enum": list(WORKFLOW_STATES)},
+            },
+        },
+    ]
 }
 
 _BODY = {
@@ -83,7 +107,8 @@ PATHS: dict[str, Any] = {
     "/callbacks/ci/queue/{secret}": _callback(
         "notifyQueue",
         "CI's notification about a job cirelay did not submit (queue or workflow)",
-        "The queue's callback URL, with `CIRELAY_QUEUE_CALLBACK_SECRET`.",
+        "The queue's callback URL, with `CIRELAY_QUEUE_CALLBACK_SECRET`: job notifications of "
+        "every tag, and workflow instances (WorkflowFinish).",
         [path_parameter("secret", "the queue callback secret")],
     ),
 }

@@ -11,9 +11,11 @@ from typing import Any
 
 from app.contract.jobs import JOB
 from app.contract.parts import Schema
+from app.contract.workflows import WORKFLOW_EXECUTION
 from app.delivery import SUBSCRIPTION_DISABLED
-from app.events import QUARANTINED, job_event_type
+from app.events import QUARANTINED, WORKFLOW_FINISHED, job_event_type
 from app.models import JobState, Source
+from app.operations import TEST_EVENT_TYPE
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -102,6 +104,7 @@ def _job_example(state: JobState) -> dict[str, Any]:
         "user_data": "order-1",
         "workflow": None,
         "template": None,
+        "operation": None,
         "timings": {
             "ci_created_at": "2026-11-25T07:59:58Z",
             "ci_started_at": "2026-11-25T07:59:59Z" if state is not JobState.SUBMITTED else None,
@@ -191,7 +194,79 @@ _DISABLED = EventType(
     },
 )
 
+_RUN_ID = "i8d9f3c2a1b0e11ef9a7b525400a1b2c3"
+
+_WORKFLOW_FINISHED = EventType(
+    WORKFLOW_FINISHED,
+    "A workflow instance ended (CI's WorkflowFinish): each node, linked to cirelay's job by "
+    "its CI JobId. As `GET /v1/workflow-executions/{ident}` shows it.",
+    _schema(WORKFLOW_FINISHED, WORKFLOW_EXECUTION),
+    "https://media-1250000000.ci.myqcloud.com/workflows/w1b4a2c3d4e5f60718293a4b5c6d7e8f9",
+    _RUN_ID,
+    {
+        "id": "wfx_01JD2Q8Z6R3W1XK9Y4V7T5M0AB",
+        "run_id": _RUN_ID,
+        "workflow_id": "w1b4a2c3d4e5f60718293a4b5c6d7e8f9",
+        "workflow_name": "separate-uploads",
+        "bucket": "media-1250000000",
+        "object": "songs/a.wav",
+        "cos_headers": {"Content-Type": "audio/wav"},
+        "state": JobState.SUCCESS.value,
+        "tasks": [
+            {
+                "type": "VoiceSeparate",
+                "state": JobState.SUCCESS.value,
+                "ci_job_id": _CI_JOB_ID,
+                "name": "VoiceSeparate_1581665960536",
+                "template_id": "t1460606b9752148c4ab182f55163ba7cd",
+                "template_name": "voice-separate",
+                "ci_created_at": "2026-11-25T07:59:58Z",
+                "ci_ended_at": "2026-11-25T08:00:00Z",
+                "job_id": "job_01JD2Q8Z6R3W1XK9Y4V7T5M0AB",
+            }
+        ],
+        "timings": {
+            "ci_created_at": "2026-11-25T07:59:57Z",
+            "ci_ended_at": "2026-11-25T08:00:00Z",
+            "created_at": "2026-11-25T08:00:00.1Z",
+        },
+        "source": "queue",
+        "wire_format": "xml",
+    },
+)
+
+_TEST = EventType(
+    TEST_EVENT_TYPE,
+    "A test event (`POST /v1/subscriptions/{ident}/test`, or the console's button): sent "
+    "to that one webhook at once, outside the event log (never in `GET /v1/events`, the "
+    "stream or a broker).",
+    _schema(
+        TEST_EVENT_TYPE,
+        {
+            "type": "object",
+            "required": ["subscription_id", "test", "sent_by"],
+            "additionalProperties": False,
+            "properties": {
+                "subscription_id": {"type": "string"},
+                "test": {"type": "boolean", "const": True},
+                "sent_by": {"type": "string", "description": "the API key's name"},
+            },
+        },
+    ),
+    "/cirelay/console",
+    "sub_01JD2Q8Z6R3W1XK9Y4V7T5M0AB",
+    {"subscription_id": "sub_01JD2Q8Z6R3W1XK9Y4V7T5M0AB", "test": True, "sent_by": "ops"},
+)
+
+#: the types written to the event log (the outbox): every channel carries them
+LOGGED: tuple[EventType, ...] = (
+    *(_job_event(state) for state in _JOB_STATES),
+    _WORKFLOW_FINISHED,
+    _QUARANTINED,
+    _DISABLED,
+)
+#: the types sent to one webhook only, outside the log
+WEBHOOK_ONLY: tuple[EventType, ...] = (_TEST,)
+
 #: every event type, by name: one entry per type
-EVENT_TYPES: dict[str, EventType] = {
-    t.type: t for t in (*(_job_event(state) for state in _JOB_STATES), _QUARANTINED, _DISABLED)
-}
+EVENT_TYPES: dict[str, EventType] = {t.type: t for t in (*LOGGED, *WEBHOOK_ONLY)}

@@ -22,6 +22,7 @@ from app.contract.parts import (
     ADMIN_SCOPE,
     READ,
     READ_SCOPE,
+    TRACEPARENT,
     WRITE,
     Schema,
     errors,
@@ -34,6 +35,7 @@ from app.models import JobState, Source
 
 TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 STATE: Schema = {"type": "string", "enum": [s.value for s in JobState]}
+ORIGINS = ["api", "queue"]
 
 #: the public view of a job (``models.Job.view``): the API's answer and job events' ``data``
 JOB: Schema = {
@@ -54,13 +56,14 @@ JOB: Schema = {
         "user_data",
         "workflow",
         "template",
+        "operation",
         "timings",
     ],
     "additionalProperties": False,
     "properties": {
         "id": {"type": "string", "description": "cirelay's id"},
         "ci_job_id": {"type": ["string", "null"], "description": "CI's JobId, once known"},
-        "origin": {"type": "string", "enum": ["api", "queue"]},
+        "origin": {"type": "string", "enum": ORIGINS},
         "state": STATE,
         "tag": {"type": "string"},
         "queue_id": {"type": ["string", "null"]},
@@ -73,6 +76,10 @@ JOB: Schema = {
         "user_data": {"type": ["string", "null"]},
         "workflow": {"type": ["object", "null"]},
         "template": {"type": ["object", "null"]},
+        "operation": {
+            "type": ["object", "null"],
+            "description": "the tag's own Operation containers as CI reported them (any tag)",
+        },
         "timings": {
             "type": "object",
             "required": [
@@ -259,6 +266,7 @@ PATHS: dict[str, Any] = {
                     "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                 },
+                TRACEPARENT,
                 query(
                     "bucket",
                     "XML bodies: the CI bucket (default from the environment)",
@@ -303,7 +311,10 @@ PATHS: dict[str, Any] = {
                     style="form",
                     explode=True,
                 ),
-                query("tag", "CI's job tag", {"type": "string"}),
+                query("tag", "CI's job tag", {"type": "string", "maxLength": 32}),
+                query("origin", "how cirelay learnt of it", {"type": "string", "enum": ORIGINS}),
+                query("ci_job_id", "CI's JobId", {"type": "string", "maxLength": 64}),
+                query("user_data", "contains", {"type": "string", "maxLength": 1024}),
                 query("created_after", "ISO 8601", {"type": "string", "format": "date-time"}),
                 query("created_before", "ISO 8601", {"type": "string", "format": "date-time"}),
                 query(

@@ -11,6 +11,22 @@ Schema = dict[str, Any]
 #: every answer carries the request's id (``app.web.request_ids``)
 REQUEST_ID = {"$ref": "#/components/headers/RequestId"}
 
+#: W3C Trace Context: accepted on every operation (tracing on), documented where it matters
+TRACEPARENT: dict[str, Any] = {
+    "name": "traceparent",
+    "in": "header",
+    "required": False,
+    "description": (
+        "W3C Trace Context (`00-<trace id>-<span id>-<flags>`): with tracing on, the job's "
+        "spans (submit, CI's callbacks, every delivery) continue this trace. Optional, and "
+        "accepted on every operation; one that is not valid starts a new trace."
+    ),
+    "schema": {
+        "type": "string",
+        "example": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    },
+}
+
 ERROR: Schema = {
     "type": "object",
     "description": "The one error shape of every answer that is not a success.",

@@ -20,6 +20,18 @@ from app.contract.parts import (
 from app.models import AttemptResult, DeliveryState
 from app.subscriptions import MAX_EVENT_TYPES
 
+_STATES: Schema = {
+    "type": "array",
+    "items": {"type": "string", "enum": [s.value for s in DeliveryState]},
+}
+#: which deliveries: the list's query parameters and a retry's body, with the same names
+_FILTER: dict[str, Schema] = {
+    "state": _STATES,
+    "job_id": {"type": "string", "maxLength": 40, "description": "the events of one job"},
+    "created_after": {"type": "string", "format": "date-time"},
+    "created_before": {"type": "string", "format": "date-time"},
+}
+
 _TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 _EVENT_TYPES: Schema = {
     "type": "array",
@@ -35,8 +47,13 @@ _URL: Schema = {
     "type": "string",
     "format": "uri",
     "description": (
-        "http(s) URL of the subscriber; it must resolve to a public address (or one inside "
-        "`CIRELAY_DELIVERY_ALLOWED_NETWORKS`)"
+        "Where its events go: an http(s) URL (a webhook), "
+        "`nats://[user:password@|token@]host[:4222]/<stream>[?subject_prefix=<p>]` (a "
+        "JetStream stream) or `amqp[s]://[user:password@]host[:port]/<vhost>?exchange=<x>"
+        "[&routing_key_prefix=<p>]` (a RabbitMQ exchange); a broker's credentials may be "
+        "named instead (`credentials=<name>`, from `CIRELAY_BROKER_CREDENTIALS`). The host "
+        "must resolve to a public address (or one inside `CIRELAY_DELIVERY_ALLOWED_NETWORKS`). "
+        "Answers mask a URL's credentials as `***`; a URL sent back with the mask is a 422."
     ),
     "example": "https://hooks.example.com/cirelay",
 }
@@ -64,7 +81,7 @@ SUBSCRIPTION: Schema = {
     "additionalProperties": False,
     "properties": {
         "id": {"type": "string"},
-        "url": {"type": "string"},
+        "url": {"type": "string", "description": "credentials masked as `***`"},
         "event_types": {"type": "array", "items": {"type": "string"}},
         "description": {"type": "string"},
         "enabled": {"type": "boolean"},
@@ -141,6 +158,13 @@ DELIVERY: Schema = {
 }
 
 _IDENT = path_parameter("ident", "the subscription's id")
+_DELIVERY_ID: Schema = {"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1}
+_RETRIED: Schema = {
+    "type": "object",
+    "required": ["retried"],
+    "additionalProperties": False,
+    "properties": {"retried": {"type": "integer", "minimum": 0}},
+}
 _BY_ID = {"ident": "$response.body#/id"}
 _LINKS = {
     "GetSubscription": {"operationId": "getSubscription", "parameters": _BY_ID},
@@ -149,6 +173,8 @@ _LINKS = {
     "ListDeliveries": {"operationId": "listDeliveries", "parameters": _BY_ID},
     "Replay": {"operationId": "replaySubscription", "parameters": _BY_ID},
     "DeleteSubscription": {"operationId": "deleteSubscription", "parameters": _BY_ID},
+    "SendTestEvent": {"operationId": "sendTestEvent", "parameters": _BY_ID},
+    "RetryDeliveries": {"operationId": "retryDeliveries", "parameters": _BY_ID},
 }
 
 
@@ -313,6 +339,11 @@ PATHS: dict[str, Any] = {
                     style="form",
                     explode=True,
                 ),
+                *(
+                    query(name, "filter", schema)
+                    for name, schema in _FILTER.items()
+                    if name != "state"
+                ),
                 query(
                     "limit",
                     "page size",
@@ -338,6 +369,87 @@ PATHS: dict[str, Any] = {
                     },
                 ),
                 **errors(400, *READ, 404),
+            },
+        ),
+    },
+    "/v1/subscriptions/{ident}/test": {
+        "parameters": [_IDENT],
+        "post": _operation(
+            "sendTestEvent",
+            "POST a signed `com.cirelay.subscription.test` event to the webhook now",
+            description=(
+                "Sent at once, outside the outbox (no other subscriber gets it, no delivery is "
+                "recorded): 200 with what the subscriber answered. A broker subscription is a "
+                "409 (replay an event to it instead)."
+            ),
+            security=ADMIN_SCOPE,
+            responses={
+                "200": json_answer(
+                    "What the subscriber answered",
+                    {
+                        "type": "object",
+                        "required": ["result", "status_code", "duration_ms", "error"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "result": _ATTEMPT["properties"]["result"],
+                            "status_code": {"type": ["integer", "null"]},
+                            "duration_ms": {"type": "number", "minimum": 0},
+                            "error": {"type": ["string", "null"]},
+                        },
+                    },
+                ),
+                **errors(*WRITE, 404, 409),
+            },
+        ),
+    },
+    "/v1/subscriptions/{ident}/deliveries/{delivery_id}/retry": {
+        "parameters": [
+            _IDENT,
+            {**path_parameter("delivery_id", "the delivery's id"), "schema": _DELIVERY_ID},
+        ],
+        "post": _operation(
+            "retryDelivery",
+            "Send one delivery again now (given up, or waiting on its backoff)",
+            description="`retried` is 0 while a worker is attempting it; 409 if it succeeded.",
+            security=ADMIN_SCOPE,
+            responses={
+                "202": json_answer("Queued again", _RETRIED),
+                **errors(*WRITE, 404, 409),
+            },
+        ),
+    },
+    "/v1/subscriptions/{ident}/deliveries/retry": {
+        "parameters": [_IDENT],
+        "post": _operation(
+            "retryDeliveries",
+            "Send every delivery matching a filter again now (at most 1,000, oldest first)",
+            description=(
+                'E.g. `{"state": ["failed"]}`: every one given up. `"dry_run": true` counts '
+                "them (200) and changes nothing. No body: every delivery of the subscription."
+            ),
+            security=ADMIN_SCOPE,
+            requestBody=json_body(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {**_FILTER, "dry_run": {"type": "boolean"}},
+                },
+                required=False,
+            ),
+            responses={
+                "200": json_answer("A dry run: how many match", ref("Matching")),
+                "202": json_answer(
+                    "Queued again",
+                    {
+                        **_RETRIED,
+                        "required": ["retried", "remaining"],
+                        "properties": {
+                            **_RETRIED["properties"],
+                            "remaining": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                ),
+                **errors(400, *WRITE, 404, 413, 422),
             },
         ),
     },

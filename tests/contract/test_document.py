@@ -14,6 +14,7 @@ from jsonschema import Draft7Validator, Draft202012Validator, FormatChecker
 from openapi_spec_validator import validate
 
 from app.contract import EVENT_TYPES, asyncapi, openapi_document
+from app.contract.asyncapi import CARRIES
 
 #: served pages that are not API operations: the viewer's files (and the console's HTML)
 NOT_API = ("/docs/assets/", "/console/")
@@ -167,8 +168,49 @@ def test_every_asyncapi_message_is_an_event_type_with_a_payload_schema_its_examp
             checker.validate(example["payload"])
         other = next(t for t in EVENT_TYPES if t != message["name"])
         assert list(checker.iter_errors(EVENT_TYPES[other].example()))
-    for channel in document["channels"].values():
-        assert len(channel["messages"]) == len(EVENT_TYPES)
+    for name, channel in document["channels"].items():
+        carried = {
+            messages[m["$ref"].rsplit("/", 1)[1]]["name"] for m in channel["messages"].values()
+        }
+        assert carried == {t.type for t in CARRIES[name]}, name
+    assert set(document["channels"]) == {"webhook", "eventStream", "natsSubject", "amqpRoutingKey"}
+
+
+def test_the_test_event_is_sent_to_webhooks_only() -> None:
+    """It is no outbox event: never on the stream, NATS or AMQP (a broker's test is a 409)."""
+    test_event = "com.cirelay.subscription.test"
+    assert test_event in EVENT_TYPES
+    for name, carried in CARRIES.items():
+        assert (test_event in {t.type for t in carried}) == (name == "webhook"), name
+
+
+@pytest.mark.parametrize(
+    ("channel", "url"),
+    [
+        ("natsSubject", "nats://nats.example.com/EVENTS?subject_prefix=acme.cirelay"),
+        (
+            "amqpRoutingKey",
+            "amqp://mq.example.com/%2F?exchange=events&routing_key_prefix=acme.cirelay",
+        ),
+    ],
+)
+def test_the_broker_channels_name_the_topics_the_transports_publish_to(
+    channel: str, url: str
+) -> None:
+    """The channel's address with its parameters is the subject / routing key the delivery
+    computes (``BrokerTarget.topic``) for every event type of the log, default prefix too."""
+    from app.subscriptions import DEFAULT_TOPIC_PREFIX, BrokerTarget
+
+    described = asyncapi()["channels"][channel]
+    parameters = described["parameters"]
+    assert parameters["prefix"]["default"] == DEFAULT_TOPIC_PREFIX
+    target = BrokerTarget.parse(url)
+    for event in CARRIES[channel]:
+        name = event.type.removeprefix("com.cirelay.")
+        assert name in parameters["event"]["enum"]
+        address = described["address"].format(prefix="acme.cirelay", event=name)
+        assert target.topic(event.type) == address
+    assert len(parameters["event"]["enum"]) == len(CARRIES[channel])
 
 
 @pytest.mark.parametrize("event_type", ["com.cirelay.job.exploded", "cirelay.job.running"])
