@@ -98,7 +98,9 @@ def create_subscription(
         created_at=now,
         updated_at=now,
     )
-    with _recorded(engine, actor, "subscription created", item.id, now, {"url": item.url}) as c:
+    # the URL as answers show it: a broker's credentials never reach the log or the audit
+    details = {"url": subscriptions.mask_url(item.url)}
+    with _recorded(engine, actor, "subscription created", item.id, now, details) as c:
         # deliveries start with the events after this moment
         item = dataclasses.replace(item, fanout_seq=store.events_head(c))
         store.insert_subscription(c, item)

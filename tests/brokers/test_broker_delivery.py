@@ -228,7 +228,9 @@ def test_credentials_are_masked_in_every_answer_and_never_logged(
     (delivery,) = answer.json["deliveries"]
     assert delivery["history"][0]["result"] == "connection_error"
     assert "ACCESS_REFUSED" in delivery["last_error"]
-    seen = answer.text + caplog.text + str(deliveries(engine))
+    audit = client.get("/v1/audit", headers=auth)  # "subscription created": its URL masked
+    assert masked in audit.text
+    seen = answer.text + audit.text + caplog.text + str(deliveries(engine))
     assert secret_password not in seen
 
     # the masked URL sent back is refused, not stored as the password "***"
