@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.contract.catalogue import EVENT_TYPES, LOGGED, EventType
-from app.contract.events import CLOUDEVENT
+from app.contract.events import CLOUDEVENT, UNLOGGED_REQUIRED
 from app.subscriptions import DEFAULT_TOPIC_PREFIX
 
 #: the Standard Webhooks headers of every delivery (``app.delivery.sender``): HTTP headers of
@@ -51,6 +51,7 @@ def _message(event: EventType) -> dict[str, Any]:
         },
         "payload": {
             **CLOUDEVENT,
+            "required": CLOUDEVENT["required"] if event.logged else UNLOGGED_REQUIRED,
             "properties": {
                 **CLOUDEVENT["properties"],
                 "type": {"type": "string", "const": event.type},

@@ -30,6 +30,9 @@ class EventType:
     source: str
     subject: str | None
     example_data: dict[str, Any]
+    #: written to the event log (the outbox), so it has a ``sequence``; False for an event
+    #: sent to one webhook outside it (the test event)
+    logged: bool = True
 
     def example(self) -> dict[str, Any]:
         """A whole CloudEvent of this type, as a subscriber receives it."""
@@ -43,6 +46,8 @@ class EventType:
             "sequence": "42",
             "data": self.example_data,
         }
+        if not self.logged:
+            del document["sequence"]
         if self.subject is not None:
             document["subject"] = self.subject
         return document
@@ -239,7 +244,7 @@ _TEST = EventType(
     TEST_EVENT_TYPE,
     "A test event (`POST /v1/subscriptions/{ident}/test`, or the console's button): sent "
     "to that one webhook at once, outside the event log (never in `GET /v1/events`, the "
-    "stream or a broker).",
+    "stream or a broker), so it has no `sequence`.",
     _schema(
         TEST_EVENT_TYPE,
         {
@@ -256,6 +261,7 @@ _TEST = EventType(
     "/cirelay/console",
     "sub_01JD2Q8Z6R3W1XK9Y4V7T5M0AB",
     {"subscription_id": "sub_01JD2Q8Z6R3W1XK9Y4V7T5M0AB", "test": True, "sent_by": "ops"},
+    logged=False,
 )
 
 #: the types written to the event log (the outbox): every channel carries them

@@ -34,11 +34,17 @@ CLOUDEVENT: Schema = {
         "sequence": {
             "type": "string",
             "pattern": "^[0-9]+$",
-            "description": "the event's position in the log: the cursor",
+            "description": (
+                "the event's position in the log: the cursor (absent only from the test "
+                "event, which is sent outside the log)"
+            ),
         },
         "data": {"type": "object"},
     },
 }
+
+#: the envelope of an event sent outside the log (``catalogue.EventType.logged``)
+UNLOGGED_REQUIRED = [name for name in CLOUDEVENT["required"] if name != "sequence"]
 
 _TYPES = query(
     "type",
@@ -161,7 +167,11 @@ SCHEMAS: dict[str, Schema] = {
             "type": {"type": "string"},
             "description": {"type": "string"},
             "schema": {"type": "object", "description": "JSON Schema (2020-12) of `data`"},
-            "example": _ref("CloudEvent"),
+            "example": {
+                **CLOUDEVENT,
+                "description": "A whole CloudEvent of the type (`sequence`: if it is logged)",
+                "required": UNLOGGED_REQUIRED,
+            },
         },
     },
 }

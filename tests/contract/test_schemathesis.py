@@ -1,8 +1,9 @@
 """schemathesis against a live ``cirelay serve`` (SQLite, an admin key, the CI emulator as a
 process): every operation of ``/openapi.json`` with generated requests, then the stateful
-links (subscription create → get → patch → rotate the secret → deliveries → delete; submit a
-job → get it). Every answer must keep to the document: no 5xx, a documented status, content
-type, body and headers. Bounded examples per operation (``MAX_EXAMPLES``)."""
+links (subscription create → get → patch → rotate the secret → deliveries → send a test
+event → retry deliveries → delete; submit a job → get it). Every answer must keep to the
+document: no 5xx, a documented status, content type, body and headers. Bounded examples per
+operation (``MAX_EXAMPLES``)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,8 @@ CHAINS = {
         ("PATCH", "/v1/subscriptions/{ident}", 200),
         ("POST", "/v1/subscriptions/{ident}/rotate-secret", 200),
         ("GET", "/v1/subscriptions/{ident}/deliveries", 200),
+        ("POST", "/v1/subscriptions/{ident}/test", 200),
+        ("POST", "/v1/subscriptions/{ident}/deliveries/retry", 202),
         ("DELETE", "/v1/subscriptions/{ident}", 204),
     },
     "jobs": {("POST", "/v1/jobs", 201), ("GET", "/v1/jobs/{ident}", 200)},
