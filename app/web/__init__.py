@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from app import Services, logs, store
 from app.config import ApiKey, Scope
-from app.errors import ForbiddenError, ServiceError, UnauthorizedError
+from app.errors import BadRequestError, ForbiddenError, ServiceError, UnauthorizedError
 from app.models import Actor
 from app.web import errors
 
@@ -102,6 +102,14 @@ def _render_database_error(exc: SQLAlchemyError) -> ResponseReturnValue:
     return _render_service_error(unavailable)
 
 
+def _refuse_nul() -> None:
+    """A NUL in the path or the query string is no text a database stores (PostgreSQL refuses
+    it in any text parameter): a 400 up front, not a 500 from whichever query meets it."""
+    args = request.args.items(multi=True)
+    if "\x00" in request.path or any("\x00" in k + v for k, v in args):
+        raise BadRequestError("the URL contains a NUL character")
+
+
 def init_app(app: Flask) -> None:
     """The blueprints and error handlers. CI's callbacks are served in front of Flask
     (:class:`app.web.callbacks.CallbackLane`) and every request's id is bound around both
@@ -118,6 +126,7 @@ def init_app(app: Flask) -> None:
         workflows,
     )
 
+    app.before_request(_refuse_nul)
     app.register_error_handler(SQLAlchemyError, _render_database_error)
     app.register_error_handler(ServiceError, _render_service_error)
     app.register_error_handler(HTTPException, _render_http_error)

@@ -15,7 +15,7 @@ from app.errors import BadRequestError, NotFoundError
 from app.models import QuarantinedNotification
 from app.web import actor, require_api_key, services
 from app.web.filters import filter_body, quarantine_filter
-from app.web.inputs import ascii_int
+from app.web.inputs import ROW_ID, ascii_int
 
 quarantine_bp = Blueprint("quarantine", __name__, url_prefix="/v1/quarantine")
 audit_bp = Blueprint("audit", __name__, url_prefix="/v1/audit")
@@ -83,7 +83,7 @@ def list_quarantined() -> ResponseReturnValue:
     )
 
 
-@quarantine_bp.get("/<int:ident>")
+@quarantine_bp.get(f"/<{ROW_ID}:ident>")
 @require_api_key
 def show_quarantined(ident: int) -> ResponseReturnValue:
     """One, with its headers and body (``body``, or ``body_base64`` when not UTF-8)."""
@@ -94,7 +94,7 @@ def show_quarantined(ident: int) -> ResponseReturnValue:
     return jsonify(quarantined_view(item, with_body=True))
 
 
-@quarantine_bp.post("/<int:ident>/replay")
+@quarantine_bp.post(f"/<{ROW_ID}:ident>/replay")
 @require_api_key
 def replay_one(ident: int) -> ResponseReturnValue:
     """Send it through ingestion again: 200 ``{"outcome": "accepted"}`` (or what it came

@@ -25,6 +25,9 @@ from app.web import services
 
 #: the largest value of a signed 64-bit integer (SQL ``BIGINT``), the largest id or cursor
 MAX_INT64 = (1 << 63) - 1
+#: the route converter of a row id in a path (``/<{ROW_ID}:ident>``): a larger number is no
+#: row (404), not an integer the database cannot hold (500)
+ROW_ID = f"int(max={MAX_INT64})"
 #: values (objects, arrays, scalars) in one JSON body: a job has about twenty, a
 #: subscription at most sixty
 MAX_JSON_VALUES = 1000

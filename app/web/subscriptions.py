@@ -13,7 +13,7 @@ from app.errors import BadRequestError, NotFoundError, UnprocessableError
 from app.models import Subscription
 from app.web import actor, require_api_key, services
 from app.web.filters import delivery_filter, filter_body
-from app.web.inputs import ascii_int, json_body
+from app.web.inputs import ROW_ID, ascii_int, json_body
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 
@@ -166,7 +166,7 @@ def list_deliveries(ident: str) -> ResponseReturnValue:
     )
 
 
-@bp.post("/<ident>/deliveries/<int:delivery_id>/retry")
+@bp.post(f"/<ident>/deliveries/<{ROW_ID}:delivery_id>/retry")
 @require_api_key
 def retry_one(ident: str, delivery_id: int) -> ResponseReturnValue:
     """Send one delivery again now (given up, or waiting on its backoff): 202

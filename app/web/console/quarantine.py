@@ -14,7 +14,7 @@ from app.errors import BadRequestError, NotFoundError
 from app.web import services
 from app.web.console import actor, bp
 from app.web.filters import QUARANTINE_ERRORS, quarantine_filter
-from app.web.inputs import ascii_int
+from app.web.inputs import ROW_ID, ascii_int
 
 PAGE = 50
 FILTER_FIELDS = ("error", "source", "job_id", "received_after", "received_before", "pending")
@@ -44,7 +44,7 @@ def quarantine() -> ResponseReturnValue:
     )  # fmt: skip
 
 
-@bp.get("/quarantine/<int:ident>")
+@bp.get(f"/quarantine/<{ROW_ID}:ident>")
 def quarantined(ident: int) -> ResponseReturnValue:
     with services().engine.connect() as conn:
         item = store.get_quarantined(conn, ident)
@@ -55,7 +55,7 @@ def quarantined(ident: int) -> ResponseReturnValue:
     return render_template("console/quarantined.html", item=item, body_lines=lines)
 
 
-@bp.post("/quarantine/<int:ident>/replay")
+@bp.post(f"/quarantine/<{ROW_ID}:ident>/replay")
 def replay_quarantined(ident: int) -> ResponseReturnValue:
     svc = services()
     outcome = operations.replay_quarantined(svc.receiver, ident, actor(), svc.clock())

@@ -16,7 +16,7 @@ from app.models import DeliveryFilter, DeliveryState, Subscription
 from app.web import services
 from app.web.console import actor, bp
 from app.web.filters import delivery_filter
-from app.web.inputs import ascii_int
+from app.web.inputs import ROW_ID, ascii_int
 from app.web.subscriptions import event_sender, find_subscription
 
 PAGE = 50
@@ -147,7 +147,7 @@ def replay(ident: str) -> ResponseReturnValue:
     return redirect(url_for("console.subscription", ident=ident), code=303)
 
 
-@bp.post("/subscriptions/<ident>/deliveries/<int:delivery_id>/retry")
+@bp.post(f"/subscriptions/<ident>/deliveries/<{ROW_ID}:delivery_id>/retry")
 def retry_one(ident: str, delivery_id: int) -> ResponseReturnValue:
     svc = services()
     retried = operations.retry_delivery(svc.engine, ident, delivery_id, actor(), svc.clock())
