@@ -188,6 +188,10 @@ def test_quarantine_list_show_replay(server: str, env: dict[str, str]) -> None:
     pending = cirelay(env, "quarantine", "list", "--pending")
     assert len(pending.stdout.splitlines()) == 1
     assert requests.post(f"{server}{queue_path()}", data=good, headers=XML, timeout=5).ok
+    audit = requests.get(f"{server}/v1/audit", headers={"Authorization": f"Bearer {API_KEY}"},
+                         timeout=5).json()["audit"]  # fmt: skip
+    replays = [a for a in audit if a["action"] == "quarantine replayed"]
+    assert [(a["via"], a["subject"]) for a in replays] == [("cli", "2"), ("cli", "1")]
 
 
 @pytest.mark.slow

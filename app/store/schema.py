@@ -248,7 +248,7 @@ audit_log = sa.Table(
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("at", UTCDateTime, nullable=False, index=True),
     sa.Column("actor", sa.String(64), nullable=False),
-    sa.Column("via", sa.String(16), nullable=False),  # "api" or "console"
+    sa.Column("via", sa.String(16), nullable=False),  # "api", "console" or "cli"
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("subject", sa.String(80)),
     sa.Column("details", sa.JSON, nullable=False),
