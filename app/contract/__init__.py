@@ -43,7 +43,7 @@ _TAGS = [
         "description": "Subscriptions (webhooks, NATS, RabbitMQ), their deliveries and retries",
     },
     {"name": "quarantine", "description": "Refused notifications: read them, replay them"},
-    {"name": "audit", "description": "Who did what, through the API or the console"},
+    {"name": "audit", "description": "Who did what, through the API, the console or the CLI"},
     {"name": "callbacks", "description": "What CI calls: job notifications"},
     {"name": "service", "description": "Health, metrics, this contract"},
 ]

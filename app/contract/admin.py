@@ -1,5 +1,5 @@
 """``/v1/quarantine`` (the refused notifications: list, show, replay one or every one matching
-a filter) and ``/v1/audit`` (who did what, through the API or the console)."""
+a filter) and ``/v1/audit`` (who did what, through the API, the console or the CLI)."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ _AUDIT_ENTRY: Schema = {
         "id": {"type": "integer"},
         "at": {"type": "string", "format": "date-time"},
         "actor": {"type": "string", "description": "the API key's name (never the key)"},
-        "via": {"type": "string", "enum": ["api", "console"]},
+        "via": {"type": "string", "enum": ["api", "console", "cli"]},
         "action": {"type": "string", "description": "e.g. `subscription created`"},
         "subject": {"type": ["string", "null"]},
         "details": {"type": "object"},
@@ -212,7 +212,7 @@ PATHS: dict[str, Any] = {
         "get": _operation(
             "audit",
             "listAudit",
-            "Who did what, through the API or the console, newest first",
+            "Who did what, through the API, the console or the CLI, newest first",
             security=READ_SCOPE,
             parameters=[
                 query("actor", "a key's name", {"type": "string"}),
