@@ -11,6 +11,7 @@ from app.contract.parts import (
     READ_SCOPE,
     WRITE,
     Schema,
+    cursor_page,
     errors,
     json_answer,
     json_body,
@@ -77,15 +78,7 @@ _PAGING = [
 
 
 def _page(name: str, item: Schema) -> Schema:
-    return {
-        "type": "object",
-        "required": [name, "next_before"],
-        "additionalProperties": False,
-        "properties": {
-            name: {"type": "array", "items": item},
-            "next_before": {"type": ["integer", "null"]},
-        },
-    }
+    return cursor_page(name, item, cursor="next_before")
 
 
 _AUDIT_ENTRY: Schema = {

@@ -147,6 +147,33 @@ def query(name: str, description: str, schema: Schema, **extra: Any) -> dict[str
     return {"name": name, "in": "query", "description": description, "schema": schema, **extra}
 
 
+def cursor_paging() -> list[dict[str, Any]]:
+    """The parameters every cursor-paged list takes (``app.web.inputs.page_query``)."""
+    return [
+        query("created_after", "ISO 8601", {"type": "string", "format": "date-time"}),
+        query("created_before", "ISO 8601", {"type": "string", "format": "date-time"}),
+        query(
+            "limit", "page size", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}
+        ),
+        query("cursor", "the previous page's `next_cursor`", {"type": "string"}),
+    ]
+
+
+def cursor_page(name: str, item: Schema, *, cursor: str = "next_cursor") -> Schema:
+    """One page of a list: its items under ``name``, and the cursor of the next page (an id
+    string as ``next_cursor``, or a row id as ``next_before``)."""
+    kind = "integer" if cursor == "next_before" else "string"
+    return {
+        "type": "object",
+        "required": [name, cursor],
+        "additionalProperties": False,
+        "properties": {
+            name: {"type": "array", "items": item},
+            cursor: {"type": [kind, "null"]},
+        },
+    }
+
+
 def components() -> dict[str, Any]:
     """What every area shares: the error shape and answers, the headers, the security
     scheme."""

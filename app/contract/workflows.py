@@ -10,6 +10,8 @@ from app.contract.parts import (
     READ,
     READ_SCOPE,
     Schema,
+    cursor_page,
+    cursor_paging,
     errors,
     json_answer,
     path_parameter,
@@ -112,30 +114,11 @@ PATHS: dict[str, Any] = {
                 query("object", "the object that started it", {"type": "string"}),
                 query("job", "a task's CI JobId or cirelay job id", {"type": "string"}),
                 query("task_type", "a task's Type", {"type": "string"}),
-                query("created_after", "ISO 8601", {"type": "string", "format": "date-time"}),
-                query("created_before", "ISO 8601", {"type": "string", "format": "date-time"}),
-                query(
-                    "limit",
-                    "page size",
-                    {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
-                ),
-                query("cursor", "the previous page's `next_cursor`", {"type": "string"}),
+                *cursor_paging(),
             ],
             "responses": {
                 "200": json_answer(
-                    "One page",
-                    {
-                        "type": "object",
-                        "required": ["workflow_executions", "next_cursor"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "workflow_executions": {
-                                "type": "array",
-                                "items": ref("WorkflowExecution"),
-                            },
-                            "next_cursor": {"type": ["string", "null"]},
-                        },
-                    },
+                    "One page", cursor_page("workflow_executions", ref("WorkflowExecution"))
                 ),
                 **errors(400, *READ),
             },
