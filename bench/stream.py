@@ -61,7 +61,9 @@ IDLE_TYPE = "com.cirelay.notification.quarantined"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--setting", action="append", help="worker_class:workers:streams")
+    parser.add_argument(
+        "--setting", action="append", help="worker_class:workers:streams[:asyncio|uvloop]"
+    )
     parser.add_argument("--rate", type=float, default=100.0, help="notifications/s (latency)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds at --rate")
     parser.add_argument("--rounds", type=int, default=3, help="wrk rounds with and without")
@@ -70,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     for setting in args.setting or DEFAULT_SETTINGS:
+        loop = ""  # gunicorn's asgi_loop: "auto" (uvloop when installed) unless named
+        if setting.endswith((":asyncio", ":uvloop")):
+            setting, loop = setting.rsplit(":", 1)
         worker_class, workers, streams = setting.rsplit(":", 2)
-        rows.append(run(worker_class, int(workers), int(streams), args))
+        rows.append(run(worker_class, int(workers), int(streams), args, loop))
     print()
     print(f"{'worker class':<50} {'streams':>9} {'answered':>9} {'errors':>6} {'every event':>11}"
           f" {'stream p50':>10} {'stream p95':>10} {'ok/s without':>12} {'ok/s with':>9}"
@@ -87,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(worker_class: str, workers: int, streams: int, args: argparse.Namespace) -> dict[str, Any]:
+def run(
+    worker_class: str, workers: int, streams: int, args: argparse.Namespace, loop: str = ""
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="cirelay-bench-stream-"))
     url = f"sqlite:///{work / 'cirelay.db'}"
     keys = (secrets.token_hex(20),)
@@ -100,12 +107,14 @@ def run(worker_class: str, workers: int, streams: int, args: argparse.Namespace)
     options = argparse.Namespace(workers=workers, worker_class=worker_class, threads=16)
     env = ingest.server_env(options, url, keys, secrets.token_hex(16))
     env["CIRELAY_ACCESS_LOG"] = "off"
+    if loop:
+        env["GUNICORN_CMD_ARGS"] = f"--asgi-loop {loop}"
     if "Thread" in worker_class or worker_class == "gthread":  # each stream holds a thread:
         env["CIRELAY_MAX_STREAMS"] = "8"  # the cap gthread had (half of the 16 threads)
     body_file = work / "notification.xml"
     body_file.write_text(ingest.notification_template())
     wrk = ingest.ensure_wrk()
-    print(f"{worker_class} {workers} workers, {streams} streams", flush=True)
+    print(f"{worker_class} {workers} workers, {streams} streams {loop}", flush=True)
     with ingest.Server("cirelay", ingest.cirelay_command(options), env, work, 200) as server:
 
         def load(k: int, label: str) -> ingest.WrkResult:
@@ -163,7 +172,7 @@ def run(worker_class: str, workers: int, streams: int, args: argparse.Namespace)
                         floored.append(load(4 + loads * k, f"{streams} on the floor"))
     nan = float("nan")
     return {
-        "class": worker_class,
+        "class": f"{worker_class} {loop}".strip(),
         "streams": f"{len(connected)}/{streams}",
         "answered": answered,
         "errors": sent.errors,
@@ -237,42 +246,78 @@ class Readers:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read(self, record: dict[str, Any]) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.stream_port)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        timed = self.timing and record["index"] % TIMED_EVERY == 0
+        request = (
+            f"GET /v1/events/stream?after={self.after}{self.query} HTTP/1.1\r\nHost: bench\r\n"
+            f"Authorization: Bearer {self.api_key}\r\n\r\n"
+        ).encode()
         try:
-            writer.write(
-                f"GET /v1/events/stream?after={self.after}{self.query} HTTP/1.1\r\nHost: bench\r\n"
-                f"Authorization: Bearer {self.api_key}\r\n\r\n".encode()
+            transport, _ = await loop.create_connection(
+                lambda: _Reader(record, timed, request, done), "127.0.0.1", self.stream_port
             )
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                record["refused"] = True
-                return
-            record["open"] = True
-            timed = self.timing and record["index"] % TIMED_EVERY == 0
-            buffer, carry = b"", b""
-            while chunk := await reader.read(65536):
-                arrived = time.time()
-                # every stream: count the events and keep the last id, at the least CPU
-                data, carry = carry + chunk, (carry + chunk)[-4:]  # "\nid: " is 5 bytes
-                record["count"] += data.count(b"\nid: ")
-                at = data.rfind(b"\nid: ")
-                end = data.find(b"\n", at + 5)
-                if at >= 0 and end > 0:
-                    record["last"] = int(data[at + 5 : end])
-                if not timed:
-                    continue
-                buffer += chunk
-                *messages, buffer = buffer.split(b"\n\n")
-                for message in messages:
-                    if found := _TIME.search(message):
-                        committed = datetime.fromisoformat(found.group(1).decode()).timestamp()
-                        record["ms"].append((arrived - committed) * 1000)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
+        except OSError:
             return
+        try:
+            await done
         finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            transport.close()
+
+
+class _Reader(asyncio.Protocol):
+    """One stream, read in ``data_received`` (no task woken per read: the readers share the
+    machine with the server, so they cost as little as they can)."""
+
+    def __init__(
+        self, record: dict[str, Any], timed: bool, request: bytes, done: asyncio.Future[None]
+    ) -> None:
+        self.record, self.timed, self.request, self.done = record, timed, request, done
+        self.head: bytes | None = b""  # ``None`` once the answer's head is read
+        self.carry = self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self.request)
+
+    def data_received(self, chunk: bytes) -> None:
+        record = self.record
+        if self.head is not None:
+            self.head += chunk
+            at = self.head.find(b"\r\n\r\n")
+            if at < 0:
+                return
+            if not self.head.startswith(b"HTTP/1.1 200"):
+                record["refused"] = True
+                self._end()
+                return
+            chunk, self.head = self.head[at + 4 :], None
+            record["open"] = True
+        arrived = time.time()
+        # every stream: count the events and keep the last id, at the least CPU
+        data = self.carry + chunk
+        self.carry = data[-4:]  # "\nid: " is 5 bytes
+        record["count"] += data.count(b"\nid: ")
+        at = data.rfind(b"\nid: ")
+        end = data.find(b"\n", at + 5)
+        if at >= 0 and end > 0:
+            with contextlib.suppress(ValueError):
+                record["last"] = int(data[at + 5 : end])
+        if not self.timed:
+            return
+        self.buffer += chunk
+        *messages, self.buffer = self.buffer.split(b"\n\n")
+        for message in messages:
+            if found := _TIME.search(message):
+                committed = datetime.fromisoformat(found.group(1).decode()).timestamp()
+                record["ms"].append((arrived - committed) * 1000)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 if __name__ == "__main__":
