@@ -179,12 +179,15 @@ class Streams:
         self.tail = EventTail(services, poll)
         #: whether the process is stopping: the streams end (set by the gunicorn worker)
         self.stopping: Callable[[], bool] = lambda: False
+        #: streams open now (the worker balances request connections without them)
+        self.open = 0
 
     async def serve(self, plan: StreamPlan, receive: Receive, send: Send) -> None:
         """Write the stream until the client leaves (noticed at once: its connection closes)
         or the worker stops; then give the slot back."""
         gauge = self.services.metrics.sse_clients
         gauge.inc()
+        self.open += 1
         writer = asyncio.ensure_future(self._write(plan, send))
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
@@ -197,6 +200,7 @@ class Streams:
                 task.cancel()
             await asyncio.gather(writer, gone, return_exceptions=True)
             gauge.dec()
+            self.open -= 1
             plan.release()
 
     async def _write(self, plan: StreamPlan, send: Send) -> None:
