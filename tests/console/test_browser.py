@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -230,11 +232,27 @@ def test_a_quarantined_notification_replayed_after_a_schema_fix_is_accepted(
     assert stack.job(job["id"])["state"] == "Success"
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _restart_service_with_real_schemas(stack: Stack) -> None:
     """The schema fix deployed: the service restarted without ``CIRELAY_SCHEMA_DIR``."""
     serve = next(p for p in stack.processes if p.name == "serve")
     serve.stop()
     stack.processes.remove(serve)
+    # its workers finish the browser's open connections first (a graceful stop): the port
+    # comes free once they have
+    deadline = time.monotonic() + 40
+    while not _port_free(stack.service_port):
+        assert time.monotonic() < deadline, f"port {stack.service_port} still held"
+        time.sleep(0.2)
     stack.env = {k: v for k, v in stack.env.items() if k != "CIRELAY_SCHEMA_DIR"}
     fixed = stack._spawn("serve-fixed", ["serve", "--port", str(stack.service_port),
                                          "--workers", "2"])  # fmt: skip
