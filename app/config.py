@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
-from app.subscriptions import parse_broker_credentials
+from app.subscriptions import Login, parse_broker_credentials
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/cirelay.db"
 #: seconds between delivery attempts: 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 2 h, 4 h, 8 h
@@ -205,7 +205,7 @@ class Settings:
         return keys
 
     @cached_property
-    def broker_logins(self) -> dict[str, tuple[str, str]]:
+    def broker_logins(self) -> dict[str, Login]:
         """``CIRELAY_BROKER_CREDENTIALS`` as name -> (user, password)."""
         return parse_broker_credentials(self.broker_credentials)[0]
 

@@ -137,8 +137,7 @@ def apply_batch(
             continue
         reports = item.notification.reports
         outcomes.append([batch.apply(j, r, item) for j, r in zip(jobs, reports, strict=True)])
-    batch.write()
-    runs.write()
+    batch.write(runs)
     return outcomes
 
 
@@ -284,16 +283,18 @@ class _Batch:
         else:
             self.changed[job.id] = job
 
-    def write(self) -> None:
-        """Everything the batch decided: one statement per table (for the jobs, one per set of
-        changed columns: usually one, two when some jobs learn their CI JobId), sent together
-        (on PostgreSQL one round trip; see :func:`store.pipelined`)."""
+    def write(self, runs: workflows.Runs) -> None:
+        """Everything the batch decided, its workflow instances too: one statement per table
+        (for the jobs, one per set of changed columns: usually one, two when some jobs learn
+        their CI JobId), sent together (on PostgreSQL one round trip; see
+        :func:`store.pipelined`)."""
         changes = [(j.id, self._changed_columns(j)) for j in self.changed.values()]
         with store.pipelined(self.conn):
             store.insert_jobs(self.conn, [store.job_values(j) for j in self.created.values()])
             store.insert_notifications(self.conn, self.notifications)
             store.update_jobs(self.conn, [(job_id, cols) for job_id, cols in changes if cols])
-            store.insert_events(self.conn, self.events)
+            store.insert_executions(self.conn, runs.rows)
+            store.insert_events(self.conn, self.events + runs.events(self.by_ci_id))
 
     def _changed_columns(self, job: Job) -> dict[str, Any]:
         """The columns of ``job`` that differ from the row as it was read."""

@@ -127,7 +127,7 @@ def check_url(
     url: Any,
     allowed: Sequence[str],
     resolver: Resolver = resolve,
-    credentials: Mapping[str, tuple[str, str]] | None = None,
+    credentials: Mapping[str, Login] | None = None,
 ) -> list[dict[str, str]]:
     """Problems with a subscriber URL (``[]`` when it may be used)."""
     if not isinstance(url, str) or not url:
@@ -175,7 +175,7 @@ def parse(
     *,
     partial: bool = False,
     resolver: Resolver = resolve,
-    credentials: Mapping[str, tuple[str, str]] | None = None,
+    credentials: Mapping[str, Login] | None = None,
 ) -> dict[str, Any]:
     """The fields of a subscription from a JSON body; every problem in one 422."""
     if not isinstance(body, dict):
@@ -264,7 +264,7 @@ class BrokerTarget:
         """The subject (NATS) or routing key (AMQP) of an event of ``event_type``."""
         return f"{self.prefix}.{event_type.removeprefix(_EVENT_TYPE_PREFIX)}"
 
-    def login(self, named: Mapping[str, tuple[str, str]]) -> tuple[str | None, str | None]:
+    def login(self, named: Mapping[str, Login]) -> tuple[str | None, str | None]:
         """The user and password (or, for NATS, a token as the user) to connect with."""
         if self.credentials is not None:
             if self.credentials not in named:
@@ -273,9 +273,7 @@ class BrokerTarget:
         return self.username, self.password
 
     @classmethod
-    def parse(
-        cls, url: str, *, credentials: Mapping[str, tuple[str, str]] | None = None
-    ) -> BrokerTarget:
+    def parse(cls, url: str, *, credentials: Mapping[str, Login] | None = None) -> BrokerTarget:
         """The target of a ``nats://`` or ``amqp(s)://`` URL; ``ValueError`` says what is
         wrong with it. ``credentials``: the names a ``credentials=`` may use (unchecked when
         ``None``, as in the worker)."""
@@ -334,6 +332,10 @@ class BrokerTarget:
         )  # fmt: skip
 
 
+#: a named broker login: user and password, or (NATS) a token as the user and no password
+Login = tuple[str, str | None]
+
+
 def mask_url(url: str) -> str:
     """``url`` with the password (or a NATS token) in it replaced by :data:`MASK`."""
     parts = urlsplit(url)
@@ -347,10 +349,11 @@ def mask_url(url: str) -> str:
 
 def parse_broker_credentials(
     entries: Sequence[str],
-) -> tuple[dict[str, tuple[str, str]], list[str]]:
-    """``CIRELAY_BROKER_CREDENTIALS`` entries (``name=user:password``, percent-encoded) as
-    name -> (user, password), and what is wrong with them (never the values themselves)."""
-    named: dict[str, tuple[str, str]] = {}
+) -> tuple[dict[str, Login], list[str]]:
+    """``CIRELAY_BROKER_CREDENTIALS`` entries (``name=user:password``, or ``name=token`` for
+    NATS, percent-encoded) as name -> (user, password or None), and what is wrong with them
+    (never the values themselves)."""
+    named: dict[str, Login] = {}
     problems = []
     for i, entry in enumerate(entries):
         name, eq, login = entry.partition("=")
@@ -361,5 +364,5 @@ def parse_broker_credentials(
                 "(a unique name of letters, digits, _ and -)"
             )
             continue
-        named[name] = (unquote(user), unquote(password) if colon else "")
+        named[name] = (unquote(user), unquote(password) if colon else None)
     return named, problems

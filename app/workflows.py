@@ -13,6 +13,7 @@ Functions take an open transaction and never commit. No Flask, no SQL here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
@@ -93,19 +94,26 @@ def workflow_report(execution: etree._Element) -> WorkflowReport:
 class Runs:
     """The workflow instances a batch reports, in memory, and the rows it will write."""
 
-    def __init__(self, conn: Connection, digests: dict[str, str]) -> None:
+    def __init__(self, conn: Connection, digests: dict[str, str], known: dict[str, str]) -> None:
         self.conn = conn
         #: RunId -> the digest it was recorded with (before this batch, or by it)
         self.digests = digests
+        #: CI JobId -> job id of the tasks' jobs recorded before this batch
+        self.known = known
         self.rows: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
+        self.finished: list[tuple[WorkflowExecution, datetime]] = []
 
     @classmethod
     def load(cls, conn: Connection, items: Sequence[Any]) -> Runs:
-        """What is recorded already of the instances ``items`` (``jobs.Pending``) report.
-        Read after the batch's jobs: the lock order (events lock, jobs, then these)."""
-        run_ids = [i.notification.workflow.run_id for i in items if i.notification.workflow]
-        return cls(conn, store.execution_digests(conn, run_ids) if run_ids else {})
+        """What is recorded already of the instances ``items`` (``jobs.Pending``) report,
+        and of their tasks' jobs. Read after the batch's jobs: the lock order (events lock,
+        jobs, then these)."""
+        reports = [i.notification.workflow for i in items if i.notification.workflow]
+        if not reports:
+            return cls(conn, {}, {})
+        digests = store.execution_digests(conn, [r.run_id for r in reports])
+        tasks = (t.get("ci_job_id") for r in reports for t in r.tasks)
+        return cls(conn, digests, store.job_ids_by_ci_id(conn, tasks))
 
     def apply(self, item: Any) -> ApplyResult | InvalidNotificationError:
         """One WorkflowFinish: recorded with its event the first time its RunId is seen; the
@@ -139,13 +147,15 @@ class Runs:
                 "body": notification.body,
             }
         )
-        links = store.job_ids_by_ci_id(self.conn, (t.get("ci_job_id") for t in report.tasks))
-        self.events.append(events.workflow_finished_event(execution, links, item.now))
+        self.finished.append((execution, item.now))
         return _result(Outcome.ACCEPTED, execution.id, report, state)
 
-    def write(self) -> None:
-        store.insert_executions(self.conn, self.rows)
-        store.insert_events(self.conn, self.events)
+    def events(self, batch_jobs: dict[str, str]) -> list[dict[str, Any]]:
+        """The ``workflow.finished`` events, their tasks linked to the jobs known before the
+        batch and to those the batch itself records (``batch_jobs``: CI JobId -> job id; CI
+        sends a task's TaskFinish and the instance's WorkflowFinish almost together)."""
+        links = {**self.known, **batch_jobs}
+        return [events.workflow_finished_event(e, links, now) for e, now in self.finished]
 
 
 def _result(

@@ -11,8 +11,8 @@ writes.
 
 Every dashboard has two variables: ``datasource`` (a Prometheus data source) and ``job``
 (the scrape jobs of cirelay's web pods and workers, all by default). Queries aggregate with
-``by (label)``, so they return data before a label exists (``tag``, ``transport``: added by
-other branches) and keep working after.
+``by (label)``; tests/test_dashboards.py checks that every label a query groups by is on
+the series it returns.
 """
 
 from __future__ import annotations
@@ -80,9 +80,9 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
         Panel("Notifications by outcome", "CI notifications received per second, by outcome"
               " (accepted, duplicate, and every rejection).",
               (per_second("cirelay_notifications_total", "outcome"),), "reqps"),
-        Panel("Notifications by tag", "CI notifications per second by the job's tag (one"
-              " series, no tag, before the tag label exists).",
-              (per_second("cirelay_notifications_total", "tag"),), "reqps"),
+        Panel("Notifications by tag", "CI notifications per second by the job's tag (known"
+              " tags, `workflow`, else `other`) and outcome.",
+              (per_second("cirelay_notifications_by_tag_total", "tag, outcome"),), "reqps"),
         Panel("Processing latency", "From a notification's arrival to its answer (parse,"
               " validate, group commit): quantiles of the histogram.",
               quantiles("cirelay_notification_processing_seconds"), "s"),
@@ -110,13 +110,14 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
               quantiles("cirelay_ci_request_duration_seconds", "operation"), "s"),
     ]),
     "delivery": ("cirelay / delivery", [
-        Panel("Attempts by result and transport", "Delivery attempts per second (webhooks;"
-              " brokers too once the transport label exists).",
+        Panel("Attempts by result and transport", "Delivery attempts per second (transport:"
+              " http, nats, amqp).",
               (per_second("cirelay_delivery_attempts_total", "result, transport"),), "reqps"),
         Panel("Deliveries finished", "Delivered, given up, and subscriptions disabled, per"
               " second.", (per_second("cirelay_deliveries_total", "outcome"),), "ops"),
-        Panel("Delivery latency", "From the state change's commit to the subscriber's 2xx.",
-              quantiles("cirelay_delivery_latency_seconds"), "s"),
+        Panel("Delivery latency", "From the state change's commit to the subscriber's 2xx"
+              " (or the broker's ack), by transport.",
+              quantiles("cirelay_delivery_latency_seconds", "transport"), "s"),
         Panel("Attempts per delivery", "Attempts a finished delivery took.",
               quantiles("cirelay_delivery_attempts_per_delivery"), "short"),
         Panel("Backlog", "Deliveries pending (first attempt or retry) for enabled"

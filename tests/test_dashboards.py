@@ -198,7 +198,13 @@ def returns_data(prometheus: Prometheus, promql: str, what: str) -> list[dict[st
 def test_every_panel_query_returns_data(
     loaded: Prometheus, board: str, panel: str, expr: str
 ) -> None:
-    returns_data(loaded, filled(expr), f"{board} / {panel}")
+    """Data, and grouped by labels the series really carry: ``sum by (tag)`` over a metric
+    without a ``tag`` label still answers (one series, no tag), and would show nothing."""
+    result = returns_data(loaded, filled(expr), f"{board} / {panel}")
+    grouped = {label.strip() for by in re.findall(r"by \(([^)]*)\)", expr)
+               for label in by.split(",")} - {"le", ""}  # fmt: skip
+    missing = {label for label in grouped if not any(label in r["metric"] for r in result)}
+    assert not missing, f"{board} / {panel}: no series carries {sorted(missing)}: {result}"
 
 
 def alert_rules(chart: helm.Chart) -> dict[str, str]:

@@ -25,10 +25,11 @@ def execution_digests(conn: Connection, run_ids: Iterable[str]) -> dict[str, str
 
 def insert_executions(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     """Record instances: each row is :func:`execution_values` plus ``body``,
-    ``content_type``; their tasks are written beside them."""
+    ``content_type``; their tasks are written beside them. No RETURNING (``inline``): this
+    runs in the group committer's pipelined writes, whose results are not read."""
     if not rows:
         return
-    conn.execute(sa.insert(workflow_executions), list(rows))
+    conn.execute(sa.insert(workflow_executions).inline(), list(rows))
     tasks = [
         {
             "execution_id": row["id"],
@@ -41,7 +42,7 @@ def insert_executions(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         for position, task in enumerate(row["detail"]["tasks"], start=1)
     ]
     if tasks:
-        conn.execute(sa.insert(workflow_tasks), tasks)
+        conn.execute(sa.insert(workflow_tasks).inline(), tasks)
 
 
 def execution_values(execution: WorkflowExecution) -> dict[str, Any]:

@@ -98,7 +98,10 @@ def test_credentials_are_masked_and_never_in_a_repr() -> None:
 
 def test_named_credentials_from_the_environment() -> None:
     named, problems = parse_broker_credentials(["rabbit=app:p%2Cw", "nats=tok"])
-    assert named == {"rabbit": ("app", "p,w"), "nats": ("tok", "")} and problems == []
+    assert named == {"rabbit": ("app", "p,w"), "nats": ("tok", None)} and problems == []
+    # a NATS token named in the settings connects as a token, like one in the URL
+    named_token = BrokerTarget.parse("nats://n/S?credentials=nats").login(named)
+    assert named_token == BrokerTarget.parse("nats://tok@n/S").login({}) == ("tok", None)
     _, problems = parse_broker_credentials(["nouser=", "=x:y", "dup=a:b", "dup=c:d"])
     assert len(problems) == 3 and all("p,w" not in p for p in problems)
     settings = Settings.from_env({"CIRELAY_BROKER_CREDENTIALS": "rabbit=app:s3cret"},

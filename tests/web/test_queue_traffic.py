@@ -18,7 +18,6 @@ from sqlalchemy.engine import Engine
 from app import Services, create_app, store
 from tests.conftest import (
     CORPUS,
-    callback_path,
     counts,
     make_job,
     outcome_count,
@@ -51,7 +50,7 @@ def by_tag(registry: CollectorRegistry, tag: str, outcome: str) -> float:
     ],
 )
 def test_another_tags_job_is_recorded_like_voiceseparate(
-    client: FlaskClient, auth: dict[str, str], registry: CollectorRegistry,
+    client: FlaskClient, auth: dict[str, str], registry: CollectorRegistry, engine: Engine,
     name: str, tag: str, state: str,
 ) -> None:  # fmt: skip
     response = post(client, TASKS / name)
@@ -66,12 +65,10 @@ def test_another_tags_job_is_recorded_like_voiceseparate(
     assert job["operation"] and tag in job["operation"]  # the tag's container, as received
     assert by_tag(registry, tag, "accepted") == 1
 
+    before = counts(engine)
     again = post(client, TASKS / name)  # CI retries: recorded once
     assert again.json["results"][0]["outcome"] == "duplicate"
-    assert (
-        client.get("/v1/events?limit=50", headers=auth).json["events"][-1]["subject"]
-        == (result["ci_job_id"])
-    )
+    assert counts(engine) == before  # no second notification row, no second event
 
 
 def test_a_legacy_body_keeps_its_workflow_and_cos_headers(
@@ -132,6 +129,54 @@ def test_a_workflow_instance_is_recorded_once_with_its_event(
     assert finished[0]["data"]["state"] == execution["state"]
     assert by_tag(registry, "workflow", "accepted") == 1
     assert by_tag(registry, "workflow", "duplicate") == 1
+
+
+def test_another_report_for_a_recorded_instance_is_stale(
+    client: FlaskClient, engine: Engine, registry: CollectorRegistry
+) -> None:
+    """An instance finishes once: a WorkflowFinish with other content for a RunId already
+    recorded leaves the first report standing, with no second event."""
+    assert post(client, WORKFLOWS / "workflow-finish.xml").json["results"][0]["outcome"] == (
+        "accepted"
+    )
+    before = counts(engine)
+    body = (WORKFLOWS / "workflow-finish.xml").read_text()
+    other = body.replace("<State>Success</State>", "<State>Failed</State>", 1)
+    assert other != body
+    response = client.post(queue_path(), data=other, headers=XML)
+    assert response.status_code == 200
+    assert response.json["results"][0]["outcome"] == "stale"
+    assert counts(engine) == before
+    assert by_tag(registry, "workflow", "stale") == 1
+
+
+def test_an_instance_s_event_links_the_jobs_recorded_in_the_same_batch(
+    engine: Engine, schemas: Any, clock: Any
+) -> None:
+    """CI sends a task's TaskFinish and its instance's WorkflowFinish almost together: in
+    one group commit, the event's task still names the job the batch just recorded."""
+    from app import jobs
+    from app.models import Received, Source
+    from app.notifications import parse_notification
+
+    task = (TASKS / "noise-reduction.xml").read_bytes()
+    notification = parse_notification(task, "application/xml", schemas)
+    ci_id = notification.reports[0].ci_job_id
+    finish = (WORKFLOWS / "workflow-finish.xml").read_text()
+    finish = finish.replace("j4d8e34d91b52d9cd0ab4b803a61e22e0", ci_id).encode()
+
+    def item(body: bytes) -> jobs.Pending:
+        received = Received(body, "application/xml", {}, Source.QUEUE)
+        return jobs.Pending(parse_notification(body, "application/xml", schemas), received,
+                            clock.now)  # fmt: skip
+
+    with store.transaction(engine) as conn:
+        (task_result,), (run,) = jobs.apply_batch(conn, [item(task), item(finish)])
+    with engine.connect() as conn:
+        (event,) = store.list_events(conn, after=0, limit=10,
+                                     types=["com.cirelay.workflow.finished"])  # fmt: skip
+    linked = {t["ci_job_id"]: t["job_id"] for t in event.data["tasks"]}
+    assert linked[ci_id] == task_result.job_id and run.outcome == "accepted"
 
 
 def test_tasks_link_to_the_jobs_and_filters_find_the_instance(
@@ -210,8 +255,13 @@ def test_a_workflow_instance_at_a_jobs_own_url_is_refused(
     url = make_job(engine, "job_01", clock())
     response = post(client, WORKFLOWS / "workflow-finish.xml", url)
     assert response.status_code == 400
+    assert response.json["details"][0]["reason"] == (
+        "WorkflowFinish notifications go to the queue's URL"
+    )
     assert counts(engine)["workflow_executions"] == 0
-    assert url == callback_path("job_01")
+    with engine.connect() as conn:
+        (kept,) = store.list_quarantined(conn, limit=10)
+    assert kept.job_id == "job_01"
 
 
 def test_accept_tags_ignores_the_tags_it_excludes(

@@ -22,7 +22,7 @@ from app.delivery.transports.broker import BrokerSender
 from app.delivery.transports.jetstream import NatsSender
 from app.delivery.transports.loop import BrokerLoop
 from app.delivery.transports.rabbitmq import AmqpSender
-from app.subscriptions import transport_of
+from app.subscriptions import Login, transport_of
 
 
 class Transport(Protocol):
@@ -56,7 +56,7 @@ class Transports:
 
 def build_transports(
     http: Sender, *, allowed_networks: Sequence[str], timeout: float,
-    logins: dict[str, tuple[str, str]],
+    logins: dict[str, Login],
 ) -> Transports:  # fmt: skip
     """HTTP, and the broker senders on one loop thread (started now, idle until a broker
     subscription's first delivery)."""

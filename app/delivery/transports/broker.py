@@ -33,6 +33,7 @@ from app.models import AttemptResult
 from app.subscriptions import (
     BrokerTarget,
     ForbiddenAddress,
+    Login,
     Resolver,
     allowed_address,
     resolve,
@@ -105,7 +106,7 @@ class BrokerSender(ABC, Generic[C]):
         *,
         allowed_networks: Sequence[str],
         timeout: float,
-        logins: Mapping[str, tuple[str, str]] | None = None,
+        logins: Mapping[str, Login] | None = None,
         resolver: Resolver = resolve,
     ) -> None:
         self.loop = loop
