@@ -242,10 +242,11 @@ def retry_delivery(
     return int(details["retried"])
 
 
-def count_deliveries(engine: Engine, which: DeliveryFilter) -> int:
-    """How many deliveries match: what a "retry all" will take, shown before confirming."""
+def count_retryable(engine: Engine, which: DeliveryFilter, now: datetime) -> int:
+    """How many deliveries of ``which`` a "retry all" would take now: the count shown before
+    confirming (:func:`retry_matching` takes exactly those, up to its limit)."""
     with engine.connect() as conn:
-        return store.count_deliveries(conn, which)
+        return store.count_retryable(conn, which, now=now)
 
 
 def retry_matching(
@@ -253,12 +254,13 @@ def retry_matching(
     limit: int = MAX_BATCH,
 ) -> dict[str, int]:  # fmt: skip
     """Send every delivery matching ``which`` again now (at most ``limit``, oldest first):
-    "retry all failed" is ``which`` with ``states=("failed",)``. Returns how many were
-    retried and how many matching ones were left (beyond the limit, or held by a worker)."""
+    "retry all failed" is ``which`` with ``states=("failed",)``; succeeded ones are never
+    taken. Returns how many were retried and how many retryable ones were left beyond the
+    limit."""
     details: dict[str, Any] = {"filter": _filter_view(which)}
     subject = which.subscription_id
     with _recorded(engine, actor, "deliveries retried", subject, now, details) as conn:
-        matching = store.count_deliveries(conn, which)
+        matching = store.count_retryable(conn, which, now=now)
         details["retried"] = store.retry_deliveries(conn, which, now=now, limit=limit)
     retried = int(details["retried"])
     return {"retried": retried, "remaining": max(0, matching - retried)}
@@ -283,11 +285,12 @@ def replay_quarantined_matching(
     receiver: Receiver, which: QuarantineFilter, actor: Actor, now: datetime, *,
     limit: int = MAX_BATCH,
 ) -> dict[str, Any]:  # fmt: skip
-    """Replay every quarantined notification matching ``which`` (at most ``limit``, oldest
-    first). Returns how many, their outcomes and how many matching ones remain."""
+    """Replay every quarantined notification matching ``which`` (at most ``limit``: never
+    replayed first, then those replayed longest ago, so the next round takes the rest).
+    Returns how many, their outcomes and how many matching ones remain."""
     with receiver.engine.connect() as conn:
         matching = store.count_matching_quarantined(conn, which)
-        items = store.list_quarantined(conn, which=which, limit=limit)
+        items = store.list_quarantined(conn, which=which, limit=limit, least_recently_replayed=True)
     outcomes = Counter(receiver.replay(item.id, now) for item in items)
     remaining = max(0, matching - len(items))
     record(receiver.engine, actor, "quarantine replayed", None, now,

@@ -37,7 +37,7 @@ from app.store.delivery import (
     prune_deliveries,
     renew_leases,
 )
-from app.store.delivery_filter import count_deliveries, list_deliveries, retry_deliveries
+from app.store.delivery_filter import count_retryable, list_deliveries, retry_deliveries
 from app.store.engine import (
     EVENTS_CHANNEL,
     KEEPALIVE,
@@ -134,12 +134,12 @@ __all__ = [
     "audit_log",
     "bring_forward",
     "claim_deliveries",
-    "count_deliveries",
     "count_jobs_by_state",
     "count_matching_quarantined",
     "count_notifications_by_outcome",
     "count_quarantined",
     "count_recent_quarantined",
+    "count_retryable",
     "create_engine",
     "delete_subscription",
     "deliveries",

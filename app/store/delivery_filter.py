@@ -69,8 +69,19 @@ def list_deliveries(
     ]
 
 
-def count_deliveries(conn: Connection, which: DeliveryFilter) -> int:
-    query = sa.select(sa.func.count()).select_from(deliveries).where(_matching(which))
+def _retryable(which: DeliveryFilter, now: datetime) -> sa.ColumnElement[bool]:
+    """What a retry can take of ``which``: given up or pending, and not held by a worker
+    under a live lease (a succeeded delivery is replayed, not retried)."""
+    return sa.and_(
+        _matching(which),
+        deliveries.c.state.in_([DeliveryState.FAILED.value, DeliveryState.PENDING.value]),
+        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
+    )
+
+
+def count_retryable(conn: Connection, which: DeliveryFilter, *, now: datetime) -> int:
+    """How many of ``which`` a retry would take now: the count shown before confirming."""
+    query = sa.select(sa.func.count()).select_from(deliveries).where(_retryable(which, now))
     return int(conn.execute(query).scalar_one())
 
 
@@ -78,11 +89,7 @@ def retry_deliveries(conn: Connection, which: DeliveryFilter, *, now: datetime, 
     """Send the matching deliveries again now: given-up ones go back to pending (their
     attempts so far kept), pending ones waiting on a backoff become due; one a worker holds
     under a live lease is left to it. At most ``limit`` (the oldest first). Returns how many."""
-    retryable = sa.and_(
-        _matching(which),
-        deliveries.c.state.in_([DeliveryState.FAILED.value, DeliveryState.PENDING.value]),
-        sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
-    )
+    retryable = _retryable(which, now)
     ids = list(
         conn.execute(
             sa.select(deliveries.c.id).where(retryable).order_by(deliveries.c.id).limit(limit)

@@ -54,12 +54,17 @@ def list_quarantined(
     which: QuarantineFilter | None = None,
     after: int | None = None,
     newest_first: bool = False,
+    least_recently_replayed: bool = False,
 ) -> list[QuarantinedNotification]:
-    """Oldest first (``after`` an id pages), or newest first (``after`` then means before)."""
+    """Oldest first (``after`` an id pages), or newest first (``after`` then means before),
+    or for a bulk replay: never replayed first, then those replayed longest ago (so round
+    after round of a bounded replay reaches every match)."""
     table = quarantined_notifications
     which = which or QuarantineFilter(pending_only=pending_only)
     query = sa.select(table).where(_matching(which)).limit(limit)
-    if newest_first:
+    if least_recently_replayed:
+        query = query.order_by(table.c.replayed_at.is_not(None), table.c.replayed_at, table.c.id)
+    elif newest_first:
         query = query.order_by(table.c.id.desc())
         if after is not None:
             query = query.where(table.c.id < after)

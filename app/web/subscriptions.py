@@ -179,16 +179,16 @@ def retry_one(ident: str, delivery_id: int) -> ResponseReturnValue:
 @bp.post("/<ident>/deliveries/retry")
 @require_api_key
 def retry_matching(ident: str) -> ResponseReturnValue:
-    """Send every delivery of the subscription matching the filter again now — e.g.
-    ``{"state": ["failed"]}``: every one given up — at most 1,000, oldest first. With
-    ``"dry_run": true``: 200 ``{"matching": n}`` and nothing changes; else 202
-    ``{"retried": n, "remaining": m}``."""
+    """Send every delivery of the subscription matching the filter again now (failed or
+    pending ones: e.g. ``{"state": ["failed"]}``, every one given up), at most 1,000, oldest
+    first. With ``"dry_run": true``: 200 ``{"matching": n}``, how many that would take, and
+    nothing changes; else 202 ``{"retried": n, "remaining": m}``."""
     svc = services()
     body = filter_body(RETRY_FIELDS, "a retry")
     find_subscription(ident)
     which = delivery_filter(body, ident)
     if body.get("dry_run") is True:
-        return jsonify({"matching": operations.count_deliveries(svc.engine, which)})
+        return jsonify({"matching": operations.count_retryable(svc.engine, which, svc.clock())})
     return jsonify(operations.retry_matching(svc.engine, which, actor(), svc.clock())), 202
 
 

@@ -21,8 +21,6 @@ from app.web.subscriptions import event_sender, find_subscription
 
 PAGE = 50
 FILTER_FIELDS = ("state", "job_id", "created_after", "created_before")
-#: what "retry" can take: a delivery given up, or one waiting on its backoff
-RETRYABLE = (DeliveryState.FAILED.value, DeliveryState.PENDING.value)
 
 
 def _form_values(*, partial: bool, shown_url: str | None = None) -> dict[str, Any]:
@@ -78,7 +76,7 @@ def subscription(ident: str) -> ResponseReturnValue:
         raise BadRequestError("invalid filter", [{"field": "before", "reason": "an id"}])
     with services().engine.connect() as conn:
         found = store.list_deliveries(conn, which=which, before=before, limit=PAGE)
-        retryable = store.count_deliveries(conn, _retryable(which))
+        retryable = store.count_retryable(conn, _retryable(which), now=services().clock())
     filters: dict[str, Any] = {
         k: ",".join(request.args.getlist(k)) for k in FILTER_FIELDS if request.args.get(k)
     }
@@ -90,10 +88,9 @@ def subscription(ident: str) -> ResponseReturnValue:
 
 
 def _retryable(which: DeliveryFilter) -> DeliveryFilter:
-    """What "retry all" takes of a filter: its failed deliveries (or, if the filter names
-    states, those of them a retry can take)."""
-    states = tuple(s for s in which.states if s in RETRYABLE) if which.states else ("failed",)
-    return dataclasses.replace(which, states=states or ("failed",))
+    """The console's "retry all" is "retry all failed" unless the filter names states (what
+    a retry cannot take of those, the store leaves out: :func:`store.count_retryable`)."""
+    return which if which.states else dataclasses.replace(which, states=("failed",))
 
 
 @bp.post("/subscriptions/<ident>/edit")
@@ -168,7 +165,7 @@ def retry_matching(ident: str) -> ResponseReturnValue:
         raise UnprocessableError(exc.message, exc.details) from exc
     filters: dict[str, Any] = {k: request.form[k] for k in FILTER_FIELDS if request.form.get(k)}
     if request.form.get("confirm") != "yes":
-        count = operations.count_deliveries(svc.engine, which)
+        count = operations.count_retryable(svc.engine, which, svc.clock())
         return render_template(
             "console/confirm.html", count=count, filters=filters, limit=operations.MAX_BATCH,
             what=f"{'/'.join(which.states)} deliveries of {ident}", verb="Retry",
