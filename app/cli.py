@@ -360,6 +360,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app import worker
+    from app.delivery import build_senders
 
     environ = command_environ()
     logs.configure(environ.get("CIRELAY_LOG_LEVEL", "info"),
@@ -371,13 +372,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     # the submitter (resubmitting jobs left Submitting) signs callback URLs; no API key
     services = build_services(Settings.from_env(environ, requires=("CIRELAY_CALLBACK_KEYS",)))
-    transports = worker.build_senders(services.settings)
+    transports = build_senders(services.settings)
     if args.metrics_port:
         worker.serve_metrics(services, args.metrics_port, transports)
     if args.ready_fd is not None:
         os.write(args.ready_fd, b"1")
         os.close(args.ready_fd)
-    worker.run(services, transports=transports)
+    worker.run(services, transports)
     return 0
 
 

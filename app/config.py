@@ -54,6 +54,11 @@ class Scope(enum.StrEnum):
     ADMIN = "admin"  # everything
 
 
+#: ``CIRELAY_WORKER_CLASS`` values that serve on gunicorn's event loop (unset: the default);
+#: any other worker class holds a thread per connection, and so per event stream
+EVENT_LOOP_WORKERS = ("", "app.serving.asgi_worker.Worker", "asgi")
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """One entry of ``CIRELAY_API_KEYS``: ``name:scope:key``, or a bare key (admin, named
@@ -168,8 +173,8 @@ class Settings:
     #: of retries (brought forward, in order, instead of waiting out their backoff)
     delivery_recovery_rate: float = 200.0
     #: open event streams per process (on the event loop each costs a socket and a cursor,
-    #: no thread; under the gthread worker class each holds a thread: set it far lower).
-    #: Above it: 503 with Retry-After.
+    #: no thread: 2,000 by default; under a thread-per-connection worker class each holds a
+    #: thread: half of ``threads`` by default). Above it: 503 with Retry-After.
     max_streams: int = 2000
     #: seconds a connection may take to send its request's headers, then it is closed
     header_timeout_seconds: float = 10.0
@@ -278,6 +283,9 @@ class Settings:
                 return DEFAULT_RETRY_SCHEDULE
             return values
 
+        threads = integer("CIRELAY_THREADS", 16, minimum=1)
+        on_threads = text("CIRELAY_WORKER_CLASS") not in EVENT_LOOP_WORKERS
+        default_streams = max(1, threads // 2) if on_threads else 2000
         settings = cls(
             database_url=text("CIRELAY_DATABASE_URL", DEFAULT_DATABASE_URL),
             public_url=text("CIRELAY_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
@@ -312,10 +320,10 @@ class Settings:
             db_pool_timeout_seconds=number("CIRELAY_DB_POOL_TIMEOUT_SECONDS", 2.0, 0.0),
             delivery_per_subscription=integer("CIRELAY_DELIVERY_PER_SUBSCRIPTION", 0, minimum=0),
             delivery_recovery_rate=number("CIRELAY_DELIVERY_RECOVERY_RATE", 200.0, 0.1),
-            max_streams=integer("CIRELAY_MAX_STREAMS", 2000, minimum=1),
+            max_streams=integer("CIRELAY_MAX_STREAMS", default_streams, minimum=1),
             header_timeout_seconds=number("CIRELAY_HEADER_TIMEOUT_SECONDS", 10.0, 0.1),
             body_timeout_seconds=number("CIRELAY_BODY_TIMEOUT_SECONDS", 30.0, 0.1),
-            threads=integer("CIRELAY_THREADS", 16, minimum=1),
+            threads=threads,
             quarantine_per_minute=integer("CIRELAY_QUARANTINE_PER_MINUTE", 60, minimum=1),
             accept_tags=csv("CIRELAY_ACCEPT_TAGS"),
             tracing=text("CIRELAY_TRACING", "off").lower() == "on",

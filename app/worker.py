@@ -27,7 +27,6 @@ from typing import Any
 
 from app import Services, ci_clients, store
 from app.delivery import build_deliverer
-from app.delivery import build_senders as build_senders  # cli: the worker's senders
 from app.delivery.transports import Transports
 from app.reconciler import Reconciler
 
@@ -147,12 +146,8 @@ def serve_metrics(
              port)  # fmt: skip
 
 
-def run(
-    services: Services, stop: threading.Event | None = None,
-    transports: Transports | None = None,
-) -> None:  # fmt: skip
+def run(services: Services, transports: Transports, stop: threading.Event | None = None) -> None:
     stop = stop or threading.Event()
-    transports = transports or build_senders(services.settings)
     if threading.current_thread() is threading.main_thread():
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

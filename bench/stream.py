@@ -109,8 +109,6 @@ def run(
     env["CIRELAY_ACCESS_LOG"] = "off"
     if loop:
         env["GUNICORN_CMD_ARGS"] = f"--asgi-loop {loop}"
-    if "Thread" in worker_class or worker_class == "gthread":  # each stream holds a thread:
-        env["CIRELAY_MAX_STREAMS"] = "8"  # the cap gthread had (half of the 16 threads)
     body_file = work / "notification.xml"
     body_file.write_text(ingest.notification_template())
     wrk = ingest.ensure_wrk()

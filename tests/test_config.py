@@ -62,6 +62,16 @@ def test_delivery_settings() -> None:
     assert defaults.delivery_timeout_seconds == 15
 
 
+def test_streams_per_process_by_default_follow_what_a_stream_costs() -> None:
+    """On the event loop a stream costs a socket; under a thread per connection (gthread)
+    each holds a thread, so by default at most half of them stream."""
+    assert Settings.from_env(GOOD).max_streams == 2000
+    assert Settings.from_env({**GOOD, "CIRELAY_WORKER_CLASS": "asgi"}).max_streams == 2000
+    threaded = {**GOOD, "CIRELAY_WORKER_CLASS": "gthread", "CIRELAY_THREADS": "16"}
+    assert Settings.from_env(threaded).max_streams == 8
+    assert Settings.from_env({**threaded, "CIRELAY_MAX_STREAMS": "12"}).max_streams == 12
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -431,14 +431,13 @@ def _disabled_event(sub: Subscription, reason: str, now: datetime) -> NewEvent:
 
 def build_deliverer(
     settings: Settings, engine: Engine, metrics: Metrics, clock: Callable[[], datetime],
-    transports: Transports | None = None,
+    transports: Transports,
 ) -> Deliverer:  # fmt: skip
-    """The deliverer ``cirelay worker`` runs, configured from the settings (``transports``:
-    :func:`build_senders` of the settings unless given)."""
+    """The deliverer ``cirelay worker`` runs, configured from the settings, sending through
+    ``transports`` (:func:`build_senders`: the worker owns them, and closes them)."""
     policy = Policy.from_settings(settings)
-    sender = transports or build_senders(settings)
     return Deliverer(
-        engine, policy, sender, metrics, clock=clock, concurrency=settings.delivery_concurrency,
+        engine, policy, transports, metrics, clock=clock, concurrency=settings.delivery_concurrency,
         per_subscription=settings.delivery_per_subscription or None,
         recovery_rate=settings.delivery_recovery_rate,
     )  # fmt: skip

@@ -38,14 +38,11 @@ _worker_class = os.environ.get("CIRELAY_WORKER_CLASS", EVENT_LOOP_WORKER)
 worker_class = FORMER_NAMES.get(_worker_class, _worker_class)
 #: the application gunicorn loads when its command line names none: ASGI for the event-loop
 #: workers, WSGI for the thread-per-connection ones
-wsgi_app = (
-    "app.asgi:application"
-    if worker_class in (EVENT_LOOP_WORKER, "asgi")
-    else ("app.wsgi:application")
-)
+_event_loop = worker_class in (EVENT_LOOP_WORKER, "asgi")
+wsgi_app = "app.asgi:application" if _event_loop else "app.wsgi:application"
 #: gthread's threads per worker; the event-loop worker runs the application in as many
 #: threads of its own (Settings.threads reads the same CIRELAY_THREADS) and takes none here
-threads = int(os.environ.get("CIRELAY_THREADS", "16")) if wsgi_app == "app.wsgi:application" else 1
+threads = 1 if _event_loop else int(os.environ.get("CIRELAY_THREADS", "16"))
 # Recycle workers now and then, staggered so they do not all restart at once.
 max_requests = int(os.environ.get("CIRELAY_MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10

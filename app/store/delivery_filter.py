@@ -32,17 +32,10 @@ def _matching(which: DeliveryFilter) -> sa.ColumnElement[bool]:
 
 
 def list_deliveries(
-    conn: Connection,
-    subscription_id: str | None = None,
-    *,
-    states: tuple[str, ...] | list[str] = (),
-    before: int | None = None,
-    limit: int = 50,
-    which: DeliveryFilter | None = None,
+    conn: Connection, *, which: DeliveryFilter, before: int | None = None, limit: int = 50
 ) -> list[Delivery]:
-    """Deliveries (of one subscription, or as ``which`` says), newest first, each with its
-    attempts; ``before`` (a delivery id) pages."""
-    which = which or DeliveryFilter(subscription_id=subscription_id, states=tuple(states))
+    """The deliveries ``which`` selects, newest first, each with its attempts; ``before`` (a
+    delivery id) pages."""
     query = (
         sa.select(deliveries, events.c.id.label("event_id"), events.c.type.label("event_type"))
         .join(events, events.c.seq == deliveries.c.event_seq)

@@ -76,10 +76,11 @@ def is_admin() -> bool:
     return key is not None and key.scope is Scope.ADMIN
 
 
-def actor(via: str = "api") -> Actor:
-    """Who is acting: the request's API key's name (never the key), for the audit log."""
+def actor() -> Actor:
+    """Who is acting through the API: the request's key's name (never the key), for the
+    audit log (the console has its own, ``via`` ``console``)."""
     key: ApiKey | None = g.get("api_key")
-    return Actor(key.name if key is not None else "-", via)
+    return Actor(key.name if key is not None else "-", "api")
 
 
 def _render_service_error(exc: ServiceError) -> ResponseReturnValue:

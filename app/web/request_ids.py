@@ -27,10 +27,10 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class RequestIds:
-    """WSGI middleware: bind, send back and unbind each request's id; with ``metrics``,
-    count each request by method and status and time it to the end of its body."""
+    """WSGI middleware: bind, send back and unbind each request's id; count each request by
+    method and status and time it to the end of its body."""
 
-    def __init__(self, app: WSGIApplication, metrics: Metrics | None = None) -> None:
+    def __init__(self, app: WSGIApplication, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
@@ -41,15 +41,13 @@ class RequestIds:
         method = method if method in _METHODS else "other"
 
         def start_with_id(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
-            if self.metrics is not None:
-                self.metrics.http_requests.labels(method, status[:3]).inc()
+            self.metrics.http_requests.labels(method, status[:3]).inc()
             return start_response(status, [*headers, (HEADER, request_id)], *args)
 
         def finish() -> None:
-            if self.metrics is not None:
-                self.metrics.http_request_seconds.observe(
-                    time.perf_counter() - started, exemplar=tracing.exemplar()
-                )
+            self.metrics.http_request_seconds.observe(
+                time.perf_counter() - started, exemplar=tracing.exemplar()
+            )
             _unbind()
 
         try:

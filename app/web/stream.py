@@ -5,7 +5,8 @@ cap) and leaves a :class:`StreamPlan` in the ASGI scope; :class:`app.web.asgi.Se
 hands the open response to :meth:`Streams.serve`, which writes the events.
 
 One :class:`EventTail` per process reads the outbox for every stream: woken by PostgreSQL's
-NOTIFY (:class:`app.waker.EventWaker`) or, on SQLite, every ``poll`` seconds, it reads what was
+NOTIFY (:class:`app.waker.EventWaker`; then it looks anyway only every
+:data:`NOTIFIED_POLL_SECONDS`) or, on SQLite, every ``poll`` seconds, it reads what was
 committed after the last event it holds, keeps the newest events already rendered as SSE
 messages, and wakes the streams. A stream whose cursor is within what the tail holds is served
 from memory; one further behind (a ``Last-Event-ID`` from long ago, or a client that reads
@@ -41,6 +42,9 @@ PLAN = "cirelay.stream"
 RETRY = "retry: 2000\n\n"
 KEEPALIVE = ": keep-alive\n\n"
 #: events the tail reads at a time, and the newest it keeps
+#: how often the tail looks at the outbox anyway when PostgreSQL's NOTIFY wakes it (the
+#: waker also wakes it when it listens again after losing its connection)
+NOTIFIED_POLL_SECONDS = 1.0
 TAIL_PAGE = 500
 TAIL_KEEP = 5000
 #: the tail reads at most this often, so a burst of commits is one read and one write per stream
@@ -102,6 +106,8 @@ class EventTail:
                 loop.call_soon_threadsafe(self._wake.set)
 
             self.services.waker.on_events(wake)
+            if self.services.waker.active:  # NOTIFY wakes it: no need to poll often
+                self.poll = max(self.poll, NOTIFIED_POLL_SECONDS)
             self._task = loop.create_task(self._follow())
             self._started.set_result(None)
         await self._started
@@ -123,7 +129,7 @@ class EventTail:
         joined = self._joined.get((start, wanted))
         if joined is None:  # the streams at one cursor with one filter share it
             items = self._items[start:]
-            joined = b"".join(m for t, m in items if wanted.everything or wanted.matches(t))
+            joined = b"".join(m for t, m in items if wanted.matches(t))
             self._joined[start, wanted] = joined
         return joined, after
 
@@ -192,7 +198,10 @@ class Streams:
         gone = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({writer, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if writer.done() and not writer.cancelled() and writer.exception() is None:
+            failed = writer.done() and not writer.cancelled() and writer.exception()
+            if failed:  # the database went away mid-stream: the client reconnects later
+                log.warning("event stream ended: %s", type(failed).__name__)
+            elif writer.done() and not writer.cancelled():
                 # the worker stops: end the response, the client reconnects elsewhere
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:

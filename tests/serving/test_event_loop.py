@@ -7,6 +7,7 @@ One real ``cirelay serve`` (2 workers, SQLite) for the module, with short deadli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import struct
@@ -247,3 +248,44 @@ def test_a_stream_whose_client_vanished_is_released(service: Service) -> None:
     # released at once (the loop sees the connection go), not at the next keep-alive write
     poll("the stream released", lambda: service.sse_clients() == 0, deadline=10)
     assert time.monotonic() - started < 3.0
+
+
+def test_a_stream_on_the_loop_resumes_from_last_event_id_and_keeps_to_its_filter(
+    service: Service,
+) -> None:
+    """The SSE contract on the event loop, not only under a thread per stream: resumed with
+    ``Last-Event-ID``, each event after it once and in order; a ``type`` filter holds."""
+    head = service.head()
+    job_a, job_b = ci_job_id(905), ci_job_id(906)
+    for job, state in ((job_a, "Running"), (job_a, "Success"), (job_b, "Success")):
+        answer = requests.post(f"{service.base}{QUEUE_PATH}", data=notification_xml(job, state),
+                               headers={"Content-Type": "application/xml"}, timeout=20)  # fmt: skip
+        assert answer.json()["results"][0]["outcome"] == "accepted", answer.text
+    assert service.head() == head + 3
+
+    async def ids(request: str, wanted: int) -> list[int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
+        writer.write(f"{request}Host: t\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode())
+        data = await reader.readuntil(b"\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 200 "), data
+        found: list[int] = []
+        try:
+            while len(found) < wanted:
+                data += await asyncio.wait_for(reader.read(65536), 10)
+                found = [int(i) for i in re.findall(rb"\nid: (\d+)\n", data)]
+            await asyncio.sleep(0.3)  # nothing more comes
+            with contextlib.suppress(TimeoutError):
+                data += await asyncio.wait_for(reader.read(65536), 0.3)
+            return [int(i) for i in re.findall(rb"\nid: (\d+)\n", data)]
+        finally:
+            writer.close()
+
+    async def scenario() -> tuple[list[int], list[int]]:
+        resumed = ids(f"GET /v1/events/stream HTTP/1.1\r\nLast-Event-ID: {head + 1}\r\n", 2)
+        succeeded = ids(f"GET /v1/events/stream?after={head}&type=com.cirelay.job.succeeded "
+                        "HTTP/1.1\r\n", 2)  # fmt: skip
+        return await asyncio.gather(resumed, succeeded)
+
+    resumed, succeeded = asyncio.run(scenario())
+    assert resumed == [head + 2, head + 3]
+    assert succeeded == [head + 2, head + 3]

@@ -136,9 +136,6 @@ class BrokerSender(ABC, Generic[C]):
         acknowledgement; :class:`Rejected` if it refuses."""
 
     @abstractmethod
-    def _is_open(self, connection: C) -> bool: ...
-
-    @abstractmethod
     async def _close(self, connection: C) -> None: ...
 
     # the sender interface

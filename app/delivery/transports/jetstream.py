@@ -83,8 +83,5 @@ class NatsSender(BrokerSender[Client]):
                 f"JetStream refused it: {exc.description or ''} (code {exc.err_code})"
             ) from None
 
-    def _is_open(self, connection: Client) -> bool:
-        return bool(connection.is_connected)
-
     async def _close(self, connection: Client) -> None:
         await connection.close()

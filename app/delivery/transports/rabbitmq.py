@@ -94,8 +94,5 @@ class AmqpSender(BrokerSender[_Connection]):
                 aiormq.exceptions.ChannelAccessRefused) as exc:  # fmt: skip
             raise Rejected(str(exc)) from None
 
-    def _is_open(self, connection: _Connection) -> bool:
-        return not connection.connection.is_closed
-
     async def _close(self, connection: _Connection) -> None:
         await connection.connection.close()

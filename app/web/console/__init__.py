@@ -29,6 +29,7 @@ from flask import (
     Blueprint,
     Flask,
     Response,
+    current_app,
     g,
     redirect,
     render_template,
@@ -109,10 +110,10 @@ def init_app(app: Flask) -> None:
 
 
 def fingerprint(key: ApiKey) -> str:
-    """A key's fingerprint for the session: keyed with the session secret, so the cookie
-    (signed, not encrypted) tells nothing about the key."""
-    secret = services().settings
-    mac = hmac.new(session_secret(secret).encode(), key.secret, hashlib.sha256)
+    """A key's fingerprint for the session: keyed with the session secret (the app's, set
+    once by :func:`init_app`), so the cookie (signed, not encrypted) tells nothing about the
+    key."""
+    mac = hmac.new(str(current_app.secret_key).encode(), key.secret, hashlib.sha256)
     return f"{key.scope}:{mac.hexdigest()[:32]}"
 
 
