@@ -11,6 +11,8 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -382,6 +384,56 @@ class HeldConnection:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(sa.text("SELECT 1"))
+
+
+#: /readyz answers within this long whatever the database does (a probe's own timeout is
+#: commonly 1 s to a few seconds; the answer must come before it)
+READY_TIMEOUT_SECONDS = 1.5
+
+
+class _DatabaseProbe:
+    """``store.ping`` on a thread of its own, waited for at most
+    :data:`READY_TIMEOUT_SECONDS`: the engine bounds each wait, but a checkout, a ping and a
+    new connection add up. One ping at a time: probes that come while one runs wait for it,
+    so a database that does not answer never piles up threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: weakref.WeakKeyDictionary[Engine, Future[None]] = weakref.WeakKeyDictionary()
+
+    def check(self, engine: Engine) -> str:
+        with self._lock:
+            running = self._running.get(engine)
+            if running is None or running.done():
+                running = self._running[engine] = Future()
+                threading.Thread(
+                    target=self._ping, args=(engine, running), name="readyz", daemon=True
+                ).start()
+        try:
+            running.result(timeout=READY_TIMEOUT_SECONDS)
+        except FutureTimeout:
+            return "no answer"
+        except sa.exc.SQLAlchemyError:
+            return "unreachable"
+        return "ok"
+
+    @staticmethod
+    def _ping(engine: Engine, result: Future[None]) -> None:
+        try:
+            ping(engine)
+        except BaseException as exc:  # handed to the waiting request
+            result.set_exception(exc)
+        else:
+            result.set_result(None)
+
+
+_PROBE = _DatabaseProbe()
+
+
+def check_database(engine: Engine) -> str:
+    """``/readyz``'s database check, for the service and the worker alike: ``ok``, ``no
+    answer`` (within :data:`READY_TIMEOUT_SECONDS`) or ``unreachable``."""
+    return _PROBE.check(engine)
 
 
 @contextmanager

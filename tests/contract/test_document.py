@@ -223,6 +223,25 @@ def test_the_outbox_check_refuses_an_unknown_type(event_type: str) -> None:
     assert problems(event_type, {}) != []
 
 
+def test_the_outbox_check_is_wired_into_every_write_to_the_outbox(engine: Any) -> None:
+    """The autouse fixture really stands on the write path: an event the catalogue does not
+    allow, written the way the services write one, fails and leaves nothing behind."""
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from app import store
+    from tests.contract.outbox import OffCatalogue
+
+    event = {"id": "evt_off_catalogue", "type": "com.cirelay.job.exploded", "source": "/t",
+             "subject": None, "job_id": None, "time": datetime.now(UTC), "data": {}}  # fmt: skip
+    with pytest.raises(OffCatalogue):
+        with store.transaction(engine) as conn:
+            store.insert_event(conn, event)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(store.events)).scalar() == 0
+
+
 def test_the_job_example_meets_its_schema_and_the_codec_matrix_is_the_rules() -> None:
     from app.ci.rules import check_request
     from app.submission import request_from_json
