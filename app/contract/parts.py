@@ -148,7 +148,7 @@ def query(name: str, description: str, schema: Schema, **extra: Any) -> dict[str
 
 
 def cursor_paging() -> list[dict[str, Any]]:
-    """The parameters every cursor-paged list takes (``app.web.inputs.page_query``)."""
+    """The parameters every cursor-paged list takes (read by ``app.web.filters.Reader``)."""
     return [
         query("created_after", "ISO 8601", {"type": "string", "format": "date-time"}),
         query("created_before", "ISO 8601", {"type": "string", "format": "date-time"}),

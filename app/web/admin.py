@@ -11,16 +11,15 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app import operations, store
-from app.errors import BadRequestError, NotFoundError
+from app.errors import NotFoundError
 from app.models import QuarantinedNotification
 from app.web import actor, require_api_key, services
-from app.web.filters import filter_body, quarantine_filter
-from app.web.inputs import ROW_ID, ascii_int
+from app.web.filters import Reader, filter_body, quarantine_filter
+from app.web.inputs import ROW_ID
 
 quarantine_bp = Blueprint("quarantine", __name__, url_prefix="/v1/quarantine")
 audit_bp = Blueprint("audit", __name__, url_prefix="/v1/audit")
 
-MAX_PAGE = 200
 REPLAY_FIELDS = frozenset(
     {"error", "source", "job_id", "received_after", "received_before", "pending", "dry_run"}
 )
@@ -51,16 +50,9 @@ def quarantined_view(item: QuarantinedNotification, *, with_body: bool) -> dict[
 
 def _paging() -> tuple[int, int | None]:
     """``limit`` (1 to 200, default 50) and ``before`` (an id), or a 400."""
-    limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
-    raw_before = request.args.get("before")
-    before = ascii_int(raw_before) if raw_before is not None else None
-    problems = []
-    if limit is None:
-        problems.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
-    if raw_before is not None and before is None:
-        problems.append({"field": "before", "reason": "an id"})
-    if problems or limit is None:
-        raise BadRequestError("invalid query parameters", problems)
+    read = Reader(request.args)
+    limit, before = read.limit(), read.row_id("before")
+    read.done("invalid query parameters")
     return limit, before
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from app.errors import BadRequestError, UnprocessableError
 from app.models import DeliveryFilter, DeliveryState, JobState, Outcome, QuarantineFilter, Source
-from app.web.inputs import json_body
+from app.web.inputs import MAX_PAGE, ascii_int, json_body
 
 #: a query string or form (``MultiDict``: ``getlist``), or a JSON object's fields
 Fields = Mapping[str, Any]
@@ -44,8 +44,10 @@ class Reader:
     fields: Fields
     problems: list[dict[str, str]] = field(default_factory=list)
 
-    def text(self, name: str, max_length: int = 256) -> str | None:
-        values = _values(self.fields, name) if name != "user_data" else self._raw(name)
+    def text(self, name: str, max_length: int = 256, *, whole: bool = False) -> str | None:
+        """The field's first value; ``whole``: as given (commas and spaces kept), for free
+        text such as a job's user data or an object key."""
+        values = self._raw(name) if whole else _values(self.fields, name)
         value = values[0] if values else None
         if value is not None and len(value) > max_length:
             self.problems.append({"field": name, "reason": f"at most {max_length} characters"})
@@ -62,6 +64,32 @@ class Reader:
         if bad:
             self.problems.append({"field": name, "reason": f"one of {sorted(known)}"})
         return tuple(v for v in values if v in known)
+
+    def states(self, known: Iterable[str]) -> tuple[str, ...]:
+        """``state``: each value one of ``known`` (each unknown one named in the 400)."""
+        values, allowed = _values(self.fields, "state"), set(known)
+        self.problems += [{"field": "state", "reason": f"unknown state {v!r}"} for v in values
+                          if v not in allowed]  # fmt: skip
+        return tuple(v for v in values if v in allowed)
+
+    def limit(self, maximum: int = MAX_PAGE, default: int = 50) -> int:
+        """``limit``: an integer from 1 to ``maximum`` (``default`` when absent)."""
+        raw = self.fields.get("limit")
+        value = ascii_int(str(raw), 1, maximum) if raw is not None else default
+        if value is None:
+            self.problems.append({"field": "limit", "reason": f"an integer from 1 to {maximum}"})
+            return default
+        return value
+
+    def row_id(self, name: str, what: str = "an id") -> int | None:
+        """A row id (``before`` pages by it)."""
+        raw = self.fields.get(name)
+        if raw is None:
+            return None
+        value = ascii_int(str(raw))
+        if value is None:
+            self.problems.append({"field": name, "reason": what})
+        return value
 
     def choice(self, name: str, allowed: Iterable[str]) -> str | None:
         values = self.choices(name, allowed)
@@ -92,9 +120,9 @@ class Reader:
             self.problems.append({"field": name, "reason": "true or false"})
         return values[0] in ("true", "1", "on")
 
-    def done(self) -> None:
+    def done(self, message: str = "invalid filter") -> None:
         if self.problems:
-            raise BadRequestError("invalid filter", self.problems)
+            raise BadRequestError(message, self.problems)
 
 
 def delivery_filter(fields: Fields, subscription_id: str | None) -> DeliveryFilter:
@@ -148,23 +176,17 @@ class JobQuery:
         }  # fmt: skip
 
 
-def job_query(fields: Fields) -> tuple[JobQuery, list[dict[str, str]]]:
-    """The jobs filter and the problems found (the caller adds its own, then raises)."""
-    read = Reader(fields)
-    states = _values(fields, "state")
-    known = {s.value for s in JobState}
-    read.problems += [{"field": "state", "reason": f"unknown state {s!r}"} for s in states
-                      if s not in known]  # fmt: skip
-    query = JobQuery(
-        states=tuple(s for s in states if s in known),
+def job_query(read: Reader) -> JobQuery:
+    """The jobs filter (its problems left in ``read``, for the caller's :meth:`Reader.done`)."""
+    return JobQuery(
+        states=read.states(s.value for s in JobState),
         tag=read.text("tag", 32),
         origin=read.choice("origin", ["api", "queue"]),
         ci_job_id=read.text("ci_job_id", 64),
-        user_data=read.text("user_data", 1024),
+        user_data=read.text("user_data", 1024, whole=True),
         created_after=read.time("created_after"),
         created_before=read.time("created_before"),
     )
-    return query, read.problems
 
 
 def filter_body(allowed: frozenset[str], what: str) -> dict[str, Any]:

@@ -12,9 +12,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from flask import request
@@ -65,49 +62,5 @@ def json_body() -> Any:
     return value
 
 
-def query_timestamp(name: str, details: list[dict[str, str]]) -> datetime | None:
-    """The query parameter ``name`` as an aware UTC time (None when absent); a bad one is
-    added to ``details``."""
-    raw = request.args.get(name)
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        # the store compares in UTC, and 0001-01-01T00:00+14:00 has none (year 0)
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
-    except (ValueError, OverflowError):
-        details.append({"field": name, "reason": "an ISO 8601 timestamp, year 1 to 9999 in UTC"})
-        return None
-
-
 #: the longest page a list answers
 MAX_PAGE = 200
-
-
-@dataclass(frozen=True)
-class PageQuery:
-    """What every list (``/v1/jobs``, ``/v1/workflow-executions``) is asked: states,
-    ``created_after``/``created_before``, ``limit`` and the ``cursor`` of the next page."""
-
-    states: list[str]
-    created_after: datetime | None
-    created_before: datetime | None
-    limit: int
-    cursor: str | None
-
-
-def page_query(known_states: Collection[str]) -> PageQuery:
-    """The request's list parameters: ``state`` (repeat or comma-separate; each one of
-    ``known_states``), the two ISO 8601 times, ``limit`` (1 to :data:`MAX_PAGE`, default 50)
-    and ``cursor``; every bad one listed in one 400."""
-    states = [s for raw in request.args.getlist("state") for s in raw.split(",") if s]
-    details = [{"field": "state", "reason": f"unknown state {s!r}"} for s in states
-               if s not in known_states]  # fmt: skip
-    after = query_timestamp("created_after", details)
-    before = query_timestamp("created_before", details)
-    limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
-    if limit is None:
-        details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
-    if details or limit is None:
-        raise BadRequestError("invalid query parameters", details)
-    return PageQuery(states, after, before, limit, request.args.get("cursor") or None)

@@ -20,8 +20,8 @@ from app.models import Job
 from app.notifications import XML_CONTENT_TYPES, media_type
 from app.submission import request_from_json
 from app.web import actor, is_admin, require_api_key, services
-from app.web.filters import job_query
-from app.web.inputs import MAX_PAGE, ascii_int, json_body
+from app.web.filters import Reader, job_query
+from app.web.inputs import json_body
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -108,12 +108,9 @@ def list_jobs() -> ResponseReturnValue:
     (``api``, ``queue``), ``ci_job_id``, ``user_data`` (contains),
     ``created_after``/``created_before`` (ISO 8601); ``limit`` (1 to 200, default 50);
     ``cursor`` from the previous page's ``next_cursor``."""
-    query, details = job_query(request.args)
-    limit = ascii_int(request.args.get("limit", "50"), 1, MAX_PAGE)
-    if limit is None:
-        details.append({"field": "limit", "reason": f"an integer from 1 to {MAX_PAGE}"})
-    if details or limit is None:
-        raise BadRequestError("invalid query parameters", details)
+    read = Reader(request.args)
+    query, limit = job_query(read), read.limit()
+    read.done("invalid query parameters")
     with services().engine.connect() as conn:
         page = store.list_jobs(
             conn, **query.arguments(), before_id=request.args.get("cursor") or None, limit=limit

@@ -12,8 +12,8 @@ from app.delivery.sender import Sender
 from app.errors import BadRequestError, NotFoundError, UnprocessableError
 from app.models import Subscription
 from app.web import actor, require_api_key, services
-from app.web.filters import delivery_filter, filter_body
-from app.web.inputs import ROW_ID, ascii_int, json_body
+from app.web.filters import Reader, delivery_filter, filter_body
+from app.web.inputs import ROW_ID, json_body
 
 bp = Blueprint("subscriptions", __name__, url_prefix="/v1/subscriptions")
 
@@ -142,20 +142,13 @@ def list_deliveries(ident: str) -> ResponseReturnValue:
     code, latency, an excerpt of the error). Filters: ``state``, ``job_id``,
     ``created_after``/``created_before``; ``before`` (an id) pages."""
     find_subscription(ident)
-    limit = ascii_int(request.args.get("limit", "50"), 1, 200)
-    raw_before = request.args.get("before")
-    before = ascii_int(raw_before) if raw_before is not None else None
-    problems = []
-    if limit is None:
-        problems.append({"field": "limit", "reason": "an integer from 1 to 200"})
-    if raw_before is not None and before is None:
-        problems.append({"field": "before", "reason": "a delivery id"})
+    read = Reader(request.args)
+    limit, before = read.limit(), read.row_id("before", "a delivery id")
     try:
         which = delivery_filter(request.args, ident)
     except BadRequestError as exc:
-        problems = exc.details + problems
-    if problems or limit is None:
-        raise BadRequestError("invalid query parameters", problems)
+        read.problems[:0] = exc.details
+    read.done("invalid query parameters")
     with services().engine.connect() as conn:
         items = store.list_deliveries(conn, which=which, before=before, limit=limit)
     return jsonify(

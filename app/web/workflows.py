@@ -13,7 +13,7 @@ from app import store
 from app.errors import NotFoundError
 from app.models import WORKFLOW_STATES, WorkflowExecution
 from app.web import require_api_key, services
-from app.web.inputs import page_query
+from app.web.filters import Reader
 
 bp = Blueprint("workflows", __name__, url_prefix="/v1/workflow-executions")
 
@@ -45,25 +45,22 @@ def list_executions() -> ResponseReturnValue:
     ``task_type`` (a task's Type), ``created_after``/``created_before`` (ISO 8601, when
     cirelay recorded it); ``limit`` (1 to 200, default 50); ``cursor`` from the previous
     page's ``next_cursor``."""
-    query = page_query(WORKFLOW_STATES)
-    job = request.args.get("job") or None
+    read = Reader(request.args)
+    states, limit = read.states(WORKFLOW_STATES), read.limit()
+    job = read.text("job", 64)
+    workflow_id, bucket = read.text("workflow_id", 80), read.text("bucket", 80)
+    object_key, task_type = read.text("object", 1024, whole=True), read.text("task_type", 64)
+    after, before = read.time("created_after"), read.time("created_before")
+    read.done("invalid query parameters")
     with services().engine.connect() as conn:
         if job and job.startswith("job_"):  # cirelay's id: its CI JobId is what tasks name
             found = store.get_job(conn, job)
             job = (found.ci_job_id if found else None) or job
         page = store.list_executions(
-            conn,
-            states=query.states,
-            workflow_id=request.args.get("workflow_id") or None,
-            bucket=request.args.get("bucket") or None,
-            object_key=request.args.get("object") or None,
-            ci_job_id=job,
-            task_type=request.args.get("task_type") or None,
-            created_after=query.created_after,
-            created_before=query.created_before,
-            before_id=query.cursor,
-            limit=query.limit,
-        )
+            conn, states=list(states), workflow_id=workflow_id, bucket=bucket,
+            object_key=object_key, ci_job_id=job, task_type=task_type, created_after=after,
+            created_before=before, before_id=request.args.get("cursor") or None, limit=limit,
+        )  # fmt: skip
         views = _views(conn, page)
-    next_cursor = page[-1].id if len(page) == query.limit else None
+    next_cursor = page[-1].id if len(page) == limit else None
     return jsonify({"workflow_executions": views, "next_cursor": next_cursor})

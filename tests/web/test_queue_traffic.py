@@ -202,6 +202,7 @@ def test_tasks_link_to_the_jobs_and_filters_find_the_instance(
     assert run_ids("") == [other, mine]
     assert run_ids("state=Failed") == [other]
     assert run_ids("state=Success,Failed") == [other, mine]
+    assert run_ids("state=Success, Failed") == [other, mine]  # read as /v1/jobs reads it
     assert run_ids(f"job={job['ci_job_id']}") == [mine]
     assert run_ids(f"job={job['job_id']}") == [mine]
     assert run_ids("task_type=Snapshot") == [other]
@@ -213,7 +214,7 @@ def test_tasks_link_to_the_jobs_and_filters_find_the_instance(
 
     linked = client.get(f"/v1/workflow-executions/{mine}", headers=auth).json["tasks"]
     assert {t["ci_job_id"]: t["job_id"] for t in linked}[job["ci_job_id"]] == job["job_id"]
-    for bad in ("state=Running", "limit=0", "created_after=yesterday"):
+    for bad in ("state=Running", "limit=0", "created_after=yesterday", "bucket=" + "b" * 81):
         assert client.get(f"/v1/workflow-executions?{bad}", headers=auth).status_code == 400
     assert client.get("/v1/workflow-executions/i404", headers=auth).status_code == 404
     assert client.get("/v1/workflow-executions").status_code == 401

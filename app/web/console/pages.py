@@ -25,7 +25,7 @@ from app.web import services
 from app.web.console import bp, is_htmx
 from app.web.console.charts import bar_chart
 from app.web.events import open_stream, read_query
-from app.web.filters import job_query
+from app.web.filters import Reader, job_query
 from app.web.inputs import ascii_int
 
 PAGE = 50
@@ -87,10 +87,10 @@ def _outcome_order(item: tuple[str, int]) -> int:
 def jobs() -> ResponseReturnValue:
     """Filters as ``GET /v1/jobs`` takes them; ``cursor`` pages. The first page refreshes
     itself (htmx polls the rows), so a job is seen moving without reloading."""
-    query, problems = job_query(request.args)
+    read = Reader(request.args)
+    query = job_query(read)
+    read.done()
     cursor = request.args.get("cursor") or None
-    if problems:
-        raise BadRequestError("invalid filter", problems)
     with services().engine.connect() as conn:
         page = store.list_jobs(conn, **query.arguments(), before_id=cursor, limit=PAGE)
     context = {
