@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
-from app import Services, build_services, create_app
+from app import Services, build_services, create_app, store
 from app.config import Settings
 from app.delivery import Deliverer, Policy, build_senders
 from app.delivery.transports import Transports
@@ -29,6 +30,7 @@ from tests.conftest import API_KEY, Clock, ci_job_id
 from tests.subscriber import Subscriber
 from tests.tcp_proxy import TcpProxy
 from tests.test_delivery import deliveries, notify, sample, subscribe
+from tests.test_tracing import hex_ids, named, spans  # noqa: F401 - spans: a fixture
 
 JOB_TYPES = ["com.cirelay.job.*"]
 
@@ -277,3 +279,26 @@ def test_a_broker_inside_needs_its_network_allowed(
     answer = client.test_client().post("/v1/subscriptions", json={"url": url}, headers=auth)
     assert answer.status_code == 422
     assert "CIRELAY_DELIVERY_ALLOWED_NETWORKS" in answer.text and "guest:guest" not in answer.text
+
+
+JOB_TRACE, SUBMIT_SPAN = "ab" * 16, "cd" * 8
+
+
+@pytest.mark.parametrize("kind", ["nats", "amqp"])
+def test_a_broker_message_carries_the_delivery_span_s_traceparent(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, spans: InMemorySpanExporter, kind: str,  # noqa: F811
+) -> None:  # fmt: skip
+    """Issue 20: the traceparent goes on every webhook *and broker message*, so a consumer's
+    trace joins the job's (the real NATS and RabbitMQ)."""
+    with JetStream.make() if kind == "nats" else Exchange.make() as target:
+        subscribe(client, auth, target.url(), event_types=["com.cirelay.job.succeeded"])
+        notify(client, engine, clock, 1)
+        with store.transaction(engine) as conn:
+            store.update_job(conn, "job_0001", {"traceparent": f"00-{JOB_TRACE}-{SUBMIT_SPAN}-01"})
+        notify(client, engine, clock, 1, "Success")
+        deliverer.wait_idle()
+        (message,) = target.wait_for(1)
+    trace_id, span_id = hex_ids(named(spans, "cirelay.deliver"))
+    assert trace_id == JOB_TRACE
+    assert message.headers["traceparent"] == f"00-{JOB_TRACE}-{span_id}-01"

@@ -235,9 +235,8 @@ def test_the_outbox_check_is_wired_into_every_write_to_the_outbox(engine: Any) -
 
     event = {"id": "evt_off_catalogue", "type": "com.cirelay.job.exploded", "source": "/t",
              "subject": None, "job_id": None, "time": datetime.now(UTC), "data": {}}  # fmt: skip
-    with pytest.raises(OffCatalogue):
-        with store.transaction(engine) as conn:
-            store.insert_event(conn, event)
+    with pytest.raises(OffCatalogue), store.transaction(engine) as conn:
+        store.insert_event(conn, event)
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(store.events)).scalar() == 0
 
