@@ -91,6 +91,9 @@ def test_under_gunicorn_every_line_is_json_and_a_requests_lines_share_its_id(
         assert bad.status_code == 400
         rid = bad.headers["X-Request-ID"]
         assert len(rid) == 24
+        keyed = requests.get(f"{base}/v1/jobs", timeout=5, headers={
+            "Authorization": f"Bearer {env['CIRELAY_API_KEYS']}", "X-Request-ID": "keyed-1"})
+        assert keyed.status_code == 200
     finally:
         serve.stop()
     lines = [json.loads(line) for line in serve.log_path.read_text().splitlines() if line]
@@ -101,6 +104,8 @@ def test_under_gunicorn_every_line_is_json_and_a_requests_lines_share_its_id(
     assert quarantined["request_id"] == rid and quarantined["job_id"] == "job_01LOGS"
     (answer,) = [line for line in access if line["request_id"] == rid]
     assert answer["status"] == 400 and answer["path"] == "/callbacks/ci/job_01LOGS/***"
+    (listed,) = [line for line in access if line["request_id"] == "keyed-1"]
+    assert listed["api_key"] == "key1"  # the key's name, never the key
     text = serve.log_path.read_text()
     token = path.rsplit("/", 1)[1]
     for secret in (token, CALLBACK_KEY, env["CIRELAY_API_KEYS"], env["CIRELAY_CI_SECRET_KEY"]):

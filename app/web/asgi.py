@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,7 +30,7 @@ from app.web.errors import http_error
 from app.web.stream import PLAN, Receive, Send, Streams
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
 
     from app import Services
 
@@ -48,7 +47,7 @@ class WholeRequests:
         self.header_timeout_seconds = header_timeout_seconds
         self.body_timeout_seconds = body_timeout_seconds
         self.max_body_bytes = max_body_bytes
-        self.app: WSGIApplication = _WholeRequest(wsgi_app)
+        self.app = wsgi_app
         self.threads = ThreadPoolExecutor(threads, thread_name_prefix="app")
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -61,11 +60,15 @@ class WholeRequests:
         if body is None:
             await _answer(send, *http_error(RequestTimeout()), close=True)
             return
-        # a2wsgi's environ (its typed scope is the plain dict used here)
+        # a2wsgi's environ (its typed scope is the plain dict used here); the input is the
+        # whole body, ended by its end (werkzeug reads a chunked body by that flag)
         made = build_environ(cast(Any, scope), cast(Any, io.BytesIO(body)))
-        environ: WSGIEnvironment = dict(made)
+        environ = cast("WSGIEnvironment", made)
+        environ["wsgi.input_terminated"] = True
         loop = asyncio.get_running_loop()
         status, headers, chunks = await loop.run_in_executor(self.threads, _run, self.app, environ)
+        if name := environ.get(logs.API_KEY_ENVIRON):  # the access line names the key
+            scope["cirelay.log"] = {logs.API_KEY_ENVIRON: name}
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await self._respond(scope, receive, send, b"".join(chunks))
 
@@ -97,25 +100,6 @@ class WholeRequests:
         except TimeoutError:
             return None
         return b"".join(chunks)
-
-
-class _WholeRequest:
-    """WSGI, between a2wsgi and the application: the input is the whole body, ended by its
-    end (``wsgi.input_terminated``, which werkzeug reads a chunked body by); the API key's
-    name the request was made with goes into the ASGI scope, where the access log reads it
-    (:meth:`app.serving.asgi_worker.DeadlineProtocol._build_environ`)."""
-
-    def __init__(self, app: WSGIApplication) -> None:
-        self.app = app
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        environ["wsgi.input_terminated"] = True
-        try:
-            return self.app(environ, start_response)
-        finally:
-            name = environ.get(logs.API_KEY_ENVIRON)
-            if name:
-                environ["asgi.scope"]["cirelay.log"] = {logs.API_KEY_ENVIRON: name}
 
 
 class Serving(WholeRequests):
