@@ -264,7 +264,7 @@ class Deliverer:
     def _record(self, finished: list[_Finished]) -> int:
         attempts = [_attempt_row(f) for f in finished]
         updates = [self._next_step(f) for f in finished]
-        disabled: list[str] = []
+        disabled: list[Subscription] = []
         with store.transaction(self.engine) as conn:
             now = self.clock()
             applied = store.finish_attempts(
@@ -277,17 +277,16 @@ class Deliverer:
                 )
                 reason = self._health(conn, sub.id, results, now)
                 if reason and store.disable_subscription(conn, sub.id, reason, now):
-                    disabled.append(sub.id)
+                    disabled.append(sub)
                     store.insert_event(conn, asdict(_disabled_event(sub, reason, now)))
                 elif recovered:
                     self._bring_forward(conn, sub.id, now)
         for f in finished:
             self._count(f, f.claim.delivery_id in applied)
-        transports = {f.claim.subscription.id: transport_of(f.claim.subscription.url)
-                      for f in finished}  # fmt: skip
-        for sub_id in disabled:
-            log.warning("subscription %s disabled", sub_id)
-            self.metrics.deliveries.labels("subscription_disabled", transports[sub_id]).inc()
+        for sub in disabled:
+            log.warning("subscription %s disabled", sub.id)
+            transport = transport_of(sub.url)
+            self.metrics.deliveries.labels("subscription_disabled", transport).inc()
         return len(finished)
 
     # 5. health
