@@ -16,8 +16,9 @@ When on, the exporter is OTLP over HTTP/protobuf configured by the standard vari
 ``OTEL_EXPORTER_OTLP_HEADERS``, ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
 ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``), read by the SDK itself.
 
-Senders of other transports (brokers) call :func:`inject_headers` inside the deliver span to
-get the headers to put on their message.
+``Deliverer.send`` adds :func:`inject_headers` (taken inside the deliver span) to the headers
+of every attempt, whatever its transport: webhooks and broker messages carry the same
+``traceparent``.
 
 Secrets stay out: a request span's path goes through :func:`app.logs.redact_path`, and no
 header, body or URL query is recorded.
