@@ -150,8 +150,9 @@ class Settings:
     delivery_disable_after_seconds: int = 5 * 24 * 3600
     #: the longest one delivery attempt may take, connect to last byte read
     delivery_timeout_seconds: float = 15.0
-    #: deliveries in flight at once per worker process
-    delivery_concurrency: int = 16
+    #: deliveries in flight at once per worker process (threads waiting on subscribers and
+    #: brokers: a slot costs little, and half of them is one subscription's cap)
+    delivery_concurrency: int = 32
     #: how often an idle worker looks for new events and due retries
     delivery_poll_seconds: float = 0.01
     #: finished deliveries (and their attempts) are kept this many days, then deleted
@@ -311,7 +312,7 @@ class Settings:
                 "CIRELAY_DELIVERY_DISABLE_AFTER_SECONDS", 5 * 24 * 3600, minimum=1
             ),
             delivery_timeout_seconds=number("CIRELAY_DELIVERY_TIMEOUT_SECONDS", 15.0, 0.1),
-            delivery_concurrency=integer("CIRELAY_DELIVERY_CONCURRENCY", 16, minimum=1),
+            delivery_concurrency=integer("CIRELAY_DELIVERY_CONCURRENCY", 32, minimum=1),
             delivery_poll_seconds=number("CIRELAY_DELIVERY_POLL_SECONDS", 0.01, 0.001),
             delivery_retention_days=integer("CIRELAY_DELIVERY_RETENTION_DAYS", 30, minimum=1),
             db_pool_size=integer("CIRELAY_DB_POOL_SIZE", 5, minimum=1),

@@ -120,8 +120,10 @@ def update_subscription(
             # are not sent (a replay since a time brings them)
             values = values | {
                 "disabled_reason": None, "failing_since": None, "successes_in_a_row": 0,
-                "fanout_seq": store.events_head(conn),
+                "paused_until": None, "fanout_seq": store.events_head(conn),
             }  # fmt: skip
+        if "url" in values:  # a new endpoint is tried at once, not at the old one's probe
+            values = values | {"paused_until": None}
         store.update_subscription(conn, ident, values | {"updated_at": now})
         updated = store.get_subscription(conn, ident)
     assert updated is not None

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -836,37 +836,88 @@ def test_a_slow_subscriber_holds_at_most_its_cap_while_a_healthy_one_is_delivere
     assert at_once == 2
 
 
-def test_a_subscriber_that_answers_again_has_its_waiting_retries_brought_forward_in_order(
+def test_an_unreachable_subscriber_is_paused_and_probed_one_delivery_at_a_time(
     client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
-    deliverer: Deliverer, hook: Subscriber,
+    services: Services, policy: Policy, hook: Subscriber,
 ) -> None:  # fmt: skip
+    """Connections refused: the deliveries in flight fail, then the subscription is paused
+    until their retry, and then one delivery at a time goes (a probe) instead of each being
+    refused in turn. When the probe succeeds the pause ends, everything due goes, and the
+    retries still waiting on their backoff are brought forward, in event order."""
+    sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
+    deliverer = Deliverer(services.engine, policy, sender, services.metrics, clock=clock,
+                          concurrency=16, rng=random.Random(7))  # fmt: skip
     sub = subscribe(client, auth, hook.url())
     hook.stop()
     for n in range(6):
         notify(client, engine, clock, n, "Running")
+    deliverer.wait_idle()  # all six in flight at once, all refused
+    first = deliveries(engine)
+    assert {d["attempts"] for d in first} == {1}
+    paused_until = datetime.fromisoformat(subscription(client, auth, sub["id"])["paused_until"])
+    assert paused_until in {d["next_attempt_at"] for d in first}
+
+    clock.now += timedelta(seconds=13)  # every retry (10 s +- 20 %) is due: one goes
     deliverer.wait_idle()
-    clock.now += timedelta(seconds=13)  # the first retries (10 s +- 20 %) fail too
-    deliverer.wait_idle()
-    waiting = deliveries(engine)
-    assert {d["attempts"] for d in waiting} == {2}
-    assert min(d["next_attempt_at"] for d in waiting) > clock() + timedelta(seconds=15)
+    assert sorted(d["attempts"] for d in deliveries(engine)) == [1, 1, 1, 1, 1, 2]
+    paused_until = datetime.fromisoformat(subscription(client, auth, sub["id"])["paused_until"])
+    assert paused_until > clock()
 
     hook.start()
-    notify(client, engine, clock, 99, "Running")  # a new event: it goes at once, and succeeds
+    notify(client, engine, clock, 99, "Running")  # a new event waits for the pause's end too
+    deliverer.wait_idle()
+    assert hook.accepted() == []
+    clock.now = paused_until  # the probe succeeds: the pause ends and the rest goes
+    deliverer.wait_idle()
+    deliverer.close()
+    assert subscription(client, auth, sub["id"])["paused_until"] is None
+    assert {d["state"] for d in deliveries(engine)} == {"succeeded"}
+    assert len(hook.verified(sub["secret"])) == 7
+
+
+def test_a_subscriber_that_answers_again_has_its_waiting_retries_brought_forward_in_order(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, policy: Policy, hook: Subscriber,
+) -> None:  # fmt: skip
+    sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
+    deliverer = Deliverer(services.engine, policy, sender, services.metrics, clock=clock,
+                          concurrency=16, rng=random.Random(7))  # fmt: skip
     deliverer.recovery_rate = 100.0  # one every 10 ms
+    sub = subscribe(client, auth, hook.url())
+    hook.stop()
+    for n in range(6):
+        notify(client, engine, clock, n, "Running")
+    deliverer.wait_idle()  # all six refused at once: retries at 8 to 12 s, with jitter
+    paused_until = datetime.fromisoformat(subscription(client, auth, sub["id"])["paused_until"])
+    later = [d for d in deliveries(engine) if d["next_attempt_at"] > paused_until]
+    assert len(later) >= 2
+
+    hook.start()
+    notify(client, engine, clock, 99, "Running")
+    clock.now = paused_until  # the probe (the oldest due: the new event) succeeds
     deliverer.wait_idle()
     pending = sorted(
         (d for d in deliveries(engine) if d["state"] == "pending"),
         key=lambda d: d["next_attempt_at"],
     )
-    seqs = [d["event_seq"] for d in pending]  # those not sent yet (the first went at once)
-    assert len(seqs) >= 4 and seqs == sorted(seqs)
-    assert pending[-1]["next_attempt_at"] <= clock() + timedelta(seconds=1)  # in event order
-    clock.now += timedelta(seconds=1)  # not the 16 s and more of their backoff
+    # brought forward one every 10 ms, in event order: the first went at once, the rest are
+    # due within a second rather than on their backoff
+    waiting = sorted(d["id"] for d in later)
+    assert [d["id"] for d in pending] == waiting[len(waiting) - len(pending) :]
+    assert len(pending) < len(waiting)
+    assert all(d["next_attempt_at"] <= clock() + timedelta(seconds=1) for d in pending)
+    clock.now += timedelta(seconds=1)  # not the rest of their backoff
     deliverer.wait_idle()
+    deliverer.close()
 
     assert {d["state"] for d in deliveries(engine)} == {"succeeded"}
     assert len(hook.verified(sub["secret"])) == 7
+
+
+def subscription(client: FlaskClient, auth: dict[str, str], ident: str) -> dict[str, Any]:
+    response = client.get(f"/v1/subscriptions/{ident}", headers=auth)
+    assert response.status_code == 200
+    return dict(response.json)
 
 
 def test_a_subscription_deleted_while_its_delivery_is_in_flight_is_recorded_without_error(

@@ -74,6 +74,7 @@ SUBSCRIPTION: Schema = {
         "enabled",
         "disabled_reason",
         "failing_since",
+        "paused_until",
         "previous_secret_expires_at",
         "created_at",
         "updated_at",
@@ -87,6 +88,12 @@ SUBSCRIPTION: Schema = {
         "enabled": {"type": "boolean"},
         "disabled_reason": {"type": ["string", "null"]},
         "failing_since": _TIMESTAMP,
+        "paused_until": {
+            **_TIMESTAMP,
+            "description": "its endpoint cannot be reached (connections refused or timing "
+            "out): no delivery is attempted before this time, then one at a time until one "
+            "succeeds",
+        },
         "previous_secret_expires_at": _TIMESTAMP,
         "created_at": {"type": "string", "format": "date-time"},
         "updated_at": {"type": "string", "format": "date-time"},

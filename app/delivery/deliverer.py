@@ -69,6 +69,15 @@ class _Finished:
     finished_at: datetime
 
 
+@dataclass(frozen=True)
+class _Recorded:
+    """What writing a batch of results did: the deliveries whose lease was still this
+    worker's (the others' results were not applied), and the subscriptions it disabled."""
+
+    applied: set[int]
+    disabled: list[Subscription]
+
+
 @dataclass
 class Round:
     """What one round of the loop did (for logs and tests)."""
@@ -114,6 +123,8 @@ class Deliverer:
         self._leased: dict[int, float] = {}
         self._wake = threading.Event()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="deliver")
+        #: SQLite: one writer at a time, so a round is one transaction (see run_round)
+        self._one_writer = engine.dialect.name == "sqlite"
 
     # the loop
 
@@ -150,30 +161,51 @@ class Deliverer:
             self._record(finished)
 
     def run_round(self) -> Round:
-        """Record what finished; then, in one transaction, fan out new events and claim what
-        is due (one read first, so an idle round writes nothing)."""
+        """Record what finished, fan out new events and claim what is due (one read first when
+        there is nothing to record, so an idle round writes nothing).
+
+        On SQLite, whose writers take turns, the three are one transaction: one wait for the
+        writer lock and one commit a round, and the results are taken once the lock is held,
+        so attempts that finished meanwhile free their slots for this round's claim. On
+        PostgreSQL the results are recorded in a transaction of their own first, so that two
+        workers never lock the same subscriptions' rows in opposite orders."""
         done = Round()
-        finished = self._drain()
-        if finished:
-            done.recorded = self._record(finished)
+        if not self._one_writer:
+            finished = self._drain()
+            if finished:
+                done.recorded = self._record(finished)
         self._renew_leases()
-        free = self.concurrency - self._in_flight
         now = self.clock()
-        with self.engine.connect() as conn:
-            head = store.events_head(conn)
-            behind = store.any_behind(conn, head)
-            due = (
-                free > 0
-                and not behind
-                and store.has_claimable(conn, now, per_subscription=self.per_subscription)
-            )
-            conn.rollback()
-        if not (behind or due):
-            return done
+        # SQLite with results waiting: the round writes anyway, so it looks for new events
+        # inside its transaction rather than in a read before it
+        results_waiting = self._one_writer and not self._finished.empty()
+        head, behind = 0, results_waiting
+        if not results_waiting:
+            with self.engine.connect() as conn:
+                head = store.events_head(conn)
+                behind = store.any_behind(conn, head)
+                due = (
+                    self.concurrency > self._in_flight
+                    and not behind
+                    and store.has_claimable(conn, now, per_subscription=self.per_subscription)
+                )
+                conn.rollback()
+            if not (behind or due):
+                return done
+        finished, recorded = [], None
         with store.transaction(self.engine) as conn:
-            if behind:
+            if self._one_writer:
+                # what finished by now, while this round waited for the writer lock too
+                finished = self._drain()
+                if finished:
+                    recorded = self._write_results(conn, finished)
+                    head = store.events_head(conn)
+            if behind or finished:
                 done.fanned_out = self._fan_out(conn, head, now)
+            free = self.concurrency - self._in_flight
             claims = self._claim(conn, now, free) if free > 0 else []
+        if recorded is not None:
+            done.recorded = self._after_record(finished, recorded)
         done.claimed = len(claims)
         for claim in claims:
             self._leased[claim.delivery_id] = time.monotonic()
@@ -262,28 +294,38 @@ class Deliverer:
     # 4. record
 
     def _record(self, finished: list[_Finished]) -> int:
+        with store.transaction(self.engine) as conn:
+            recorded = self._write_results(conn, finished)
+        return self._after_record(finished, recorded)
+
+    def _write_results(self, conn: Connection, finished: list[_Finished]) -> _Recorded:
+        """Write the attempts, the deliveries' next steps and each subscription's health."""
         attempts = [_attempt_row(f) for f in finished]
         updates = [self._next_step(f) for f in finished]
+        retry_at = {u.id: u.next_attempt_at for u in updates}
         disabled: list[Subscription] = []
-        with store.transaction(self.engine) as conn:
-            now = self.clock()
-            applied = store.finish_attempts(
-                conn, self.owner, [asdict(u) for u in updates], [asdict(a) for a in attempts]
+        now = self.clock()
+        applied = store.finish_attempts(
+            conn, self.owner, [asdict(u) for u in updates], [asdict(a) for a in attempts]
+        )
+        for results in _by_subscription(finished):
+            sub = results[0].claim.subscription
+            recovered = _answers_again(
+                conn, sub, results, now=now, failing_for=self.policy.first_delay
             )
-            for results in _by_subscription(finished):
-                sub = results[0].claim.subscription
-                recovered = _answers_again(
-                    conn, sub, results, now=now, failing_for=self.policy.first_delay
-                )
-                reason = self._health(conn, sub.id, results, now)
-                if reason and store.disable_subscription(conn, sub.id, reason, now):
-                    disabled.append(sub)
-                    store.insert_event(conn, asdict(_disabled_event(sub, reason, now)))
-                elif recovered:
-                    self._bring_forward(conn, sub.id, now)
+            reason = self._health(conn, sub.id, results, now, retry_at)
+            if reason and store.disable_subscription(conn, sub.id, reason, now):
+                disabled.append(sub)
+                store.insert_event(conn, asdict(_disabled_event(sub, reason, now)))
+            elif recovered:
+                self._bring_forward(conn, sub.id, now)
+        return _Recorded(applied, disabled)
+
+    def _after_record(self, finished: list[_Finished], recorded: _Recorded) -> int:
+        """Once committed: count the attempts, and log and count the disabled subscriptions."""
         for f in finished:
-            self._count(f, f.claim.delivery_id in applied)
-        for sub in disabled:
+            self._count(f, f.claim.delivery_id in recorded.applied)
+        for sub in recorded.disabled:
             log.warning("subscription %s disabled", sub.id)
             transport = transport_of(sub.url)
             self.metrics.deliveries.labels("subscription_disabled", transport).inc()
@@ -304,10 +346,12 @@ class Deliverer:
                      subscription_id, moved)  # fmt: skip
 
     def _health(
-        self, conn: Connection, subscription_id: str, results: list[_Finished], now: datetime
-    ) -> str | None:
+        self, conn: Connection, subscription_id: str, results: list[_Finished], now: datetime,
+        retry_at: dict[int, datetime],
+    ) -> str | None:  # fmt: skip
         """Update the subscription's health with one batch of its attempts (in the order
-        they finished); returns why it must be disabled, if it must."""
+        they finished; ``retry_at``: each delivery's next attempt) and, when the last says
+        its endpoint cannot be reached, pause it; returns why it must be disabled, if it must."""
         kinds = [f.report.result for f in results]
         if AttemptResult.GONE in kinds:
             gone = results[kinds.index(AttemptResult.GONE)]
@@ -315,7 +359,13 @@ class Deliverer:
         failed = [i for i, kind in enumerate(kinds) if kind is not AttemptResult.SUCCESS]
         reason = None
         if failed:
-            since = store.record_failure(conn, subscription_id, now)
+            last = results[failed[-1]]
+            pause = None
+            if failed[-1] == len(kinds) - 1 and last.report.result in _ENDPOINT_UNREACHABLE:
+                # no use sending the others to be refused one by one: nothing goes before
+                # this one's retry, then one at a time until one succeeds
+                pause = retry_at[last.claim.delivery_id]
+            since = store.record_failure(conn, subscription_id, now, pause_until=pause)
             if since is not None and now - since >= self.policy.disable_after:
                 reason = f"deliveries failing since {_iso(since)}"
         in_a_row = len(kinds) - (failed[-1] + 1 if failed else 0)
@@ -372,6 +422,15 @@ class Deliverer:
             m.attempts_per_delivery.observe(f.claim.attempt)
 
 
+#: failed attempts that say the endpoint itself cannot be reached (down, too slow, or at an
+#: address it may not have), whatever the event: then its subscription is paused. An endpoint
+#: that answers, even 5xx or 429, is up: each delivery keeps its own retries (one job's
+#: failing event never holds up the other jobs')
+_ENDPOINT_UNREACHABLE = frozenset(
+    {AttemptResult.TIMEOUT, AttemptResult.CONNECTION_ERROR, AttemptResult.FORBIDDEN_ADDRESS}
+)
+
+
 def _attempt_row(f: _Finished) -> DeliveryAttempt:
     return DeliveryAttempt(
         delivery_id=f.claim.delivery_id,
@@ -389,9 +448,9 @@ def _answers_again(
     now: datetime,
 ) -> bool:  # fmt: skip
     """Whether this batch brings a 2xx from a subscription that had been failing, with no 2xx
-    since, for at least ``failing_for`` (the first retry's delay): down, not one event it
-    refused while it took the others (whose retry keeps its backoff). Read again only when it
-    was failing when claimed."""
+    since, for at least ``failing_for`` (the first retry's delay), or that was paused (could
+    not be reached): down, not one event it refused while it took the others (whose retry
+    keeps its backoff). Read again only when it was failing when claimed."""
     if sub.failing_since is None or all(f.report.result is not AttemptResult.SUCCESS
                                         for f in results):  # fmt: skip
         return False
@@ -399,7 +458,7 @@ def _answers_again(
     return (
         current is not None
         and current.failing_since is not None
-        and current.failing_since <= now - failing_for
+        and (current.failing_since <= now - failing_for or current.paused_until is not None)
         and current.successes_in_a_row == 0
     )
 

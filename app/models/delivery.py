@@ -72,6 +72,9 @@ class Subscription:
     failing_since: datetime | None = None
     last_failure_at: datetime | None = None
     successes_in_a_row: int = 0
+    #: its endpoint cannot be reached (refused, timing out): no delivery is attempted before
+    #: this time, and after it one at a time (a probe) until one succeeds
+    paused_until: datetime | None = None
 
     def view(self) -> dict[str, Any]:
         """The public view: never the secrets (nor a broker URL's credentials)."""
@@ -83,6 +86,7 @@ class Subscription:
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
             "failing_since": iso_z(self.failing_since),
+            "paused_until": iso_z(self.paused_until),
             "previous_secret_expires_at": iso_z(self.previous_secret_expires_at),
             "created_at": iso_z(self.created_at),
             "updated_at": iso_z(self.updated_at),

@@ -3,12 +3,14 @@ old ones are pruned; and the figures the health check and metrics report."""
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import ReturningInsert
 
 from app.models import (
     Claim,
@@ -27,42 +29,28 @@ def fan_out(conn: Connection, subscription: Subscription, *, limit: int, now: da
     """Create the deliveries of the next (at most ``limit``) events after the subscription's
     cursor that match its types, and move the cursor past them. Returns how many."""
     after = subscription.fanout_seq
-    window = (
-        sa.select(events.c.seq).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
-    ).subquery()
-    last = conn.execute(sa.select(sa.func.max(window.c.seq))).scalar_one()
+    last = conn.execute(_FAN_OUT_LAST, {"after": after, "n": limit}).scalar_one()
     if last is None:
         return 0
-    created = _insert_deliveries(
-        conn,
-        subscription.id,
-        sa.and_(
-            events.c.seq > after,
-            events.c.seq <= last,
-            of_types(TypeFilter.from_patterns(subscription.event_types)),
-        ),
-        origin="fanout",
-        now=now,
-    )
-    conn.execute(
-        sa.update(subscriptions)
-        .where(subscriptions.c.id == subscription.id)
-        .values(fanout_seq=int(last))
-    )
+    wanted = TypeFilter.from_patterns(subscription.event_types)
+    params = {"sub": subscription.id, "after": after, "last": last, "now": now, "origin": "fanout"}
+    created = len(conn.execute(_fan_out_insert(wanted), params).all())
+    conn.execute(_MOVE_CURSOR, {"sub": subscription.id, "last": int(last)})
     return created
 
 
-def _insert_deliveries(
-    conn: Connection, subscription_id: str, which: sa.ColumnElement[bool], *, origin: str,
-    now: datetime,
-) -> int:  # fmt: skip
+def _insert_deliveries(which: sa.ColumnElement[bool]) -> ReturningInsert[tuple[int]]:
+    """New pending deliveries for the subscription ``sub`` of the events ``which`` selects.
+    Parameters: ``sub``, ``now``, ``origin`` and those of ``which``."""
+    sub = sa.bindparam("sub", type_=sa.String(40))
+    now = sa.bindparam("now", type_=UTCDateTime)
     # behind a job's delivery that waits on a retry, the job's next ones wait as long (so a
     # claim never walks rows that cannot go yet; see _PUSH_BACK)
     earlier = deliveries.alias("earlier")
     waits_until = (
         sa.select(sa.func.max(earlier.c.next_attempt_at))
         .where(
-            earlier.c.subscription_id == subscription_id,
+            earlier.c.subscription_id == sub,
             earlier.c.order_key == events.c.job_id,
             earlier.c.state == DeliveryState.PENDING.value,
             earlier.c.next_attempt_at > now,
@@ -70,21 +58,52 @@ def _insert_deliveries(
         .scalar_subquery()
     )
     chosen = sa.select(
-        sa.literal(subscription_id, sa.String(40)),
+        sub,
         events.c.seq,
         events.c.job_id,
         sa.literal(DeliveryState.PENDING.value, sa.String(16)),
         sa.literal(0, sa.Integer),
-        sa.func.coalesce(waits_until, sa.literal(now, UTCDateTime)),
-        sa.literal(origin, sa.String(40)),
-        sa.literal(now, UTCDateTime),
+        sa.func.coalesce(waits_until, now),
+        sa.bindparam("origin", type_=sa.String(40)),
+        now,
     ).where(which)
-    insert = sa.insert(deliveries).from_select(
+    # the new rows' ids are returned to be counted: a rowcount is not known yet inside
+    # psycopg's pipeline mode
+    return sa.insert(deliveries).from_select(
         ["subscription_id", "event_seq", "order_key", "state", "attempts", "next_attempt_at",
          "origin", "created_at"],
         chosen,
-    )  # fmt: skip
-    return len(conn.execute(insert.returning(deliveries.c.id)).all())
+    ).returning(deliveries.c.id)  # fmt: skip
+
+
+#: built once (a worker fans out every round): the newest of the next ``n`` events after
+#: ``after``, and the cursor's move
+_FAN_OUT_WINDOW = (
+    sa.select(events.c.seq)
+    .where(events.c.seq > sa.bindparam("after", type_=sa.Integer))
+    .order_by(events.c.seq)
+    .limit(sa.bindparam("n", type_=sa.Integer))
+    .subquery()
+)
+_FAN_OUT_LAST = sa.select(sa.func.max(_FAN_OUT_WINDOW.c.seq))
+_MOVE_CURSOR = (
+    sa.update(subscriptions)
+    .where(subscriptions.c.id == sa.bindparam("sub", type_=sa.String(40)))
+    .values(fanout_seq=sa.bindparam("last", type_=sa.Integer))
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _fan_out_insert(wanted: TypeFilter) -> ReturningInsert[tuple[int]]:
+    """The fan-out's insert for one set of type patterns, built once: the events after
+    ``after`` up to ``last`` that match."""
+    return _insert_deliveries(
+        sa.and_(
+            events.c.seq > sa.bindparam("after", type_=sa.Integer),
+            events.c.seq <= sa.bindparam("last", type_=sa.Integer),
+            of_types(wanted),
+        )
+    )
 
 
 def enqueue_replay(
@@ -104,7 +123,9 @@ def enqueue_replay(
         which = sa.and_(
             events.c.time >= since, of_types(TypeFilter.from_patterns(subscription.event_types))
         )
-    return _insert_deliveries(conn, subscription.id, which, origin=origin, now=now)
+    insert = _insert_deliveries(which)
+    params = {"sub": subscription.id, "now": now, "origin": origin}
+    return len(conn.execute(insert, params).all())
 
 
 def progress(conn: Connection, origin: str) -> dict[str, int]:
@@ -117,33 +138,23 @@ def progress(conn: Connection, origin: str) -> dict[str, int]:
     return {str(state): int(n) for state, n in conn.execute(query)}
 
 
-def _due_of_one_subscription() -> sa.Select[tuple[int, datetime]]:
-    """One subscription's deliveries that are due, not leased by a live worker, and not
-    behind an unfinished earlier delivery of the same job, oldest due first. Found with the
-    index on ``(subscription_id, state, next_attempt_at)``, so another subscription's backlog
-    is never walked. Parameters: ``sub``, ``now``, ``n`` (at most how many)."""
-    sub = sa.bindparam("sub", type_=sa.String)
+def _candidates_of_one_subscription() -> sa.Select[tuple[int, datetime, str | None, int]]:
+    """One subscription's deliveries that are due and not leased by a live worker, oldest
+    due first, found with the index on ``(subscription_id, state, next_attempt_at)`` (so
+    another subscription's backlog is never walked). Parameters: ``sub``, ``now``, ``n``."""
     now = sa.bindparam("now", type_=UTCDateTime)
-    earlier = deliveries.alias("earlier")
     return (
-        sa.select(deliveries.c.id, deliveries.c.next_attempt_at)
+        sa.select(
+            deliveries.c.id,
+            deliveries.c.next_attempt_at,
+            deliveries.c.order_key,
+            deliveries.c.event_seq,
+        )
         .where(
-            deliveries.c.subscription_id == sub,
+            deliveries.c.subscription_id == sa.bindparam("sub", type_=sa.String),
             deliveries.c.state == DeliveryState.PENDING.value,
             deliveries.c.next_attempt_at <= now,
             sa.or_(deliveries.c.lease_until.is_(None), deliveries.c.lease_until < now),
-            ~sa.exists().where(
-                earlier.c.subscription_id == sub,
-                earlier.c.order_key == deliveries.c.order_key,
-                earlier.c.state == DeliveryState.PENDING.value,
-                sa.or_(
-                    earlier.c.event_seq < deliveries.c.event_seq,
-                    sa.and_(
-                        earlier.c.event_seq == deliveries.c.event_seq,
-                        earlier.c.id < deliveries.c.id,
-                    ),
-                ),
-            ),
         )
         .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
         .limit(sa.bindparam("n", type_=sa.Integer))
@@ -151,10 +162,45 @@ def _due_of_one_subscription() -> sa.Select[tuple[int, datetime]]:
 
 
 #: built once: a claim runs these for every subscription below its cap, every round
-_DUE_OF: sa.Select[tuple[int, datetime]] = _due_of_one_subscription()
-_CLAIMABLE_OF: sa.Select[tuple[int, datetime]] = _DUE_OF.with_for_update(
-    skip_locked=True, of=deliveries
+_CANDIDATES = _candidates_of_one_subscription()
+_CLAIMABLE_CANDIDATES = _CANDIDATES.with_for_update(skip_locked=True, of=deliveries)
+#: the unfinished deliveries of some jobs (``keys``) to one subscription, each job's first
+#: (the one that may go) first; found with the index on ``(subscription_id, order_key,
+#: event_seq)``
+_PENDING_OF_JOBS = (
+    sa.select(deliveries.c.order_key, deliveries.c.event_seq, deliveries.c.id)
+    .where(
+        deliveries.c.subscription_id == sa.bindparam("sub", type_=sa.String),
+        deliveries.c.order_key.in_(sa.bindparam("keys", expanding=True)),
+        deliveries.c.state == DeliveryState.PENDING.value,
+    )
+    .order_by(deliveries.c.order_key, deliveries.c.event_seq, deliveries.c.id)
 )
+#: a claim looks at this many times the deliveries it may take (and a few more), so that a
+#: job's later deliveries waiting behind its earlier one seldom leave a claim short
+_LOOK_AHEAD = 4
+
+
+def _due(conn: Connection, sub: str, now: datetime, n: int, *, lock: bool) -> list[Any]:
+    """Up to ``n`` of one subscription's deliveries that may go now, oldest due first: due,
+    not leased by a live worker, and each its job's first unfinished delivery (per-job
+    order). Two index lookups, never a join of the backlog with itself, whose cost under a
+    burst the planner has no statistics for yet grows with the square of the backlog (a
+    claim then outlasted PostgreSQL's statement timeout)."""
+    query = _CLAIMABLE_CANDIDATES if lock else _CANDIDATES
+    rows = conn.execute(query, {"sub": sub, "now": now, "n": n * _LOOK_AHEAD + 16}).all()
+    keys = sorted({row.order_key for row in rows if row.order_key is not None})
+    first: dict[str, tuple[int, int]] = {}
+    if keys:
+        for key, seq, ident in conn.execute(_PENDING_OF_JOBS, {"sub": sub, "keys": keys}):
+            first.setdefault(key, (int(seq), int(ident)))
+    may_go = [
+        row for row in rows
+        if row.order_key is None or first.get(row.order_key) == (row.event_seq, row.id)
+    ]  # fmt: skip
+    return may_go[:n]
+
+
 #: the live leases' subscriptions, one row per lease (a few dozen at most: counted here rather
 #: than grouped in SQL, where a GROUP BY would tempt SQLite's planner into walking the
 #: subscription index, every delivery ever made, instead of the leased rows alone)
@@ -162,25 +208,35 @@ _LEASED = sa.select(deliveries.c.subscription_id).where(
     deliveries.c.state == DeliveryState.PENDING.value,
     deliveries.c.lease_until >= sa.bindparam("now", type_=UTCDateTime),
 )
-_ENABLED = sa.select(subscriptions.c.id).where(subscriptions.c.enabled).order_by(subscriptions.c.id)
+_ENABLED = (
+    sa.select(subscriptions.c.id, subscriptions.c.paused_until)
+    .where(subscriptions.c.enabled)
+    .order_by(subscriptions.c.id)
+)
 
 
 def _open_subscriptions(conn: Connection, now: datetime, cap: int) -> dict[str, int]:
-    """The enabled subscriptions with fewer than ``cap`` deliveries leased (by any worker),
-    each with how many it has. Leased rows are found by the index on ``(state,
-    lease_until)``: a finished delivery's lease is cleared, so only live ones are counted."""
+    """The enabled subscriptions with room for another delivery, each with how many more it
+    may have: ``cap`` less those leased (by any worker; found by the index on ``(state,
+    lease_until)``: a finished delivery's lease is cleared, so only live ones count). A
+    paused subscription (its endpoint cannot be reached) has no room before its
+    ``paused_until``, and then room for one: a probe, until a delivery succeeds and ends the
+    pause."""
     leased = Counter(str(sub) for sub in conn.execute(_LEASED, {"now": now}).scalars())
-    enabled = conn.execute(_ENABLED).scalars()
-    return {str(s): leased.get(s, 0) for s in enabled if leased.get(s, 0) < cap}
+    room = {}
+    for ident, paused_until in conn.execute(_ENABLED):
+        if paused_until is not None and paused_until > now:
+            continue
+        free = (1 if paused_until is not None else cap) - leased.get(str(ident), 0)
+        if free > 0:
+            room[str(ident)] = free
+    return room
 
 
 def has_claimable(conn: Connection, now: datetime, per_subscription: int | None = None) -> bool:
     """Whether a claim would find anything (a read, so an idle round writes nothing)."""
     cap = per_subscription or _NO_CAP
-    return any(
-        conn.execute(_DUE_OF, {"sub": sub, "now": now, "n": 1}).first()
-        for sub in _open_subscriptions(conn, now, cap)
-    )
+    return any(_due(conn, sub, now, 1, lock=False) for sub in _open_subscriptions(conn, now, cap))
 
 
 #: any constant: the advisory lock that makes claims count each other's leases (PostgreSQL)
@@ -204,7 +260,9 @@ def claim_deliveries(
 
     With ``per_subscription``, no subscription has more than that many deliveries leased at
     once, counted in the database over every worker: a slow subscriber cannot take every
-    slot, and a subscription at its cap is not even looked at. On PostgreSQL claims then take
+    slot, and a subscription at its cap (or paused: its endpoint cannot be reached) is not
+    even looked at; a paused one past its ``paused_until`` gets one delivery at a time. On
+    PostgreSQL claims then take
     turns (a transaction-level advisory lock, taken after anything else the claim's
     transaction locks and never held while waiting for another lock), so two workers do not
     both fill the same subscription's last slots."""
@@ -212,8 +270,8 @@ def claim_deliveries(
     if per_subscription is not None and conn.dialect.name == "postgresql":
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_CLAIMS_LOCK)))
     due: list[tuple[datetime, int]] = []
-    for sub, busy in _open_subscriptions(conn, now, cap).items():
-        rows = conn.execute(_CLAIMABLE_OF, {"sub": sub, "now": now, "n": min(limit, cap - busy)})
+    for sub, room in _open_subscriptions(conn, now, cap).items():
+        rows = _due(conn, sub, now, min(limit, room), lock=True)
         due.extend((row.next_attempt_at, int(row.id)) for row in rows)
     ids = [ident for _, ident in sorted(due)[:limit]]
     if not ids:

@@ -142,6 +142,8 @@ subscriptions = sa.Table(
     sa.Column("failing_since", UTCDateTime),
     sa.Column("last_failure_at", UTCDateTime),
     sa.Column("successes_in_a_row", sa.Integer, nullable=False, server_default="0"),
+    # its endpoint cannot be reached: nothing before this, then one at a time until a 2xx
+    sa.Column("paused_until", UTCDateTime),
 )
 
 deliveries = sa.Table(

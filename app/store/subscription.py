@@ -58,17 +58,21 @@ def subscriptions_to_fan_out(conn: Connection, head: int) -> list[Subscription]:
     return [Subscription(**dict(m)) for m in conn.execute(query).mappings()]
 
 
-def record_failure(conn: Connection, subscription_id: str, now: datetime) -> datetime | None:
-    """Note a failed attempt; returns since when the subscription has been failing (``None``
-    when it is gone)."""
+def record_failure(
+    conn: Connection, subscription_id: str, now: datetime, *, pause_until: datetime | None = None
+) -> datetime | None:
+    """Note a failed attempt (with ``pause_until``, one of the endpoint's own: no delivery
+    before then); returns since when the subscription has been failing (``None`` when it is
+    gone)."""
+    values: dict[str, Any] = {
+        "failing_since": sa.func.coalesce(subscriptions.c.failing_since, now),
+        "last_failure_at": now,
+        "successes_in_a_row": 0,
+    }
+    if pause_until is not None:
+        values["paused_until"] = pause_until
     conn.execute(
-        sa.update(subscriptions)
-        .where(subscriptions.c.id == subscription_id)
-        .values(
-            failing_since=sa.func.coalesce(subscriptions.c.failing_since, now),
-            last_failure_at=now,
-            successes_in_a_row=0,
-        )
+        sa.update(subscriptions).where(subscriptions.c.id == subscription_id).values(values)
     )
     query = sa.select(subscriptions.c.failing_since).where(subscriptions.c.id == subscription_id)
     value: datetime | None = conn.execute(query).scalar_one_or_none()
@@ -78,13 +82,13 @@ def record_failure(conn: Connection, subscription_id: str, now: datetime) -> dat
 def record_success(
     conn: Connection, subscription_id: str, count: int, *, streak: int, quiet_since: datetime
 ) -> None:
-    """Note ``count`` 2xx in a row; a failing subscription is healthy again after ``streak``
-    in a row, or when its last failure was before ``quiet_since``."""
+    """Note ``count`` 2xx in a row (which ends a pause); a failing subscription is healthy
+    again after ``streak`` in a row, or when its last failure was before ``quiet_since``."""
     row = subscriptions.c
     conn.execute(
         sa.update(subscriptions)
         .where(row.id == subscription_id)
-        .values(successes_in_a_row=row.successes_in_a_row + count)
+        .values(successes_in_a_row=row.successes_in_a_row + count, paused_until=None)
     )
     conn.execute(
         sa.update(subscriptions)
