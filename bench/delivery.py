@@ -98,6 +98,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--faults", action="store_true", help="the three phases (see above)")
     parser.add_argument("--broker", choices=["nats", "amqp"], help="publish to a broker instead")
+    parser.add_argument(
+        "--floor", action="store_true",
+        help="--broker nats on SQLite: bench/broker_floor.py relays instead of cirelay worker",
+    )  # fmt: skip
     parser.add_argument("--outage", type=float, default=20.0, help="--faults: seconds down")
     parser.add_argument("--subscriber", help=argparse.SUPPRESS)  # internal: run the subscriber
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -224,8 +228,11 @@ def run_broker(args: argparse.Namespace, work: Path) -> int:
         consumer = _AmqpConsumer(target) if isinstance(target, Exchange) else None
         try:
             with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
-                create_subscription(server.url, env["CIRELAY_API_KEYS"], target.url())
-                worker = start_worker(server, work)
+                if args.floor:
+                    worker = start_floor(url, target.url(), work)
+                else:
+                    create_subscription(server.url, env["CIRELAY_API_KEYS"], target.url())
+                    worker = start_worker(server, work)
                 time.sleep(1.0)
                 print(f"sending {len(jobs)} notifications at {args.rate:g}/s to be published "
                       f"to {args.broker}", flush=True)  # fmt: skip
@@ -391,6 +398,19 @@ def start_worker(server: ingest.Server, work: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [str(ingest._venv_bin() / "cirelay"), "worker"],
             env=dict(server.env), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def start_floor(database_url: str, target: str, work: Path) -> subprocess.Popen[bytes]:
+    """``bench/broker_floor.py`` (the least a relay to JetStream can do) in place of the
+    worker, reading the same SQLite database."""
+    if not database_url.startswith("sqlite:///"):
+        raise SystemExit("--floor reads the SQLite database: no --database-url")
+    with (work / "worker.log").open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "broker_floor.py"),
+             database_url.removeprefix("sqlite:///"), target],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
 

@@ -1,0 +1,77 @@
+"""The floor of ``bench/delivery.py --broker nats`` (not a test): the least any relay from
+cirelay's outbox to JetStream can do on this machine, run by ``bench/delivery.py --floor``
+in place of ``cirelay worker`` under the same load.
+
+One process polls the ``events`` table (the outbox the web tier commits to) every 10 ms, the
+same interval as the worker on SQLite, and publishes each new event to the stream with its id
+as ``Nats-Msg-Id``, all of one poll's at once, awaiting the acks. Nothing else: no delivery
+rows, no leases, no attempts recorded, no per-job order, no retries, no signature. Whatever
+latency it shows (state change -> stored in JetStream) is what committing, polling and
+publishing cost by themselves here; cirelay's own figure is measured against it, in the same
+run.
+
+Usage (internal): ``broker_floor.py <sqlite database path> <nats:// subscription URL>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.subscriptions import BrokerTarget
+
+POLL_SECONDS = 0.01
+
+
+async def relay(database: str, url: str) -> None:
+    import nats
+
+    target = BrokerTarget.parse(url)
+    nc = await nats.connect(f"nats://{target.host}:{target.port}")
+    js = nc.jetstream()
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    # like a subscription, it gets the events after it starts
+    last = db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+    query = (
+        "SELECT seq, id, type, source, subject, time, data FROM events WHERE seq > ? "
+        "ORDER BY seq LIMIT 1000"
+    )
+    while not stop.is_set():
+        rows = db.execute(query, (last,)).fetchall()
+        if not rows:
+            await asyncio.sleep(POLL_SECONDS)
+            continue
+        await asyncio.gather(*(publish(js, target, row) for row in rows))
+        last = rows[-1][0]
+    await nc.close()
+
+
+async def publish(js: object, target: BrokerTarget, row: tuple[object, ...]) -> None:
+    _, ident, kind, source, subject, time, data = row
+    at = datetime.fromisoformat(str(time)).replace(tzinfo=UTC)
+    try:
+        body = json.loads(data)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # stored compressed: the floor sends it as it is
+        body = repr(data)
+    event = {
+        "specversion": "1.0", "id": ident, "type": kind, "source": source, "subject": subject,
+        "time": at.isoformat().replace("+00:00", "Z"), "datacontenttype": "application/json",
+        "data": body,
+    }  # fmt: skip
+    await js.publish(  # type: ignore[attr-defined]
+        target.topic(str(kind)), json.dumps(event).encode(), stream=target.destination,
+        headers={"Nats-Msg-Id": str(ident), "content-type": "application/cloudevents+json"},
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(relay(sys.argv[1], sys.argv[2]))
