@@ -10,13 +10,22 @@ latency it shows (state change -> stored in JetStream) is what committing, polli
 publishing cost by themselves here; cirelay's own figure is measured against it, in the same
 run.
 
-Usage (internal): ``broker_floor.py <sqlite database path> <nats:// subscription URL>``.
+With ``--commit`` it also writes down, durably, what it is about to publish before it does
+(one row per event in a table of its own, one transaction per poll, committed under the same
+writer lock and ``synchronous=FULL`` as cirelay's writes): the least bookkeeping an
+at-least-once relay needs, since one that dies mid-publish must know what to send again.
+cirelay does that with its delivery rows and leases.
+
+Usage (internal): ``broker_floor.py <sqlite database path> <nats:// subscription URL>
+[--commit]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -30,13 +39,18 @@ from app.subscriptions import BrokerTarget
 POLL_SECONDS = 0.01
 
 
-async def relay(database: str, url: str) -> None:
+async def relay(database: str, url: str, commit: bool) -> None:
     import nats
 
     target = BrokerTarget.parse(url)
     nc = await nats.connect(f"nats://{target.host}:{target.port}")
     js = nc.jetstream()
     db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
+    writer = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
+        writer.execute(f"PRAGMA {pragma}")
+    writer.execute("CREATE TABLE IF NOT EXISTS floor_sent (seq INTEGER PRIMARY KEY)")
+    lock = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     # like a subscription, it gets the events after it starts
@@ -50,6 +64,14 @@ async def relay(database: str, url: str) -> None:
         if not rows:
             await asyncio.sleep(POLL_SECONDS)
             continue
+        if commit:  # the writer lock is cirelay's (app.store.engine.WriterLock)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                writer.execute("BEGIN IMMEDIATE")
+                writer.executemany("INSERT INTO floor_sent VALUES (?)", [(r[0],) for r in rows])
+                writer.execute("COMMIT")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
         await asyncio.gather(*(publish(js, target, row) for row in rows))
         last = rows[-1][0]
     await nc.close()
@@ -74,4 +96,4 @@ async def publish(js: object, target: BrokerTarget, row: tuple[object, ...]) -> 
 
 
 if __name__ == "__main__":
-    asyncio.run(relay(sys.argv[1], sys.argv[2]))
+    asyncio.run(relay(sys.argv[1], sys.argv[2], commit="--commit" in sys.argv[3:]))

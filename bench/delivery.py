@@ -22,6 +22,9 @@ run and removed after) instead of the webhook subscriber: latency = when the bro
 (JetStream: the time the stream stored the message, which it acks right after; RabbitMQ: the
 arrival at a consumer of the queue, an upper bound of the publisher confirm) minus the event's
 ``time``. Target p95 <= 20 ms at 200 events/s. Exit 0 when every event arrived exactly once.
+With ``--floor bare`` or ``--floor commit`` (NATS on SQLite), ``bench/broker_floor.py`` relays
+the outbox to the stream instead of ``cirelay worker``: the least any relay does here, without
+(bare) or with (commit) a durable note of what it is about to publish.
 
 ``--faults`` runs four phases against one service and worker instead (issue 14 §4):
 
@@ -99,8 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--faults", action="store_true", help="the three phases (see above)")
     parser.add_argument("--broker", choices=["nats", "amqp"], help="publish to a broker instead")
     parser.add_argument(
-        "--floor", action="store_true",
-        help="--broker nats on SQLite: bench/broker_floor.py relays instead of cirelay worker",
+        "--floor", choices=["bare", "commit"],
+        help="--broker nats on SQLite: bench/broker_floor.py relays instead of cirelay worker "
+        "(commit: writing down each poll's events durably before publishing them)",
     )  # fmt: skip
     parser.add_argument("--outage", type=float, default=20.0, help="--faults: seconds down")
     parser.add_argument("--subscriber", help=argparse.SUPPRESS)  # internal: run the subscriber
@@ -229,7 +233,7 @@ def run_broker(args: argparse.Namespace, work: Path) -> int:
         try:
             with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
                 if args.floor:
-                    worker = start_floor(url, target.url(), work)
+                    worker = start_floor(url, target.url(), work, args.floor == "commit")
                 else:
                     create_subscription(server.url, env["CIRELAY_API_KEYS"], target.url())
                     worker = start_worker(server, work)
@@ -401,7 +405,9 @@ def start_worker(server: ingest.Server, work: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def start_floor(database_url: str, target: str, work: Path) -> subprocess.Popen[bytes]:
+def start_floor(
+    database_url: str, target: str, work: Path, commit: bool
+) -> subprocess.Popen[bytes]:
     """``bench/broker_floor.py`` (the least a relay to JetStream can do) in place of the
     worker, reading the same SQLite database."""
     if not database_url.startswith("sqlite:///"):
@@ -409,7 +415,7 @@ def start_floor(database_url: str, target: str, work: Path) -> subprocess.Popen[
     with (work / "worker.log").open("wb") as log:
         return subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "broker_floor.py"),
-             database_url.removeprefix("sqlite:///"), target],
+             database_url.removeprefix("sqlite:///"), target, *(["--commit"] if commit else [])],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

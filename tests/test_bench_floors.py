@@ -89,3 +89,61 @@ def test_the_transaction_floor_records_state_event_and_notification_once(
         ("job_01", "Running", "stale"),  # kept, the job not moved back; the repeat is not
     ]
     assert events == [("job_01", "job.running"), ("job_01", "job.success")]
+
+
+@pytest.mark.outbox_unchecked  # events of its own making: the floor relays whatever is there
+def test_the_broker_floor_publishes_each_new_event_once_after_noting_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """``bench/broker_floor.py --commit`` (the floor of ``bench/delivery.py --broker nats``):
+    every event committed after it starts reaches the real JetStream stream once, with its id
+    as ``Nats-Msg-Id``, its time and its type's subject, after a durable note of it."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the floor reads cirelay's SQLite database")
+    import subprocess
+    import sys
+    import time
+
+    from app import store
+    from app.models import new_id
+    from tests.brokers.brokers import JetStream
+
+    def event(n: int) -> dict[str, Any]:
+        at = datetime(2026, 12, 6, 12, 0, n, 250000, tzinfo=UTC)
+        return {"id": new_id("evt", at), "type": "com.cirelay.job.succeeded", "time": at,
+                "source": "/test", "subject": ci_job_id(n), "job_id": None,
+                "data": {"n": n}}  # fmt: skip
+
+    database = engine.url.database
+    assert database is not None
+    before = event(0)
+    with store.transaction(engine) as conn:
+        store.insert_event(conn, before)
+    with JetStream.make() as stream:
+        relay = subprocess.Popen(
+            [sys.executable, "bench/broker_floor.py", database, stream.url(), "--commit"],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            with contextlib.closing(sqlite3.connect(database)) as db:
+                while not db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE name = 'floor_sent'"
+                ).fetchone():
+                    assert time.monotonic() < deadline and relay.poll() is None
+                    time.sleep(0.05)
+            events = [event(n) for n in (1, 2, 3)]
+            with store.transaction(engine) as conn:
+                store.insert_events(conn, events)
+            received = stream.wait_for(3)
+        finally:
+            relay.terminate()
+            relay.wait(10)
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            noted = [row[0] for row in db.execute("SELECT seq FROM floor_sent ORDER BY seq")]
+    assert [m.headers["Nats-Msg-Id"] for m in received] == [e["id"] for e in events]
+    assert [m.event().get_time() for m in received] == [e["time"] for e in events]
+    assert {m.topic for m in received} == {f"{stream.prefix}.job.succeeded"}
+    with engine.connect() as conn:
+        seqs = [e.seq for e in store.list_events(conn) if e.id != before["id"]]
+    assert noted == seqs
