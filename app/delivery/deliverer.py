@@ -17,8 +17,9 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -125,6 +126,10 @@ class Deliverer:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="deliver")
         #: SQLite: one writer at a time, so a round is one transaction (see run_round)
         self._one_writer = engine.dialect.name == "sqlite"
+        #: the loop's connection, kept while rounds follow each other (no pool checkout and
+        #: no ping per transaction), given back when it goes idle; only the loop's thread
+        #: uses it
+        self._held = store.HeldConnection(engine)
 
     # the loop
 
@@ -148,6 +153,8 @@ class Deliverer:
                 stop.wait(1.0)
                 continue
             if not (did.fanned_out or did.claimed or did.recorded):
+                if not self._in_flight:
+                    self._held.close()  # idle: the connection goes back to the pool
                 self._wake.wait(poll_seconds)
                 self._wake.clear()
         self.close()
@@ -159,6 +166,7 @@ class Deliverer:
         finished = self._drain() if wait else []
         if finished:
             self._record(finished)
+        self._held.close()
 
     def run_round(self) -> Round:
         """Record what finished, fan out new events and claim what is due (one read first when
@@ -181,7 +189,7 @@ class Deliverer:
         results_waiting = self._one_writer and not self._finished.empty()
         head, behind = 0, results_waiting
         if not results_waiting:
-            with self.engine.connect() as conn:
+            with self._reading() as conn:
                 head = store.events_head(conn)
                 behind = store.any_behind(conn, head)
                 due = (
@@ -189,11 +197,10 @@ class Deliverer:
                     and not behind
                     and store.has_claimable(conn, now, per_subscription=self.per_subscription)
                 )
-                conn.rollback()
             if not (behind or due):
                 return done
         finished, recorded = [], None
-        with store.transaction(self.engine) as conn:
+        with self._held.transaction() as conn:
             if self._one_writer:
                 # what finished by now, while this round waited for the writer lock too
                 finished = self._drain()
@@ -212,6 +219,18 @@ class Deliverer:
             self._pool.submit(self._attempt, claim)
         return done
 
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """The read that starts a round: on PostgreSQL on the loop's connection; on SQLite on
+        one of the pool's (the loop's begins as a writer, which would queue for the lock)."""
+        if not self._one_writer:
+            with self._held.transaction() as conn:
+                yield conn
+            return
+        with self.engine.connect() as conn:
+            yield conn
+            conn.rollback()
+
     @property
     def _in_flight(self) -> int:
         return len(self._leased)
@@ -224,7 +243,7 @@ class Deliverer:
         stale = [i for i, at in self._leased.items() if at < due]
         if not stale:
             return
-        with store.transaction(self.engine) as conn:
+        with self._held.transaction() as conn:
             store.renew_leases(conn, self.owner, stale, self.clock() + self.policy.lease)
         renewed = time.monotonic()
         for ident in stale:
@@ -294,7 +313,7 @@ class Deliverer:
     # 4. record
 
     def _record(self, finished: list[_Finished]) -> int:
-        with store.transaction(self.engine) as conn:
+        with self._held.transaction() as conn:
             recorded = self._write_results(conn, finished)
         return self._after_record(finished, recorded)
 
