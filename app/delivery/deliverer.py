@@ -483,10 +483,13 @@ def _answers_again(
 
 
 def _by_subscription(finished: list[_Finished]) -> list[list[_Finished]]:
+    """The results per subscription, each in the order they finished; the subscriptions in
+    id order, so that two workers recording at once update their rows in the same order (on
+    PostgreSQL, in opposite orders they could deadlock)."""
     groups: dict[str, list[_Finished]] = {}
     for f in sorted(finished, key=lambda f: f.finished_at):
         groups.setdefault(f.claim.subscription.id, []).append(f)
-    return list(groups.values())
+    return [groups[ident] for ident in sorted(groups)]
 
 
 def _iso(value: datetime) -> str:
