@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -58,7 +59,10 @@ class Console:
 
     def wait_text(self, what: str, pattern: str, deadline: float = 30) -> str:
         def found() -> str | None:
-            match = re.search(pattern, self.text())
+            try:
+                match = re.search(pattern, self.text())
+            except (NoSuchElementException, StaleElementReferenceException):
+                return None  # between two pages (a form's answer loading): not there yet
             return match.group(0) if match else None
 
         try:
