@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nats.js import JetStreamContext
+
 from app.subscriptions import BrokerTarget
 
 POLL_SECONDS = 0.01
@@ -77,7 +79,7 @@ async def relay(database: str, url: str, commit: bool) -> None:
     await nc.close()
 
 
-async def publish(js: object, target: BrokerTarget, row: tuple[object, ...]) -> None:
+async def publish(js: JetStreamContext, target: BrokerTarget, row: tuple[object, ...]) -> None:
     _, ident, kind, source, subject, time, data = row
     at = datetime.fromisoformat(str(time)).replace(tzinfo=UTC)
     try:
@@ -89,7 +91,7 @@ async def publish(js: object, target: BrokerTarget, row: tuple[object, ...]) -> 
         "time": at.isoformat().replace("+00:00", "Z"), "datacontenttype": "application/json",
         "data": body,
     }  # fmt: skip
-    await js.publish(  # type: ignore[attr-defined]
+    await js.publish(
         target.topic(str(kind)), json.dumps(event).encode(), stream=target.destination,
         headers={"Nats-Msg-Id": str(ident), "content-type": "application/cloudevents+json"},
     )  # fmt: skip

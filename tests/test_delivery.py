@@ -875,6 +875,31 @@ def test_an_unreachable_subscriber_is_paused_and_probed_one_delivery_at_a_time(
     assert len(hook.verified(sub["secret"])) == 7
 
 
+def test_a_new_url_ends_the_pause_at_once(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    """The deliveries the pause held back go to the new address at once; those that failed
+    keep their retry."""
+    sub = subscribe(client, auth, hook.url())
+    hook.stop()
+    for n in range(3):
+        notify(client, engine, clock, n, "Running")
+    deliverer.wait_idle()  # two refused (the cap of 4 slots), then paused: one never tried
+    assert subscription(client, auth, sub["id"])["paused_until"] is not None
+    untried = [d for d in deliveries(engine) if d["attempts"] == 0]
+    assert len(untried) == 1
+    with Subscriber() as moved:
+        path = f"/v1/subscriptions/{sub['id']}"
+        answer = client.patch(path, json={"url": moved.url()}, headers=auth)
+        assert answer.status_code == 200 and answer.json["paused_until"] is None
+        deliverer.wait_idle()  # the test clock has not moved
+        assert len(moved.accepted()) == 1
+    states = {d["id"]: d["state"] for d in deliveries(engine)}
+    assert states.pop(untried[0]["id"]) == "succeeded"
+    assert set(states.values()) == {"pending"}  # the refused ones wait on their retry
+
+
 def test_a_subscriber_that_answers_again_has_its_waiting_retries_brought_forward_in_order(
     client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
     services: Services, policy: Policy, hook: Subscriber,

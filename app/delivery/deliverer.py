@@ -124,7 +124,7 @@ class Deliverer:
         self._leased: dict[int, float] = {}
         self._wake = threading.Event()
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="deliver")
-        #: SQLite: one writer at a time, so a round is one transaction (see run_round)
+        #: SQLite: one writer at a time (a writing transaction queues for the lock)
         self._one_writer = engine.dialect.name == "sqlite"
         #: the loop's connection, kept while rounds follow each other (no pool checkout and
         #: no ping per transaction), given back when it goes idle; only the loop's thread
@@ -169,26 +169,16 @@ class Deliverer:
         self._held.close()
 
     def run_round(self) -> Round:
-        """Record what finished, fan out new events and claim what is due (one read first when
-        there is nothing to record, so an idle round writes nothing).
-
-        On SQLite, whose writers take turns, the three are one transaction: one wait for the
-        writer lock and one commit a round, and the results are taken once the lock is held,
-        so attempts that finished meanwhile free their slots for this round's claim. On
-        PostgreSQL the results are recorded in a transaction of their own first, so that two
-        workers never lock the same subscriptions' rows in opposite orders."""
+        """Record what finished, fan out new events and claim what is due, in one transaction:
+        one commit a round (on SQLite, one wait for the writer lock), and the results are
+        taken once the transaction has begun, so attempts that finished meanwhile free their
+        slots for this round's claim. With no results waiting, one read first, so an idle
+        round writes nothing."""
         done = Round()
-        if not self._one_writer:
-            finished = self._drain()
-            if finished:
-                done.recorded = self._record(finished)
         self._renew_leases()
         now = self.clock()
-        # SQLite with results waiting: the round writes anyway, so it looks for new events
-        # inside its transaction rather than in a read before it
-        results_waiting = self._one_writer and not self._finished.empty()
-        head, behind = 0, results_waiting
-        if not results_waiting:
+        head, behind = 0, not self._finished.empty()
+        if not behind:
             with self._reading() as conn:
                 head = store.events_head(conn)
                 behind = store.any_behind(conn, head)
@@ -199,14 +189,12 @@ class Deliverer:
                 )
             if not (behind or due):
                 return done
-        finished, recorded = [], None
+        recorded = None
         with self._held.transaction() as conn:
-            if self._one_writer:
-                # what finished by now, while this round waited for the writer lock too
-                finished = self._drain()
-                if finished:
-                    recorded = self._write_results(conn, finished)
-                    head = store.events_head(conn)
+            finished = self._drain()
+            if finished:
+                recorded = self._write_results(conn, finished)
+                head = store.events_head(conn)
             if behind or finished:
                 done.fanned_out = self._fan_out(conn, head, now)
             free = self.concurrency - self._in_flight
