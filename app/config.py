@@ -153,7 +153,8 @@ class Settings:
     #: deliveries in flight at once per worker process (threads waiting on subscribers and
     #: brokers: a slot costs little, and half of them is one subscription's cap)
     delivery_concurrency: int = 32
-    #: how often an idle worker looks for new events and due retries
+    #: how often an idle worker looks for new events and due retries (when nothing wakes it:
+    #: NOTIFY or the SQLite commit watcher do, and then it looks at least every 0.25 s)
     delivery_poll_seconds: float = 0.01
     #: finished deliveries (and their attempts) are kept this many days, then deleted
     delivery_retention_days: int = 30

@@ -29,6 +29,7 @@ from app import Services, ci_clients, store
 from app.delivery import build_deliverer
 from app.delivery.transports import Transports
 from app.reconciler import Reconciler
+from app.waker import CommitWatcher, Waker
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,20 @@ def run(services: Services, transports: Transports, stop: threading.Event | None
     settings = services.settings
     deliverer = build_deliverer(settings, services.engine, services.metrics, services.clock,
                                 transports)  # fmt: skip
-    deliverer.run(stop, poll_seconds=settings.delivery_poll_seconds, waker=services.waker)
+    waker: Waker = services.waker
+    watcher = None
+    database = services.engine.url.database
+    if (
+        not waker.active
+        and services.engine.dialect.name == "sqlite"
+        and database not in (None, "", ":memory:")
+    ):  # no NOTIFY: the commit watcher wakes the deliverer instead of a read every poll
+        waker = watcher = CommitWatcher(database)
+    try:
+        deliverer.run(stop, poll_seconds=settings.delivery_poll_seconds, waker=waker)
+    finally:
+        if watcher is not None:
+            watcher.close()
     transports.close()
     # A reconcile round may be waiting on CI (up to its timeout, per request): not worth
     # waiting for. Leaving it mid-round is safe: each of its steps is one transaction.

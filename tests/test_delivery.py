@@ -172,6 +172,109 @@ def test_during_a_rotation_deliveries_carry_both_signatures(
         Webhook(sub["secret"]).verify(after.body, after.headers)
 
 
+# --- results wait while new events go first ----------------------------------------------
+
+
+@pytest.fixture
+def patient(services: Services, clock: Clock, policy: Policy) -> Iterator[Deliverer]:
+    """A deliverer whose results may wait 30 s while new events come (the default is 20 ms,
+    too short to hold still between a test's rounds)."""
+    sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
+    d = Deliverer(services.engine, policy, sender, services.metrics, clock=clock, concurrency=4,
+                  results_wait=30.0)  # fmt: skip
+    yield d
+    d.close()
+
+
+def finished(d: Deliverer, n: int) -> None:
+    """Until ``n`` attempts have finished and wait to be recorded."""
+    deadline = time.monotonic() + 10
+    while d._finished.qsize() + len(d._results) < n:
+        assert time.monotonic() < deadline, "the attempts did not finish"
+        time.sleep(0.01)
+
+
+def test_results_wait_while_new_events_are_claimed_and_are_recorded_once_none_wait(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    patient: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    """A round that records takes longer, and its claims go out only once it commits: while
+    a new event waits, the round claims it and leaves the finished attempt's result for
+    later; the results are recorded together by the first round that finds nothing new."""
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    assert patient.run_round().claimed == 1
+    finished(patient, 1)
+    notify(client, engine, clock, 2, "Running")
+
+    second = patient.run_round()
+
+    assert (second.claimed, second.recorded) == (1, 0)
+    first_delivery = deliveries(engine)[0]
+    assert (first_delivery["state"], first_delivery["lease_owner"]) == ("pending", patient.owner)
+    finished(patient, 2)
+    third = patient.run_round()
+    assert (third.claimed, third.recorded) == (0, 2)
+    assert [d["state"] for d in deliveries(engine)] == ["succeeded", "succeeded"]
+    assert all(d["lease_owner"] is None for d in deliveries(engine))
+
+
+def test_results_that_waited_their_time_are_recorded_even_while_events_come(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    patient: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    subscribe(client, auth, hook.url())
+    patient.results_wait = 0.2
+    notify(client, engine, clock, 1, "Running")
+    patient.run_round()
+    finished(patient, 1)
+    time.sleep(0.2)
+    notify(client, engine, clock, 2, "Running")
+
+    did = patient.run_round()
+
+    assert (did.recorded, did.claimed) == (1, 1)  # one round: recorded, then claimed
+    assert deliveries(engine)[0]["state"] == "succeeded"
+
+
+def test_a_jobs_next_event_waits_for_its_previous_ones_result_to_be_recorded(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    patient: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    """Per-job order holds while results wait: the job's second event is not claimed before
+    the first's success is recorded, even though a new event (another job's) keeps the
+    results waiting."""
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running", "Success")
+    assert patient.run_round().claimed == 1
+    finished(patient, 1)
+    notify(client, engine, clock, 2, "Running")
+    assert patient.run_round().claimed == 1  # job 2's; job 1's Success waits behind Running
+    finished(patient, 2)
+    did = patient.run_round()
+    assert (did.recorded, did.claimed) == (2, 1)  # recorded, then job 1's Success claimed
+    patient.wait_idle()
+    events = [r.event() for r in hook.accepted()]
+    job_1 = [e["type"] for e in events if e["subject"] == ci_job_id(1)]
+    assert job_1 == ["com.cirelay.job.running", "com.cirelay.job.succeeded"]
+
+
+def test_results_still_waiting_are_recorded_when_the_worker_stops(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    patient: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    patient.run_round()
+    finished(patient, 1)
+    notify(client, engine, clock, 2, "Running")
+    assert patient.run_round().recorded == 0
+
+    patient.close()  # SIGTERM: the attempt in flight finishes, and every result is recorded
+
+    assert [d["state"] for d in deliveries(engine)] == ["succeeded", "succeeded"]
+
+
 # --- failures and retries -----------------------------------------------------------------
 
 

@@ -3,13 +3,16 @@ records their notifications, `cirelay worker` delivers the events to a real subs
 
 - a worker killed (SIGKILL) in the middle of a delivery: after its lease lapses a new worker
   sends the event again, with the same ``webhook-id``;
-- a subscriber that is down, then up: every event arrives, in order per job.
+- a subscriber that is down, then up: every event arrives, in order per job;
+- on SQLite, a commit by the service wakes the worker at once (its commit watcher), however
+  seldom it polls.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +126,19 @@ def test_a_subscriber_down_then_up_gets_everything_in_order_per_job(stack: Stack
         delivered = len({r.webhook_id for r in hook.accepted()})
         assert stack.metric("cirelay_deliveries_total", '{outcome="delivered"}') == delivered
         assert stack.metric("cirelay_delivery_backlog") == 0
+
+
+def test_on_sqlite_a_commit_by_the_service_wakes_the_worker_however_seldom_it_polls(
+    tmp_path: Path,
+) -> None:
+    """SQLite has no NOTIFY: the worker's commit watcher sees the service's commits (another
+    process) and wakes the deliverer, which here would otherwise look only every 30 s."""
+    slow_poll = ENV | {"CIRELAY_DELIVERY_POLL_SECONDS": "30"}
+    with Stack.start(tmp_path, slow_poll) as stack, Subscriber() as hook:
+        subscribe(stack, hook.url())
+        time.sleep(1.0)  # the worker's first rounds are over: it waits on its poll now
+        job = stack.submit(job_json())
+        submitted = time.monotonic()
+        hook.wait_for(1, timeout=10)
+        assert time.monotonic() - submitted < 5, "the worker waited on its poll"
+        assert hook.accepted()[0].event()["subject"] == stack.wait_final(job["id"])["ci_job_id"]

@@ -1,17 +1,23 @@
-"""EventWaker: PostgreSQL's NOTIFY wakes streams and the deliverer when events commit."""
+"""EventWaker: PostgreSQL's NOTIFY wakes streams and the deliverer when events commit; on
+SQLite the worker's CommitWatcher does, from a commit by any process."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from app import store
-from app.waker import EventWaker
+from app.waker import CommitWatcher, EventWaker
 
 #: the outbox's mechanics with placeholder events, not the event catalogue
 pytestmark = pytest.mark.outbox_unchecked
@@ -68,3 +74,42 @@ def test_the_listening_connection_is_dropped_by_a_silent_partition(pg_engine: En
     assert {k: params[k] for k in store.KEEPALIVE} == {
         k: str(v) for k, v in store.KEEPALIVE.items()
     }
+
+
+def test_a_commit_by_another_process_wakes_the_commit_watcher_at_once(tmp_path: Path) -> None:
+    """SQLite has no NOTIFY: the watcher asks ``PRAGMA data_version`` every 2 ms, which
+    changes when any other connection, of any process, has committed."""
+    with contextlib.closing(sqlite3.connect(tmp_path / "c.db")) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")  # as cirelay's engine opens it
+        conn.execute("CREATE TABLE events (seq INTEGER)")
+    watcher = CommitWatcher(str(tmp_path / "c.db"))
+    woken = threading.Event()
+    watcher.on_events(woken.set)
+    try:
+        assert woken.wait(2.0), "the first look wakes too (what was committed before)"
+        woken.clear()
+        assert not woken.wait(0.2), "nothing committed: no wake"
+        insert = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+            "c.execute('INSERT INTO events VALUES (1)'); c.commit()"
+        )
+        subprocess.run([sys.executable, "-c", insert, str(tmp_path / "c.db")], check=True)
+        committed = time.monotonic()
+        assert woken.wait(2.0), "a commit by another process did not wake the watcher"
+        assert time.monotonic() - committed < 0.5
+    finally:
+        watcher.close()
+    assert watcher._thread is not None and not watcher._thread.is_alive()
+
+
+def test_the_commit_watcher_never_creates_a_database(tmp_path: Path) -> None:
+    """A path with no database yet (the worker started before migrations): the watcher
+    waits for it rather than creating an empty file SQLite would then take for the database."""
+    watcher = CommitWatcher(str(tmp_path / "missing.db"))
+    woken = threading.Event()
+    watcher.on_events(woken.set)
+    try:
+        assert not woken.wait(0.3)
+        assert not (tmp_path / "missing.db").exists()
+    finally:
+        watcher.close()

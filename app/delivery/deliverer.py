@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -45,7 +45,7 @@ from app.models import (
 from app.subscriptions import mask_url, transport_of
 
 if TYPE_CHECKING:
-    from app.waker import EventWaker
+    from app.waker import Waker
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,10 @@ HEALTHY_STREAK = 10
 #: a subscription that answers again has this many seconds' worth of its waiting retries
 #: (at the recovery rate) brought forward; the rest keep their schedule
 RECOVERY_HORIZON_SECONDS = 600
+#: finished attempts wait to be recorded while new events are fanned out and claimed (a
+#: round that also records takes longer, and its claims go out only once it commits), but
+#: never longer than this, nor while they hold half the slots
+RESULTS_MAX_WAIT_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class _Finished:
     report: AttemptReport
     started_at: datetime
     finished_at: datetime
+    #: when it finished, by the monotonic clock (how long it has waited to be recorded)
+    settled: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,15 @@ class Deliverer:
         concurrency: int = 16,
         per_subscription: int | None = None,
         recovery_rate: float = 200.0,
+        results_wait: float = RESULTS_MAX_WAIT_SECONDS,
         owner: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """``per_subscription``: deliveries in flight to one subscription at once, over every
         worker (default: half of ``concurrency``). ``recovery_rate``: deliveries per second
-        brought forward from the backlog of a subscription that answers 2xx after failures."""
+        brought forward from the backlog of a subscription that answers 2xx after failures.
+        ``results_wait``: how long finished attempts may wait to be recorded while new events
+        are claimed (see :meth:`run_round`)."""
         self.engine = engine
         self.policy = policy
         self.sender = sender
@@ -117,9 +126,12 @@ class Deliverer:
         self.concurrency = concurrency
         self.per_subscription = per_subscription or max(1, concurrency // 2)
         self.recovery_rate = recovery_rate
+        self.results_wait = results_wait
         self.owner = owner or f"{socket.gethostname()}:{secrets.token_hex(6)}"
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
         self._finished: queue.SimpleQueue[_Finished] = queue.SimpleQueue()
+        #: finished attempts taken from the queue, waiting to be recorded (oldest first)
+        self._results: list[_Finished] = []
         #: claims being attempted: delivery id -> when its lease was last set (monotonic)
         self._leased: dict[int, float] = {}
         self._wake = threading.Event()
@@ -137,10 +149,11 @@ class Deliverer:
         self,
         stop: threading.Event,
         poll_seconds: float = 0.01,
-        waker: EventWaker | None = None,
+        waker: Waker | None = None,
     ) -> None:
         """Rounds until ``stop``; between idle rounds, wait for an attempt to finish, for new
-        events (``waker``: PostgreSQL's NOTIFY, so polling can be slow), or ``poll_seconds``."""
+        events (``waker``: PostgreSQL's NOTIFY or SQLite's commit watcher, so polling can be
+        slow), or ``poll_seconds``."""
         if waker is not None and waker.active:
             waker.on_events(self._wake.set)
             poll_seconds = max(poll_seconds, WOKEN_POLL_SECONDS)
@@ -152,7 +165,7 @@ class Deliverer:
                 log.exception("delivery round failed")
                 stop.wait(1.0)
                 continue
-            if not (did.fanned_out or did.claimed or did.recorded):
+            if not (did.fanned_out or did.claimed or did.recorded or self._results):
                 if not self._in_flight:
                     self._held.close()  # idle: the connection goes back to the pool
                 self._wake.wait(poll_seconds)
@@ -163,22 +176,24 @@ class Deliverer:
         """Let the attempts in flight finish and record them (a SIGTERM mid-delivery loses
         nothing; a SIGKILL leaves the lease to lapse)."""
         self._pool.shutdown(wait=wait)
-        finished = self._drain() if wait else []
+        finished = self._results + self._drain() if wait else []
+        self._results = []
         if finished:
             self._record(finished)
         self._held.close()
 
     def run_round(self) -> Round:
         """Record what finished, fan out new events and claim what is due, in one transaction:
-        one commit a round (on SQLite, one wait for the writer lock), and the results are
-        taken once the transaction has begun, so attempts that finished meanwhile free their
-        slots for this round's claim. With no results waiting, one read first, so an idle
-        round writes nothing."""
+        one commit a round (on SQLite, one wait for the writer lock). While new events are
+        waiting, the results wait (up to :attr:`results_wait`) so the round that
+        claims them is short; they are recorded, a batch at a time, once nothing new waits.
+        One read first decides, so an idle round writes nothing."""
         done = Round()
         self._renew_leases()
         now = self.clock()
-        head, behind = 0, not self._finished.empty()
-        if not behind:
+        self._results += self._drain()
+        head, behind, due = 0, False, False
+        if not self._results_overdue():
             with self._reading() as conn:
                 head = store.events_head(conn)
                 behind = store.any_behind(conn, head)
@@ -187,15 +202,18 @@ class Deliverer:
                     and not behind
                     and store.has_claimable(conn, now, per_subscription=self.per_subscription)
                 )
-            if not (behind or due):
+            if not (behind or due or self._results):
                 return done
+        record = not (behind or due)  # nothing new waits, or the results cannot wait longer
         recorded = None
         with self._held.transaction() as conn:
-            finished = self._drain()
-            if finished:
+            if record:
+                # the results taken once the writer lock is held: attempts that finished
+                # meanwhile free their slots for this round's claim
+                finished, self._results = self._results + self._drain(), []
                 recorded = self._write_results(conn, finished)
                 head = store.events_head(conn)
-            if behind or finished:
+            if behind or record:
                 done.fanned_out = self._fan_out(conn, head, now)
             free = self.concurrency - self._in_flight
             claims = self._claim(conn, now, free) if free > 0 else []
@@ -206,6 +224,14 @@ class Deliverer:
             self._leased[claim.delivery_id] = time.monotonic()
             self._pool.submit(self._attempt, claim)
         return done
+
+    def _results_overdue(self) -> bool:
+        """Whether the results waiting must be recorded now: the oldest has waited
+        :attr:`results_wait`, or they hold half the slots."""
+        return bool(self._results) and (
+            time.monotonic() - self._results[0].settled >= self.results_wait
+            or len(self._results) >= self.concurrency // 2
+        )
 
     @contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -221,7 +247,9 @@ class Deliverer:
 
     @property
     def _in_flight(self) -> int:
-        return len(self._leased)
+        """Slots taken: attempts running, and finished ones not yet recorded (their leases
+        still count against their subscription's cap)."""
+        return len(self._leased) + len(self._results)
 
     def _renew_leases(self) -> None:
         """Attempts still running after a third of their lease get it extended, so a slow
