@@ -275,6 +275,38 @@ def test_results_still_waiting_are_recorded_when_the_worker_stops(
     assert [d["state"] for d in deliveries(engine)] == ["succeeded", "succeeded"]
 
 
+@pytest.mark.parametrize("head_known", [True, False], ids=["head-known", "head-read"])
+def test_a_fan_out_takes_at_most_its_batch_and_stops_at_the_head_it_was_given(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock, hook: Subscriber,
+    head_known: bool,
+) -> None:  # fmt: skip
+    """With the head known (the worker read it), the window ends there without another
+    read when it is within the batch; either way a fan-out takes at most its batch."""
+    sub = subscribe(client, auth, hook.url())
+    for n in range(1, 6):
+        notify(client, engine, clock, n, "Running")
+    with engine.connect() as conn:
+        head = store.events_head(conn)
+        cursor = store.get_subscription(conn, sub["id"]).fanout_seq  # type: ignore[union-attr]
+        waiting = conn.execute(
+            sa.select(sa.func.count()).where(store.events.c.seq > cursor)
+        ).scalar_one()
+    notify(client, engine, clock, 6, "Running")  # after the head was read
+
+    made = []
+    while not made or made[-1]:
+        with store.transaction(engine) as conn:
+            subscription = store.get_subscription(conn, sub["id"])
+            assert subscription is not None
+            made.append(store.fan_out(conn, subscription, limit=2, now=clock(),
+                                      head=head if head_known else None))  # fmt: skip
+    assert waiting == 5  # one event per job
+    if head_known:  # up to the head, 2 at a time; from there the window is read
+        assert made == [2, 2, 1, 1, 0]
+    else:  # the window is read each time: the event after the head comes in the third
+        assert made == [2, 2, 2, 0]
+
+
 # --- failures and retries -----------------------------------------------------------------
 
 

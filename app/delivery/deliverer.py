@@ -212,8 +212,9 @@ class Deliverer:
                 # meanwhile free their slots for this round's claim
                 finished, self._results = self._results + self._drain(), []
                 recorded = self._write_results(conn, finished)
-                head = store.events_head(conn)
-            if behind or record:
+                if recorded.disabled or not head:  # an event written, or no read this round
+                    head, behind = store.events_head(conn), True
+            if behind:
                 done.fanned_out = self._fan_out(conn, head, now)
             free = self.concurrency - self._in_flight
             claims = self._claim(conn, now, free) if free > 0 else []
@@ -293,7 +294,7 @@ class Deliverer:
     def _fan_out(self, conn: Connection, head: int, now: datetime) -> int:
         created = 0
         for subscription in store.subscriptions_to_fan_out(conn, head):
-            created += store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now)
+            created += store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now, head=head)
         return created
 
     # 2. claim

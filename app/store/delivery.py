@@ -25,11 +25,20 @@ from app.store.quarantine import count_quarantined
 from app.store.schema import UTCDateTime, deliveries, delivery_attempts, events, subscriptions
 
 
-def fan_out(conn: Connection, subscription: Subscription, *, limit: int, now: datetime) -> int:
+def fan_out(
+    conn: Connection, subscription: Subscription, *, limit: int, now: datetime,
+    head: int | None = None,
+) -> int:  # fmt: skip
     """Create the deliveries of the next (at most ``limit``) events after the subscription's
-    cursor that match its types, and move the cursor past them. Returns how many."""
+    cursor that match its types, and move the cursor past them. Returns how many. ``head``,
+    when the caller has read it (:func:`app.store.events_head`): no more than ``limit`` events
+    lie between the cursor and it, the window ends there without another read (sequence
+    numbers are distinct, so at most ``head - cursor`` events lie in between)."""
     after = subscription.fanout_seq
-    last = conn.execute(_FAN_OUT_LAST, {"after": after, "n": limit}).scalar_one()
+    if head is not None and after < head <= after + limit:
+        last = head
+    else:
+        last = conn.execute(_FAN_OUT_LAST, {"after": after, "n": limit}).scalar_one()
     if last is None:
         return 0
     wanted = TypeFilter.from_patterns(subscription.event_types)
