@@ -26,7 +26,7 @@ With ``--floor bare`` or ``--floor commit`` (NATS on SQLite), ``bench/broker_flo
 the outbox to the stream instead of ``cirelay worker``: the least any relay does here, without
 (bare) or with (commit) a durable note of what it is about to publish.
 
-``--faults`` runs four phases against one service and worker instead (issue 14 §4):
+``--faults`` runs five phases against one service and worker instead (issue 14 §4):
 
 1. **alone**: the fast subscriber only, as above;
 2. **beside a slow one**: a second subscription whose subscriber drip-feeds its answers (a byte
@@ -34,7 +34,10 @@ the outbox to the stream instead of ``cirelay worker``: the least any relay does
    subscriber's latency is printed for both phases, side by side;
 3. **beside a down one**: the slow subscription replaced by one whose address refuses
    connections, so its deliveries fail at once and wait on their backoff;
-4. **recovery**: the down subscription deleted, the fast subscriber down for ``--outage``
+4. **alone again**, the down subscription deleted: the control. How far the fast
+   subscriber's p95 moves between two phases alike says how much of a difference in 2. and 3.
+   this VM's drift alone can make; each phase's p95 is printed against the first's;
+5. **recovery**: the fast subscriber down for ``--outage``
    seconds while notifications go on, then up again on the same port: prints how long the
    backlog of retries took to drain once it answers (the failed deliveries wait on their
    backoff, 5 s, 30 s, 2 min…, unless brought forward).
@@ -465,7 +468,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def run_faults(args: argparse.Namespace, work: Path) -> int:
     per_phase = int(args.rate * (args.warmup + args.duration))
     outage_jobs = int(args.rate * args.outage)
-    url, keys, jobs = prepare(args, work, 3 * per_phase + outage_jobs)
+    url, keys, jobs = prepare(args, work, 4 * per_phase + outage_jobs)
     template = ingest.notification_template()
     fast, port = _subscriber(work / "fast-1.jsonl")
     slow, slow_port = _subscriber(work / "slow.jsonl", drip=True)
@@ -495,9 +498,13 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
                                           template, args.rate, args.connections)  # fmt: skip
             delete_subscription(server.url, key, down_id)
             wait_for_backlog(server.url, timeout=60)
-            print(f"phase 4: the fast subscriber down for {args.outage:g} s", flush=True)
+            print("phase 4: the fast subscriber alone again (the control)", flush=True)
+            phases["again"] = send_at_rate(server.url, jobs[3 * per_phase : 4 * per_phase],
+                                           template, args.rate, args.connections)  # fmt: skip
+            wait_for_backlog(server.url, timeout=60)
+            print(f"phase 5: the fast subscriber down for {args.outage:g} s", flush=True)
             _stop(fast)
-            send_at_rate(server.url, jobs[3 * per_phase :], template, args.rate, args.connections)
+            send_at_rate(server.url, jobs[4 * per_phase :], template, args.rate, args.connections)
             time.sleep(2.0)  # the last notifications' first attempts fail too
             fast, _ = _subscriber(work / "fast-2.jsonl", port)
             up = time.monotonic()
@@ -515,7 +522,8 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
 
 
 PHASES = {"alone": "alone", "beside": "beside a drip-feeding subscriber",
-          "down": "beside a subscriber that is down"}  # fmt: skip
+          "down": "beside a subscriber that is down",
+          "again": "alone again (the control)"}  # fmt: skip
 
 
 def report_faults(
@@ -531,6 +539,7 @@ def report_faults(
     print(f"rate {args.rate:g}/s, {args.duration:g} s measured per phase (+{args.warmup:g} s)")
     print(f"{'fast subscriber: state change -> 2xx':36} {'n':>6} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p99 ms':>8} {'max ms':>8}")  # fmt: skip
+    p95: dict[str, float] = {}
     for name, sent in phases.items():
         start = to_epoch(sent.started + args.warmup)
         end = start + args.duration
@@ -540,6 +549,10 @@ def report_faults(
             if start <= datetime.fromisoformat(r["time"]).timestamp() < end
         ]
         print(line(PHASES[name], latencies))
+        p95[name] = percentile(latencies, 95)
+    ratios = ", ".join(f"{PHASES[n].split(' (')[0]} {p95[n] / p95['alone']:.2f}"
+                       for n in ("beside", "down", "again"))  # fmt: skip
+    print(f"p95 against alone: {ratios} (alone again: how far p95 moves by itself)")
     print(f"recovery: {outage_jobs} notifications during a {args.outage:g} s outage; backlog "
           f"drained {drained:.1f} s after the subscriber was back")  # fmt: skip
     return 0
