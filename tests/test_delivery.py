@@ -723,6 +723,48 @@ def test_a_lapsed_lease_lets_another_worker_deliver_with_the_same_webhook_id(
     assert deliveries(engine)[0]["state"] == "succeeded"
 
 
+@pytest.mark.postgresql
+@pytest.mark.outbox_unchecked  # placeholder events: the claim's mechanics, not the catalogue
+def test_a_claim_over_a_burst_the_planner_has_no_statistics_for_answers_in_time(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock, hook: Subscriber,
+) -> None:  # fmt: skip
+    """A burst lands in a table PostgreSQL last saw empty (no ANALYZE since): 20,000 pending
+    deliveries, two per job. The claim still answers within the statement timeout (1.5 s, the
+    default), with each job's first delivery only. A claim that joined the backlog with
+    itself was planned as a nested loop here and was cancelled every round: the worker
+    delivered nothing."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the planner without statistics: PostgreSQL")
+    sub = subscribe(client, auth, hook.url())
+    now = clock()
+    jobs = 10_000
+    events = [
+        {"id": f"evt_burst_{n}", "type": "com.cirelay.test", "source": "/test",
+         "job_id": f"job_{n % jobs:05d}", "time": now, "data": {}}
+        for n in range(2 * jobs)
+    ]  # fmt: skip
+    with store.transaction(engine) as conn:
+        conn.execute(sa.insert(store.events), events)
+        seqs = conn.execute(
+            sa.select(store.events.c.seq, store.events.c.job_id).order_by(store.events.c.seq)
+        ).all()
+        conn.execute(sa.insert(store.deliveries), [
+            {"subscription_id": sub["id"], "event_seq": seq, "order_key": job_id,
+             "state": "pending", "attempts": 0, "next_attempt_at": now, "origin": "fanout",
+             "created_at": now}
+            for seq, job_id in seqs
+        ])  # fmt: skip
+
+    with store.transaction(engine) as conn:  # statement_timeout = 1.5 s, as in production
+        claims = store.claim_deliveries(
+            conn, now=now, owner="w1", lease_until=now + timedelta(minutes=1), limit=16,
+            per_subscription=16,
+        )  # fmt: skip
+
+    assert len(claims) == 16
+    assert [c.event.id for c in claims] == [f"evt_burst_{n}" for n in range(16)]
+
+
 # --- replay -------------------------------------------------------------------------------
 
 
