@@ -169,12 +169,8 @@ def run(services: Services, transports: Transports, stop: threading.Event | None
                                 transports)  # fmt: skip
     waker: Waker = services.waker
     watcher = None
-    database = services.engine.url.database
-    if (
-        not waker.active
-        and services.engine.dialect.name == "sqlite"
-        and database not in (None, "", ":memory:")
-    ):  # no NOTIFY: the commit watcher wakes the deliverer instead of a read every poll
+    database = store.sqlite_file(services.engine)
+    if database is not None:  # no NOTIFY: the commit watcher wakes the deliverer instead
         waker = watcher = CommitWatcher(database)
     try:
         deliverer.run(stop, poll_seconds=settings.delivery_poll_seconds, waker=waker)

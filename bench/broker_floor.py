@@ -48,11 +48,7 @@ async def relay(database: str, url: str, commit: bool) -> None:
     nc = await nats.connect(f"nats://{target.host}:{target.port}")
     js = nc.jetstream()
     db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
-    writer = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
-        writer.execute(f"PRAGMA {pragma}")
-    writer.execute("CREATE TABLE IF NOT EXISTS floor_sent (seq INTEGER PRIMARY KEY)")
-    lock = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    note = _Notes(database) if commit else None
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     # like a subscription, it gets the events after it starts
@@ -66,17 +62,32 @@ async def relay(database: str, url: str, commit: bool) -> None:
         if not rows:
             await asyncio.sleep(POLL_SECONDS)
             continue
-        if commit:  # the writer lock is cirelay's (app.store.engine.WriterLock)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                writer.execute("BEGIN IMMEDIATE")
-                writer.executemany("INSERT INTO floor_sent VALUES (?)", [(r[0],) for r in rows])
-                writer.execute("COMMIT")
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        if note is not None:
+            note.sent([int(r[0]) for r in rows])
         await asyncio.gather(*(publish(js, target, row) for row in rows))
         last = rows[-1][0]
     await nc.close()
+
+
+class _Notes:
+    """``--commit``: a durable row per event about to be published, in a table of its own,
+    one transaction per poll under cirelay's writer lock (``app.store.engine.WriterLock``)."""
+
+    def __init__(self, database: str) -> None:
+        self.db = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute("CREATE TABLE IF NOT EXISTS floor_sent (seq INTEGER PRIMARY KEY)")
+        self.lock = os.open(f"{database}.writer-lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def sent(self, seqs: list[int]) -> None:
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT INTO floor_sent VALUES (?)", [(s,) for s in seqs])
+            self.db.execute("COMMIT")
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
 
 
 async def publish(js: JetStreamContext, target: BrokerTarget, row: tuple[object, ...]) -> None:

@@ -237,6 +237,25 @@ def test_results_that_waited_their_time_are_recorded_even_while_events_come(
     assert deliveries(engine)[0]["state"] == "succeeded"
 
 
+def test_results_holding_half_the_slots_are_recorded_even_while_events_come(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    patient: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    """Waiting results keep their slots (their leases count against the cap): with 4 slots,
+    2 waiting results are as many as may wait, however young."""
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    notify(client, engine, clock, 2, "Running")
+    assert patient.run_round().claimed == 2
+    finished(patient, 2)
+    notify(client, engine, clock, 3, "Running")
+
+    did = patient.run_round()
+
+    assert (did.recorded, did.claimed) == (2, 1)
+    assert [d["state"] for d in deliveries(engine)][:2] == ["succeeded", "succeeded"]
+
+
 def test_a_jobs_next_event_waits_for_its_previous_ones_result_to_be_recorded(
     client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
     patient: Deliverer, hook: Subscriber,

@@ -138,7 +138,5 @@ def test_on_sqlite_a_commit_by_the_service_wakes_the_worker_however_seldom_it_po
         subscribe(stack, hook.url())
         time.sleep(1.0)  # the worker's first rounds are over: it waits on its poll now
         job = stack.submit(job_json())
-        submitted = time.monotonic()
-        hook.wait_for(1, timeout=10)
-        assert time.monotonic() - submitted < 5, "the worker waited on its poll"
+        hook.wait_for(1, timeout=10)  # a third of the poll: only a wake gets it there
         assert hook.accepted()[0].event()["subject"] == stack.wait_final(job["id"])["ci_job_id"]

@@ -193,7 +193,8 @@ class Deliverer:
         now = self.clock()
         self._results += self._drain()
         head, behind, due = 0, False, False
-        if not self._results_overdue():
+        overdue = self._results_overdue()
+        if not overdue:
             with self._reading() as conn:
                 head = store.events_head(conn)
                 behind = store.any_behind(conn, head)
@@ -204,7 +205,7 @@ class Deliverer:
                 )
             if not (behind or due or self._results):
                 return done
-        record = not (behind or due)  # nothing new waits, or the results cannot wait longer
+        record = overdue or not (behind or due)  # results go when nothing new waits
         recorded = None
         with self._held.transaction() as conn:
             if record:
@@ -212,7 +213,7 @@ class Deliverer:
                 # meanwhile free their slots for this round's claim
                 finished, self._results = self._results + self._drain(), []
                 recorded = self._write_results(conn, finished)
-                if recorded.disabled or not head:  # an event written, or no read this round
+                if overdue or recorded.disabled:  # no read this round, or an event written
                     head, behind = store.events_head(conn), True
             if behind:
                 done.fanned_out = self._fan_out(conn, head, now)

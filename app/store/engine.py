@@ -126,8 +126,8 @@ def create_engine(
     """
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30}, **_JSON)
-        database = engine.url.database
-        if database and database != ":memory:":
+        database = sqlite_file(engine)
+        if database is not None:
             _WRITER_LOCKS[engine] = WriterLock(f"{database}.writer-lock")
 
         @sa.event.listens_for(engine, "connect")
@@ -299,6 +299,14 @@ def is_transient(exc: BaseException) -> bool:
 
 
 # --- connections and transactions ---------------------------------------------------------
+
+
+def sqlite_file(engine: Engine) -> str | None:
+    """The file of a SQLite database; ``None`` for PostgreSQL or an in-memory database."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    return database
 
 
 class WriterLock:
