@@ -285,37 +285,44 @@ def claim_deliveries(
     ids = [ident for _, ident in sorted(due)[:limit]]
     if not ids:
         return []
-    conn.execute(
-        sa.update(deliveries)
-        .where(deliveries.c.id.in_(ids))
-        .values(lease_owner=owner, lease_until=lease_until)
-    )
-    query = (
-        sa.select(
-            deliveries.c.id.label("delivery_id"),
-            deliveries.c.attempts,
-            deliveries.c.origin,
-            *(c.label(f"s_{c.name}") for c in subscriptions.c),
-            *(c.label(f"e_{c.name}") for c in events.c),
+    conn.execute(_LEASE, {"ids": ids, "owner": owner, "until": lease_until})
+    return [
+        Claim(
+            delivery_id=int(m["delivery_id"]),
+            attempt=int(m["attempts"]) + 1,
+            lease_owner=owner,
+            origin=m["origin"],
+            subscription=Subscription(**{name: m[label] for name, label in _SUBSCRIPTION_COLUMNS}),
+            event=Event(**{name: m[label] for name, label in _EVENT_COLUMNS}),
         )
-        .join(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
-        .join(events, events.c.seq == deliveries.c.event_seq)
-        .where(deliveries.c.id.in_(ids))
-        .order_by(deliveries.c.id)
+        for m in conn.execute(_CLAIMED, {"ids": ids}).mappings()
+    ]
+
+
+#: built once, as the claim's other statements: the lease, and what the claims carry
+_LEASE = (
+    sa.update(deliveries)
+    .where(deliveries.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(
+        lease_owner=sa.bindparam("owner", type_=sa.String),
+        lease_until=sa.bindparam("until", type_=UTCDateTime),
     )
-    claims = []
-    for m in conn.execute(query).mappings():
-        claims.append(
-            Claim(
-                delivery_id=int(m["delivery_id"]),
-                attempt=int(m["attempts"]) + 1,
-                lease_owner=owner,
-                origin=m["origin"],
-                subscription=Subscription(**{c.name: m[f"s_{c.name}"] for c in subscriptions.c}),
-                event=Event(**{c.name: m[f"e_{c.name}"] for c in events.c}),
-            )
-        )
-    return claims
+)
+_SUBSCRIPTION_COLUMNS = [(c.name, f"s_{c.name}") for c in subscriptions.c]
+_EVENT_COLUMNS = [(c.name, f"e_{c.name}") for c in events.c]
+_CLAIMED = (
+    sa.select(
+        deliveries.c.id.label("delivery_id"),
+        deliveries.c.attempts,
+        deliveries.c.origin,
+        *(c.label(f"s_{c.name}") for c in subscriptions.c),
+        *(c.label(f"e_{c.name}") for c in events.c),
+    )
+    .join(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
+    .join(events, events.c.seq == deliveries.c.event_seq)
+    .where(deliveries.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(deliveries.c.id)
+)
 
 
 def bring_forward(
@@ -405,35 +412,15 @@ def finish_attempts(
     if attempts:
         # a delivery deleted meanwhile (with its subscription) keeps no attempts; the rows
         # that remain are held against deletion until this transaction ends
-        existing = set(
-            conn.execute(
-                sa.select(deliveries.c.id)
-                .where(deliveries.c.id.in_({a["delivery_id"] for a in attempts}))
-                .with_for_update(key_share=True)
-            ).scalars()
-        )
+        ids = sorted({a["delivery_id"] for a in attempts})
+        existing = set(conn.execute(_EXISTING, {"ids": ids}).scalars())
         kept = [a for a in attempts if a["delivery_id"] in existing]
         if kept:
-            conn.execute(sa.insert(delivery_attempts), kept)
+            conn.execute(_INSERT_ATTEMPTS, kept)
     if not updates:
         return set()
-    held = {
-        int(row.id): row
-        for row in conn.execute(
-            sa.select(
-                deliveries.c.id,
-                deliveries.c.subscription_id,
-                deliveries.c.order_key,
-                deliveries.c.event_seq,
-            )
-            .where(
-                deliveries.c.id.in_([u["id"] for u in updates]),
-                deliveries.c.lease_owner == owner,
-                deliveries.c.state == DeliveryState.PENDING.value,
-            )
-            .with_for_update()
-        )
-    }
+    params = {"ids": [u["id"] for u in updates], "owner": owner}
+    held = {int(row.id): row for row in conn.execute(_HELD, params)}
     rows = [{**u, "b_id": u["id"]} for u in updates if u["id"] in held]
     if rows:
         conn.execute(_FINISH, [{k: v for k, v in r.items() if k != "id"} for r in rows])
@@ -450,6 +437,30 @@ def finish_attempts(
     if retried:
         conn.execute(_PUSH_BACK, retried)
     return set(held)
+
+
+#: built once (a worker records attempts every few rounds): the deliveries that still
+#: exist, and those still leased to the worker recording them
+_EXISTING = (
+    sa.select(deliveries.c.id)
+    .where(deliveries.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .with_for_update(key_share=True)
+)
+_INSERT_ATTEMPTS = sa.insert(delivery_attempts)
+_HELD = (
+    sa.select(
+        deliveries.c.id,
+        deliveries.c.subscription_id,
+        deliveries.c.order_key,
+        deliveries.c.event_seq,
+    )
+    .where(
+        deliveries.c.id.in_(sa.bindparam("ids", expanding=True)),
+        deliveries.c.lease_owner == sa.bindparam("owner", type_=sa.String),
+        deliveries.c.state == DeliveryState.PENDING.value,
+    )
+    .with_for_update()
+)
 
 
 def prune_deliveries(conn: Connection, *, finished_before: datetime, limit: int) -> int:

@@ -50,9 +50,14 @@ def of_types(wanted: TypeFilter) -> sa.ColumnElement[bool]:
     )
 
 
+#: built once, as are the other statements a worker runs every round: building one costs
+#: more than running it
+_HEAD = sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0))
+
+
 def events_head(conn: Connection) -> int:
     """The sequence number of the newest event (0 when there is none)."""
-    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0))).scalar_one())
+    return int(conn.execute(_HEAD).scalar_one())
 
 
 def find_event(conn: Connection, event_id: str) -> Event | None:

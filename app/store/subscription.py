@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.models import Subscription
-from app.store.schema import subscriptions
+from app.store.schema import UTCDateTime, subscriptions
 
 
 def insert_subscription(conn: Connection, item: Subscription) -> None:
@@ -18,9 +18,13 @@ def insert_subscription(conn: Connection, item: Subscription) -> None:
 
 
 def get_subscription(conn: Connection, ident: str) -> Subscription | None:
-    row = conn.execute(sa.select(subscriptions).where(subscriptions.c.id == ident)).mappings()
-    found = row.first()
-    return Subscription(**dict(found)) if found else None
+    found = conn.execute(_BY_ID, {"ident": ident}).mappings().first()
+    return Subscription(**found) if found else None
+
+
+_BY_ID = sa.select(subscriptions).where(
+    subscriptions.c.id == sa.bindparam("ident", type_=sa.String)
+)
 
 
 def list_subscriptions(conn: Connection) -> list[Subscription]:
@@ -40,22 +44,27 @@ def delete_subscription(conn: Connection, ident: str) -> bool:
 
 def any_behind(conn: Connection, head: int) -> bool:
     """Whether an enabled subscription's fan-out cursor is behind ``head`` (a cheap read)."""
-    query = sa.select(subscriptions.c.id).where(
-        subscriptions.c.enabled, subscriptions.c.fanout_seq < head
-    )
-    return conn.execute(query.limit(1)).first() is not None
+    return conn.execute(_ANY_BEHIND, {"head": head}).first() is not None
 
 
 def subscriptions_to_fan_out(conn: Connection, head: int) -> list[Subscription]:
     """Enabled subscriptions whose fan-out cursor is behind ``head``, locked for this
     transaction; on PostgreSQL, those another worker holds are skipped."""
-    query = (
-        sa.select(subscriptions)
-        .where(subscriptions.c.enabled, subscriptions.c.fanout_seq < head)
-        .order_by(subscriptions.c.id)
-        .with_for_update(skip_locked=True)
-    )
-    return [Subscription(**dict(m)) for m in conn.execute(query).mappings()]
+    return [Subscription(**m) for m in conn.execute(_TO_FAN_OUT, {"head": head}).mappings()]
+
+
+#: built once: a worker runs these every round (building a statement costs more than
+#: running it)
+_BEHIND = sa.and_(
+    subscriptions.c.enabled, subscriptions.c.fanout_seq < sa.bindparam("head", type_=sa.Integer)
+)
+_ANY_BEHIND = sa.select(subscriptions.c.id).where(_BEHIND).limit(1)
+_TO_FAN_OUT = (
+    sa.select(subscriptions)
+    .where(_BEHIND)
+    .order_by(subscriptions.c.id)
+    .with_for_update(skip_locked=True)
+)
 
 
 def record_failure(
@@ -64,18 +73,9 @@ def record_failure(
     """Note a failed attempt (with ``pause_until``, one of the endpoint's own: no delivery
     before then); returns since when the subscription has been failing (``None`` when it is
     gone)."""
-    values: dict[str, Any] = {
-        "failing_since": sa.func.coalesce(subscriptions.c.failing_since, now),
-        "last_failure_at": now,
-        "successes_in_a_row": 0,
-    }
-    if pause_until is not None:
-        values["paused_until"] = pause_until
-    conn.execute(
-        sa.update(subscriptions).where(subscriptions.c.id == subscription_id).values(values)
-    )
-    query = sa.select(subscriptions.c.failing_since).where(subscriptions.c.id == subscription_id)
-    value: datetime | None = conn.execute(query).scalar_one_or_none()
+    params = {"sid": subscription_id, "now": now, "pause_until": pause_until}
+    conn.execute(_FAILED, params)
+    value: datetime | None = conn.execute(_FAILING_SINCE, params).scalar_one_or_none()
     return value
 
 
@@ -84,21 +84,48 @@ def record_success(
 ) -> None:
     """Note ``count`` 2xx in a row (which ends a pause); a failing subscription is healthy
     again after ``streak`` in a row, or when its last failure was before ``quiet_since``."""
-    row = subscriptions.c
-    conn.execute(
-        sa.update(subscriptions)
-        .where(row.id == subscription_id)
-        .values(successes_in_a_row=row.successes_in_a_row + count, paused_until=None)
+    params = {"sid": subscription_id, "count": count, "streak": streak, "quiet": quiet_since}
+    conn.execute(_SUCCEEDED, params)
+    conn.execute(_HEALTHY_AGAIN, params)
+
+
+_ROW = subscriptions.c
+_THIS = _ROW.id == sa.bindparam("sid", type_=sa.String)
+_NOW = sa.bindparam("now", type_=UTCDateTime)
+_FAILED = (
+    sa.update(subscriptions)
+    .where(_THIS)
+    .values(
+        failing_since=sa.func.coalesce(_ROW.failing_since, _NOW),
+        last_failure_at=_NOW,
+        successes_in_a_row=0,
+        # no pause given: the one it has (if any) stands
+        paused_until=sa.func.coalesce(
+            sa.bindparam("pause_until", type_=UTCDateTime), _ROW.paused_until
+        ),
     )
-    conn.execute(
-        sa.update(subscriptions)
-        .where(
-            row.id == subscription_id,
-            row.failing_since.is_not(None),
-            sa.or_(row.successes_in_a_row >= streak, row.last_failure_at < quiet_since),
-        )
-        .values(failing_since=None)
+)
+_FAILING_SINCE = sa.select(_ROW.failing_since).where(_THIS)
+_SUCCEEDED = (
+    sa.update(subscriptions)
+    .where(_THIS)
+    .values(
+        successes_in_a_row=_ROW.successes_in_a_row + sa.bindparam("count", type_=sa.Integer),
+        paused_until=None,
     )
+)
+_HEALTHY_AGAIN = (
+    sa.update(subscriptions)
+    .where(
+        _THIS,
+        _ROW.failing_since.is_not(None),
+        sa.or_(
+            _ROW.successes_in_a_row >= sa.bindparam("streak", type_=sa.Integer),
+            _ROW.last_failure_at < sa.bindparam("quiet", type_=UTCDateTime),
+        ),
+    )
+    .values(failing_since=None)
+)
 
 
 def disable_subscription(
