@@ -8,6 +8,7 @@ What subscribers receive is checked with the ``standardwebhooks`` verifier and p
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import socket
@@ -170,6 +171,39 @@ def test_during_a_rotation_deliveries_carry_both_signatures(
         Webhook(new).verify(request.body, request.headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(sub["secret"]).verify(after.body, after.headers)
+
+
+def test_the_workers_writes_do_not_wait_for_the_disk_and_the_services_do(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    deliverer: Deliverer, hook: Subscriber,
+) -> None:  # fmt: skip
+    """SQLite: what the service must not lose is on disk at commit (``synchronous`` 2 =
+    FULL); the worker's writes, done again if a power loss takes them back (a delivery is
+    at least once), do not wait for the disk (1 = NORMAL)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's synchronous levels")
+    levels: dict[str, set[int]] = collections.defaultdict(set)
+
+    def note(_conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith(("INSERT INTO", "UPDATE")):
+            table = statement.split()[2 if statement.startswith("INSERT") else 1]
+            levels[table].add(cursor.connection.execute("PRAGMA synchronous").fetchone()[0])
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        subscribe(client, auth, hook.url())
+        notify(client, engine, clock, 1, "Running")
+        deliverer.wait_idle()
+        notify(client, engine, clock, 1, "Success")
+        deliverer.wait_idle()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+    assert len(hook.accepted()) == 2
+    # the job's state, its notifications, its events and the subscription: durable at commit
+    assert levels["jobs"] == levels["notifications"] == levels["events"] == {2}  # FULL
+    assert levels["subscriptions"] >= {2}
+    # the deliveries, their leases and results, and the attempts: the worker's
+    assert levels["deliveries"] == levels["delivery_attempts"] == {1}  # NORMAL
 
 
 # --- results wait while new events go first ----------------------------------------------

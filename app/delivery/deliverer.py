@@ -9,6 +9,7 @@ subscribers deduplicate on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -17,9 +18,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -140,8 +140,12 @@ class Deliverer:
         self._one_writer = engine.dialect.name == "sqlite"
         #: the loop's connection, kept while rounds follow each other (no pool checkout and
         #: no ping per transaction), given back when it goes idle; only the loop's thread
-        #: uses it
-        self._held = store.HeldConnection(engine)
+        #: uses it. Its writes are all done again if a power loss takes them back, so on
+        #: SQLite its commits do not wait for the disk (see HeldConnection)
+        self._held = store.HeldConnection(engine, redone_if_lost=True)
+        #: SQLite: the connection of the read that starts a round (the held one begins as a
+        #: writer, which would queue for the lock), kept and given back alike
+        self._reader = store.HeldConnection(engine, reader=True)
 
     # the loop
 
@@ -167,7 +171,8 @@ class Deliverer:
                 continue
             if not (did.fanned_out or did.claimed or did.recorded or self._results):
                 if not self._in_flight:
-                    self._held.close()  # idle: the connection goes back to the pool
+                    self._held.close()  # idle: the connections go back to the pool
+                    self._reader.close()
                 self._wake.wait(poll_seconds)
                 self._wake.clear()
         self.close()
@@ -181,6 +186,7 @@ class Deliverer:
         if finished:
             self._record(finished)
         self._held.close()
+        self._reader.close()
 
     def run_round(self) -> Round:
         """Record what finished, fan out new events and claim what is due, in one transaction:
@@ -196,8 +202,7 @@ class Deliverer:
         overdue = self._results_overdue()
         if not overdue:
             with self._reading() as conn:
-                head = store.events_head(conn)
-                behind = store.any_behind(conn, head)
+                head, behind = store.head_and_behind(conn)
                 due = (
                     self.concurrency > self._in_flight
                     and not behind
@@ -235,17 +240,10 @@ class Deliverer:
             or len(self._results) >= self.concurrency // 2
         )
 
-    @contextmanager
-    def _reading(self) -> Iterator[Connection]:
+    def _reading(self) -> contextlib.AbstractContextManager[Connection]:
         """The read that starts a round: on PostgreSQL on the loop's connection; on SQLite on
-        one of the pool's (the loop's begins as a writer, which would queue for the lock)."""
-        if not self._one_writer:
-            with self._held.transaction() as conn:
-                yield conn
-            return
-        with self.engine.connect() as conn:
-            yield conn
-            conn.rollback()
+        a reader's (the loop's begins as a writer, which would queue for the lock)."""
+        return (self._reader if self._one_writer else self._held).transaction()
 
     @property
     def _in_flight(self) -> int:

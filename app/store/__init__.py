@@ -104,10 +104,10 @@ from app.store.schema import (
     workflow_tasks,
 )
 from app.store.subscription import (
-    any_behind,
     delete_subscription,
     disable_subscription,
     get_subscription,
+    head_and_behind,
     insert_subscription,
     list_subscriptions,
     record_failure,
@@ -134,7 +134,6 @@ __all__ = [
     "HeldConnection",
     "UTCDateTime",
     "WriterLock",
-    "any_behind",
     "audit_log",
     "bring_forward",
     "check_database",
@@ -166,6 +165,7 @@ __all__ = [
     "get_quarantined",
     "get_subscription",
     "has_claimable",
+    "head_and_behind",
     "hold_events_lock",
     "insert_audit",
     "insert_event",

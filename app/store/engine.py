@@ -112,6 +112,14 @@ class BoundedConnection(psycopg.Connection[Any]):
             raise NoAnswerError(f"the database did not answer within {limit:g} s") from None
 
 
+#: SQLite's ``synchronous`` levels in WAL mode. FULL: a commit returns once the log is on
+#: disk. NORMAL: once it is written (it survives the process's crash, never corrupts the
+#: database, and a power loss may take back the last commits; the next FULL commit of any
+#: connection makes them durable too, the log being written in order)
+_DURABLE = "FULL"
+_REDONE_IF_LOST = "NORMAL"
+
+
 def create_engine(
     url: str, *, pool_size: int = 5, timeouts: DatabaseTimeouts | None = None
 ) -> Engine:
@@ -121,6 +129,8 @@ def create_engine(
     a last resort, and ``BEGIN IMMEDIATE`` for writing transactions so one takes the write
     lock up front rather than failing to upgrade a read lock half-way. Writers also queue on
     a file lock next to the database (see :func:`transaction`). Readers use plain ``BEGIN``.
+    A transaction run with the execution option ``cirelay_redone_if_lost`` commits with
+    ``synchronous=NORMAL`` (see :class:`HeldConnection`).
 
     PostgreSQL: every wait bounded (:class:`DatabaseTimeouts`, the defaults unless given).
     """
@@ -136,17 +146,25 @@ def create_engine(
             cur = dbapi_conn.cursor()
             for pragma in (
                 "journal_mode=WAL",
-                "synchronous=FULL",
+                f"synchronous={_DURABLE}",
                 "foreign_keys=ON",
                 "busy_timeout=30000",
             ):
                 cur.execute(f"PRAGMA {pragma}")
             cur.close()
+            _record.info["synchronous"] = _DURABLE
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            writer = conn.get_execution_options().get("cirelay_writer", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+            options = conn.get_execution_options()
+            # the level is the connection's, and set outside a transaction: each
+            # transaction sets it before its BEGIN when it needs the other one
+            level = _REDONE_IF_LOST if options.get("cirelay_redone_if_lost") else _DURABLE
+            info = conn.connection.info
+            if info.get("synchronous") != level:
+                conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+                info["synchronous"] = level
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("cirelay_writer") else "BEGIN")
 
         return engine
     if url.startswith("postgresql://"):
@@ -360,20 +378,36 @@ class HeldConnection:
     goes idle; after any error it is dropped, so a connection the server closed is replaced
     at once (the committer's retry runs on a new one, pinged by the pool).
 
+    With ``reader``, its transactions only read: on SQLite they never queue for the writer
+    lock (a reader kept beside a writer: the worker's, whose rounds read before they write).
+
+    With ``redone_if_lost``, on SQLite its commits do not wait for the disk
+    (``synchronous=NORMAL``): for writes that are done again when a power loss takes them
+    back, never for what the service must not lose. The worker's are such: a delivery's
+    fan-out, lease or result lost is fanned out, claimed or sent again (deliveries are at
+    least once, and carry their event's id for the subscriber to drop the copy).
+
     Not thread-safe: one per thread."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, reader: bool = False, redone_if_lost: bool = False
+    ) -> None:
         self.engine = engine
+        self.reader = reader
+        self.redone_if_lost = redone_if_lost
         self._conn: Connection | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """One writing transaction: committed when the block ends, rolled back if it raises.
         On SQLite it first queues for the writer lock (see :class:`WriterLock`)."""
-        with _WRITER_LOCKS.get(self.engine) or contextlib.nullcontext():
+        lock = None if self.reader else _WRITER_LOCKS.get(self.engine)
+        with lock or contextlib.nullcontext():
             if self._conn is None:
                 self._conn = self.engine.connect()
-                self._conn.execution_options(cirelay_writer=True)
+                self._conn.execution_options(
+                    cirelay_writer=not self.reader, cirelay_redone_if_lost=self.redone_if_lost
+                )
             try:
                 with self._conn.begin():
                     yield self._conn

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from app.models import Subscription
-from app.store.schema import UTCDateTime, subscriptions
+from app.store.schema import UTCDateTime, events, subscriptions
 
 
 def insert_subscription(conn: Connection, item: Subscription) -> None:
@@ -42,9 +42,11 @@ def delete_subscription(conn: Connection, ident: str) -> bool:
     return bool(conn.execute(query).rowcount)
 
 
-def any_behind(conn: Connection, head: int) -> bool:
-    """Whether an enabled subscription's fan-out cursor is behind ``head`` (a cheap read)."""
-    return conn.execute(_ANY_BEHIND, {"head": head}).first() is not None
+def head_and_behind(conn: Connection) -> tuple[int, bool]:
+    """The sequence number of the newest event (0 when there is none), and whether an
+    enabled subscription's fan-out cursor is behind it: one read."""
+    head, behind = conn.execute(_HEAD_AND_BEHIND).one()
+    return int(head), bool(behind)
 
 
 def subscriptions_to_fan_out(conn: Connection, head: int) -> list[Subscription]:
@@ -58,7 +60,11 @@ def subscriptions_to_fan_out(conn: Connection, head: int) -> list[Subscription]:
 _BEHIND = sa.and_(
     subscriptions.c.enabled, subscriptions.c.fanout_seq < sa.bindparam("head", type_=sa.Integer)
 )
-_ANY_BEHIND = sa.select(subscriptions.c.id).where(_BEHIND).limit(1)
+_HEAD = sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).scalar_subquery()
+_HEAD_AND_BEHIND = sa.select(
+    _HEAD,
+    sa.exists().where(subscriptions.c.enabled, subscriptions.c.fanout_seq < _HEAD),
+)
 _TO_FAN_OUT = (
     sa.select(subscriptions)
     .where(_BEHIND)
@@ -86,7 +92,6 @@ def record_success(
     again after ``streak`` in a row, or when its last failure was before ``quiet_since``."""
     params = {"sid": subscription_id, "count": count, "streak": streak, "quiet": quiet_since}
     conn.execute(_SUCCEEDED, params)
-    conn.execute(_HEALTHY_AGAIN, params)
 
 
 _ROW = subscriptions.c
@@ -112,19 +117,19 @@ _SUCCEEDED = (
     .values(
         successes_in_a_row=_ROW.successes_in_a_row + sa.bindparam("count", type_=sa.Integer),
         paused_until=None,
-    )
-)
-_HEALTHY_AGAIN = (
-    sa.update(subscriptions)
-    .where(
-        _THIS,
-        _ROW.failing_since.is_not(None),
-        sa.or_(
-            _ROW.successes_in_a_row >= sa.bindparam("streak", type_=sa.Integer),
-            _ROW.last_failure_at < sa.bindparam("quiet", type_=UTCDateTime),
+        # healthy again (the right-hand sides read the row as it was)
+        failing_since=sa.case(
+            (
+                sa.or_(
+                    _ROW.successes_in_a_row + sa.bindparam("count", type_=sa.Integer)
+                    >= sa.bindparam("streak", type_=sa.Integer),
+                    _ROW.last_failure_at < sa.bindparam("quiet", type_=UTCDateTime),
+                ),
+                None,
+            ),
+            else_=_ROW.failing_since,
         ),
     )
-    .values(failing_since=None)
 )
 
 

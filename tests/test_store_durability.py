@@ -1,0 +1,41 @@
+"""SQLite: a transaction whose writes are done again if a power loss takes them back does
+not wait for the disk at commit (``synchronous`` 1 = NORMAL), and leaves its connection as
+durable as before (2 = FULL) for whoever takes it from the pool next. The worker's writes
+are such (tests/test_delivery.py shows which)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from app import store
+
+FULL, NORMAL = 2, 1
+
+
+def _level(conn: sa.Connection) -> int:
+    return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+
+
+def test_a_transaction_redone_if_lost_leaves_its_connection_durable_for_the_next(
+    tmp_path: Path,
+) -> None:
+    engine = store.create_engine(f"sqlite:///{tmp_path / 'levels.db'}")
+    try:
+        held = store.HeldConnection(engine, redone_if_lost=True)
+        with held.transaction() as conn:
+            relaxed = conn.connection.dbapi_connection
+            assert _level(conn) == NORMAL
+        held.close()  # back to the pool
+        with store.transaction(engine) as conn:
+            assert conn.connection.dbapi_connection is relaxed  # the same connection
+            assert _level(conn) == FULL
+        with held.transaction() as conn:
+            assert _level(conn) == NORMAL
+        held.close()
+        with engine.connect() as conn, conn.begin():
+            assert conn.connection.dbapi_connection is relaxed
+            assert _level(conn) == FULL
+    finally:
+        engine.dispose()
