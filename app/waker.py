@@ -102,8 +102,9 @@ class CommitWatcher:
     SQLite has no NOTIFY, but ``PRAGMA data_version`` changes whenever another connection
     has committed, and asking it looks only at the WAL index in shared memory: a thread asks
     every :data:`COMMIT_POLL_SECONDS` on a connection of its own, and wakes the worker when
-    the answer changes. The worker's own commits wake it too (one cheap read round after
-    each). If the watcher's connection fails, it is opened again a second later; meanwhile
+    the answer changes. The worker's own commits wake it too; its loop tells those wakes by
+    its own connection's data version, which they leave as it was, and waits on. If the
+    watcher's connection fails, it is opened again a second later; meanwhile
     the worker still looks every quarter second.
 
     Started by the first :meth:`on_events`; :meth:`close` stops it."""

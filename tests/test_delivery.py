@@ -360,6 +360,46 @@ def test_a_fan_out_takes_at_most_its_batch_and_stops_at_the_head_it_was_given(
         assert made == [2, 2, 2, 0]
 
 
+def test_a_round_that_stops_short_says_so(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, policy: Policy, hook: Subscriber, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A round whose fan-out window may have ended before the newest event, or whose claim
+    took every free slot, says ``more``: the loop then runs the next round at once. Any other
+    round lets it wait for a wake (an attempt finished, another connection committed) or
+    the poll."""
+    monkeypatch.setattr("app.delivery.deliverer.FANOUT_BATCH", 2)
+    subscribe(client, auth, hook.url())
+    for n in range(1, 6):
+        notify(client, engine, clock, n, "Running")
+    sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
+    wide = Deliverer(engine, policy, sender, services.metrics, clock=clock, concurrency=16)
+    try:
+        fanned = []
+        while not fanned or fanned[-1][0]:
+            did = wide.run_round()
+            fanned.append((did.fanned_out, did.more))
+        # 5 events, 2 a window: the first two windows end before the newest event
+        assert fanned[:3] == [(2, True), (2, True), (1, False)]
+    finally:
+        wide.close()
+
+    monkeypatch.undo()  # a batch of 1000 again
+    for n in range(6, 9):
+        notify(client, engine, clock, n, "Running")
+    narrow = Deliverer(engine, policy, sender, services.metrics, clock=clock, concurrency=2,
+                       per_subscription=2)  # fmt: skip
+    try:
+        did = narrow.run_round()  # 3 due, 2 slots
+        assert (did.fanned_out, did.claimed, did.more) == (3, 2, True)
+        deadline = time.monotonic() + 10
+        while not (did := narrow.run_round()).claimed and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the first two are recorded
+        assert (did.claimed, did.more) == (1, False)  # the last one, a slot to spare
+    finally:
+        narrow.close()
+
+
 # --- failures and retries -----------------------------------------------------------------
 
 

@@ -92,6 +92,9 @@ class Round:
     fanned_out: int = 0
     claimed: int = 0
     recorded: int = 0
+    #: it stopped short of what it saw: a fan-out window ended before the newest event, or
+    #: the claim took every free slot (the next round must not wait for a wake)
+    more: bool = False
 
 
 class Deliverer:
@@ -146,6 +149,9 @@ class Deliverer:
         #: SQLite: the connection of the read that starts a round (the held one begins as a
         #: writer, which would queue for the lock), kept and given back alike
         self._reader = store.HeldConnection(engine, reader=True)
+        #: SQLite: the held connection's data version when the last round began to read
+        #: (see :meth:`_nothing_new`)
+        self._read_version: int | None = None
 
     # the loop
 
@@ -169,13 +175,27 @@ class Deliverer:
                 log.exception("delivery round failed")
                 stop.wait(1.0)
                 continue
-            if not (did.fanned_out or did.claimed or did.recorded or self._results):
-                if not self._in_flight:
-                    self._held.close()  # idle: the connections go back to the pool
-                    self._reader.close()
-                self._wake.wait(poll_seconds)
+            if did.more or self._results:
+                continue
+            if not (did.fanned_out or did.claimed or did.recorded or self._in_flight):
+                self._held.close()  # idle: the connections go back to the pool
+                self._reader.close()
+            # until an attempt finishes, anything is committed, or the poll's time
+            woken = self._wake.wait(poll_seconds)
+            self._wake.clear()
+            while woken and self._finished.empty() and self._nothing_new():
+                woken = self._wake.wait(poll_seconds)
                 self._wake.clear()
         self.close()
+
+    def _nothing_new(self) -> bool:
+        """Whether a wake finds nothing that the last round did not see: on SQLite the
+        commit watcher wakes the loop for its own commits too (one a round), and the held
+        connection's data version tells those from any other connection's. The loop's own
+        commits leave nothing to do that the next finished attempt, or the next poll, would
+        not bring it back for."""
+        version = self._held.data_version()
+        return version is not None and version == self._read_version
 
     def close(self, wait: bool = True) -> None:
         """Let the attempts in flight finish and record them (a SIGTERM mid-delivery loses
@@ -195,6 +215,7 @@ class Deliverer:
         claims them is short; they are recorded, a batch at a time, once nothing new waits.
         One read first decides, so an idle round writes nothing."""
         done = Round()
+        self._read_version = self._held.data_version()
         self._renew_leases()
         now = self.clock()
         self._results += self._drain()
@@ -221,12 +242,13 @@ class Deliverer:
                 if overdue or recorded.disabled:  # no read this round, or an event written
                     head, behind = store.events_head(conn), True
             if behind:
-                done.fanned_out = self._fan_out(conn, head, now)
+                done.fanned_out, done.more = self._fan_out(conn, head, now)
             free = self.concurrency - self._in_flight
             claims = self._claim(conn, now, free) if free > 0 else []
         if recorded is not None:
             done.recorded = self._after_record(finished, recorded)
         done.claimed = len(claims)
+        done.more = done.more or 0 < free == len(claims)
         for claim in claims:
             self._leased[claim.delivery_id] = time.monotonic()
             self._pool.submit(self._attempt, claim)
@@ -290,11 +312,15 @@ class Deliverer:
 
     # 1. fan out
 
-    def _fan_out(self, conn: Connection, head: int, now: datetime) -> int:
-        created = 0
+    def _fan_out(self, conn: Connection, head: int, now: datetime) -> tuple[int, bool]:
+        """Fan out the events up to ``head``, at most :data:`FANOUT_BATCH` per subscription;
+        returns how many deliveries it made, and whether a window may have ended before
+        ``head`` (more than a batch lay between a cursor and it)."""
+        created, short = 0, False
         for subscription in store.subscriptions_to_fan_out(conn, head):
             created += store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now, head=head)
-        return created
+            short = short or head - subscription.fanout_seq > FANOUT_BATCH
+        return created, short
 
     # 2. claim
 

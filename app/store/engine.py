@@ -415,6 +415,18 @@ class HeldConnection:
                 self.close()
                 raise
 
+    def data_version(self) -> int | None:
+        """SQLite: the held connection's ``PRAGMA data_version``, which changes when another
+        connection, of any process, commits, and never for this one's own commits. ``None``
+        when no connection is held, when it fails, or on PostgreSQL."""
+        if self._conn is None or self.engine.dialect.name != "sqlite":
+            return None
+        try:
+            driver = self._conn.connection.driver_connection
+            return int(driver.execute("PRAGMA data_version").fetchone()[0])  # type: ignore[union-attr]
+        except Exception:  # the next transaction finds out, and drops it
+            return None
+
     def close(self) -> None:
         """Give the connection back to the pool (a broken one is discarded there)."""
         if self._conn is not None:
