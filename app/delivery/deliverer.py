@@ -212,8 +212,9 @@ class Deliverer:
         """Record what finished, fan out new events and claim what is due, in one transaction:
         one commit a round (on SQLite, one wait for the writer lock). While new events are
         waiting, the results wait (up to :attr:`results_wait`) so the round that
-        claims them is short; they are recorded, a batch at a time, once nothing new waits.
-        One read first decides, so an idle round writes nothing."""
+        claims them is short; they are recorded, a batch at a time, once nothing new waits,
+        and that round claims what is due after them. One read first decides, so an idle
+        round writes nothing."""
         done = Round()
         self._read_version = self._held.data_version()
         self._renew_leases()
@@ -224,14 +225,15 @@ class Deliverer:
         if not overdue:
             with self._reading() as conn:
                 head, behind = store.head_and_behind(conn)
+                # with results waiting, a round comes anyway: it claims after recording
                 due = (
-                    self.concurrency > self._in_flight
-                    and not behind
+                    not (behind or self._results)
+                    and self.concurrency > self._in_flight
                     and store.has_claimable(conn, now, per_subscription=self.per_subscription)
                 )
             if not (behind or due or self._results):
                 return done
-        record = overdue or not (behind or due)  # results go when nothing new waits
+        record = overdue or not behind  # results go when no new event waits
         recorded = None
         with self._held.transaction() as conn:
             if record:
