@@ -1114,8 +1114,9 @@ def test_an_unreachable_subscriber_is_paused_and_probed_one_delivery_at_a_time(
 ) -> None:  # fmt: skip
     """Connections refused: the deliveries in flight fail, then the subscription is paused
     until their retry (its new events are fanned out when the pause ends), and then one
-    delivery at a time goes (a probe) instead of each being refused in turn. When the probe succeeds the pause ends, everything due goes, and the
-    retries still waiting on their backoff are brought forward, in event order."""
+    delivery at a time goes (a probe) instead of each being refused in turn. When the probe
+    succeeds the pause ends, everything due goes, and the retries still waiting on their
+    backoff are brought forward, in event order."""
     sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
     deliverer = Deliverer(services.engine, policy, sender, services.metrics, clock=clock,
                           concurrency=16, rng=random.Random(7))  # fmt: skip
