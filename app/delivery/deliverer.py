@@ -224,7 +224,7 @@ class Deliverer:
         overdue = self._results_overdue()
         if not overdue:
             with self._reading() as conn:
-                head, behind = store.head_and_behind(conn, now)
+                head, behind = store.head_and_behind(conn)
                 # with results waiting, a round comes anyway: it claims after recording
                 due = (
                     not (behind or self._results)
@@ -319,7 +319,7 @@ class Deliverer:
         returns how many deliveries it made, and whether a window may have ended before
         ``head`` (more than a batch lay between a cursor and it)."""
         created, short = 0, False
-        for subscription in store.subscriptions_to_fan_out(conn, head, now):
+        for subscription in store.subscriptions_to_fan_out(conn, head):
             created += store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now, head=head)
             short = short or head - subscription.fanout_seq > FANOUT_BATCH
         return created, short
