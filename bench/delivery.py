@@ -26,18 +26,19 @@ With ``--floor bare`` or ``--floor commit`` (NATS on SQLite), ``bench/broker_flo
 the outbox to the stream instead of ``cirelay worker``: the least any relay does here, without
 (bare) or with (commit) a durable note of what it is about to publish.
 
-``--faults`` runs five phases against one service and worker instead (issue 14 §4):
+``--faults`` runs six phases against one service and worker instead (issue 14 §4), a fault
+always between two phases without one, since this VM's speed drifts between phases:
 
 1. **alone**: the fast subscriber only, as above;
 2. **beside a slow one**: a second subscription whose subscriber drip-feeds its answers (a byte
-   every 0.5 s, so each read is quick and only the attempt's deadline ends it); the fast
-   subscriber's latency is printed for both phases, side by side;
-3. **beside a down one**: the slow subscription replaced by one whose address refuses
-   connections, so its deliveries fail at once and wait on their backoff;
-4. **alone again**, the down subscription deleted: the control. How far the fast
-   subscriber's p95 moves between two phases alike says how much of a difference in 2. and 3.
-   this VM's drift alone can make; each phase's p95 is printed against the first's;
-5. **recovery**: the fast subscriber down for ``--outage``
+   every 0.5 s, so each read is quick and only the attempt's deadline ends it);
+3. **alone again**, the slow subscription deleted;
+4. **beside a down one**: a subscription whose address refuses connections, so its
+   deliveries fail at once and wait on their backoff;
+5. **alone a third time**, the down subscription deleted. Each fault's p95 is printed against
+   the mean of the two phases alone around it; and the control, phase 3 against 1 and 5, says
+   how far p95 moves between phases alike: a fault's ratio means something only beyond it;
+6. **recovery**: the fast subscriber down for ``--outage``
    seconds while notifications go on, then up again on the same port: prints how long the
    backlog of retries took to drain once it answers (the failed deliveries wait on their
    backoff, 5 s, 30 s, 2 min…, unless brought forward).
@@ -468,7 +469,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def run_faults(args: argparse.Namespace, work: Path) -> int:
     per_phase = int(args.rate * (args.warmup + args.duration))
     outage_jobs = int(args.rate * args.outage)
-    url, keys, jobs = prepare(args, work, 4 * per_phase + outage_jobs)
+    url, keys, jobs = prepare(args, work, 5 * per_phase + outage_jobs)
     template = ingest.notification_template()
     fast, port = _subscriber(work / "fast-1.jsonl")
     slow, slow_port = _subscriber(work / "slow.jsonl", drip=True)
@@ -478,33 +479,32 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
     worker: subprocess.Popen[bytes] | None = None
     phases: dict[str, Sent] = {}
     drained = float("nan")
+    batches = iter(jobs[n * per_phase : (n + 1) * per_phase] for n in range(5))
     try:
         with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
             key = env["CIRELAY_API_KEYS"]
             create_subscription(server.url, key, f"http://127.0.0.1:{port}/hook")
             worker = start_worker(server, work)
             time.sleep(1.0)
-            print("phase 1: the fast subscriber alone", flush=True)
-            phases["alone"] = send_at_rate(server.url, jobs[:per_phase], template, args.rate,
-                                           args.connections)  # fmt: skip
-            slow_id = create_subscription(server.url, key, f"http://127.0.0.1:{slow_port}/hook")
-            print("phase 2: beside a drip-feeding subscriber", flush=True)
-            phases["beside"] = send_at_rate(server.url, jobs[per_phase:2 * per_phase], template,
-                                            args.rate, args.connections)  # fmt: skip
-            delete_subscription(server.url, key, slow_id)
-            down_id = create_subscription(server.url, key, f"http://127.0.0.1:{_closed_port()}/")
-            print("phase 3: beside a subscriber that is down", flush=True)
-            phases["down"] = send_at_rate(server.url, jobs[2 * per_phase : 3 * per_phase],
-                                          template, args.rate, args.connections)  # fmt: skip
-            delete_subscription(server.url, key, down_id)
+
+            def phase(name: str, beside: str | None = None) -> None:
+                other = create_subscription(server.url, key, beside) if beside else None
+                print(f"phase {len(phases) + 1}: {PHASES[name]}", flush=True)
+                phases[name] = send_at_rate(server.url, next(batches), template, args.rate,
+                                            args.connections)  # fmt: skip
+                if other is not None:
+                    delete_subscription(server.url, key, other)
+                    wait_for_backlog(server.url, timeout=60)
+
+            phase("alone")
+            phase("beside", f"http://127.0.0.1:{slow_port}/hook")
+            phase("again")
+            phase("down", f"http://127.0.0.1:{_closed_port()}/")
+            phase("third")
             wait_for_backlog(server.url, timeout=60)
-            print("phase 4: the fast subscriber alone again (the control)", flush=True)
-            phases["again"] = send_at_rate(server.url, jobs[3 * per_phase : 4 * per_phase],
-                                           template, args.rate, args.connections)  # fmt: skip
-            wait_for_backlog(server.url, timeout=60)
-            print(f"phase 5: the fast subscriber down for {args.outage:g} s", flush=True)
+            print(f"phase 6: the fast subscriber down for {args.outage:g} s", flush=True)
             _stop(fast)
-            send_at_rate(server.url, jobs[4 * per_phase :], template, args.rate, args.connections)
+            send_at_rate(server.url, jobs[5 * per_phase :], template, args.rate, args.connections)
             time.sleep(2.0)  # the last notifications' first attempts fail too
             fast, _ = _subscriber(work / "fast-2.jsonl", port)
             up = time.monotonic()
@@ -522,8 +522,8 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
 
 
 PHASES = {"alone": "alone", "beside": "beside a drip-feeding subscriber",
-          "down": "beside a subscriber that is down",
-          "again": "alone again (the control)"}  # fmt: skip
+          "again": "alone again (the control)", "down": "beside a subscriber that is down",
+          "third": "alone a third time"}  # fmt: skip
 
 
 def report_faults(
@@ -550,9 +550,14 @@ def report_faults(
         ]
         print(line(PHASES[name], latencies))
         p95[name] = percentile(latencies, 95)
-    ratios = ", ".join(f"{PHASES[n].split(' (')[0]} {p95[n] / p95['alone']:.2f}"
-                       for n in ("beside", "down", "again"))  # fmt: skip
-    print(f"p95 against alone: {ratios} (alone again: how far p95 moves by itself)")
+    # each phase against the mean of the two phases around it (a fault's are both alone)
+    around = {"beside": ("alone", "again"), "again": ("alone", "third"), "down": ("again", "third")}
+    ratios = ", ".join(
+        f"{PHASES[n].split(' (')[0]} {p95[n] / ((p95[a] + p95[b]) / 2):.2f}"
+        for n, (a, b) in around.items()
+    )
+    print(f"p95 against the phases alone around it: {ratios} (alone again: the control, how far "
+          "p95 moves by itself)")  # fmt: skip
     print(f"recovery: {outage_jobs} notifications during a {args.outage:g} s outage; backlog "
           f"drained {drained:.1f} s after the subscriber was back")  # fmt: skip
     return 0
