@@ -1113,9 +1113,12 @@ def test_an_unreachable_subscriber_is_paused_and_probed_one_delivery_at_a_time(
     services: Services, policy: Policy, hook: Subscriber,
 ) -> None:  # fmt: skip
     """Connections refused: the deliveries in flight fail, then the subscription is paused
-    until their retry, and then one delivery at a time goes (a probe) instead of each being
-    refused in turn. When the probe succeeds the pause ends, everything due goes, and the
-    retries still waiting on their backoff are brought forward, in event order."""
+    until the next probe (the first retry's delay), and then one delivery at a time goes (a
+    probe) instead of each being refused in turn. The probe comes that often however far
+    the probed delivery is into its backoff, and the paused subscription's new events are
+    fanned out only when its pause ends. When the probe succeeds the pause ends, everything
+    due goes, and the retries still waiting on their backoff are brought forward, in event
+    order."""
     sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
     deliverer = Deliverer(services.engine, policy, sender, services.metrics, clock=clock,
                           concurrency=16, rng=random.Random(7))  # fmt: skip
@@ -1124,21 +1127,24 @@ def test_an_unreachable_subscriber_is_paused_and_probed_one_delivery_at_a_time(
     for n in range(6):
         notify(client, engine, clock, n, "Running")
     deliverer.wait_idle()  # all six in flight at once, all refused
-    first = deliveries(engine)
-    assert {d["attempts"] for d in first} == {1}
+    assert {d["attempts"] for d in deliveries(engine)} == {1}
     paused_until = datetime.fromisoformat(subscription(client, auth, sub["id"])["paused_until"])
-    assert paused_until in {d["next_attempt_at"] for d in first}
+    assert clock() + timedelta(seconds=8) <= paused_until <= clock() + timedelta(seconds=12)
 
     clock.now += timedelta(seconds=13)  # every retry (10 s +- 20 %) is due: one goes
     deliverer.wait_idle()
     assert sorted(d["attempts"] for d in deliveries(engine)) == [1, 1, 1, 1, 1, 2]
+    probe = max(deliveries(engine), key=lambda d: d["attempts"])
+    assert probe["next_attempt_at"] >= clock() + timedelta(seconds=16)  # 20 s +- 20 %
     paused_until = datetime.fromisoformat(subscription(client, auth, sub["id"])["paused_until"])
-    assert paused_until > clock()
+    # the next probe in 10 s +- 20 % again, not at this one's retry
+    assert clock() + timedelta(seconds=8) <= paused_until <= clock() + timedelta(seconds=12)
 
     hook.start()
     notify(client, engine, clock, 99, "Running")  # a new event waits for the pause's end too
     deliverer.wait_idle()
     assert hook.accepted() == []
+    assert len(deliveries(engine)) == 6  # and is fanned out only then (no round pays for it)
     clock.now = paused_until  # the probe succeeds: the pause ends and the rest goes
     deliverer.wait_idle()
     deliverer.close()

@@ -91,8 +91,8 @@ SUBSCRIPTION: Schema = {
         "paused_until": {
             **_TIMESTAMP,
             "description": "its endpoint cannot be reached (connections refused or timing "
-            "out): no delivery is attempted before this time, then one at a time until one "
-            "succeeds",
+            "out): no delivery is attempted before this time (the next probe, the first "
+            "retry's delay after the last refusal), then one at a time until one succeeds",
         },
         "previous_secret_expires_at": _TIMESTAMP,
         "created_at": {"type": "string", "format": "date-time"},

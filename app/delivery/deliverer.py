@@ -224,7 +224,7 @@ class Deliverer:
         overdue = self._results_overdue()
         if not overdue:
             with self._reading() as conn:
-                head, behind = store.head_and_behind(conn)
+                head, behind = store.head_and_behind(conn, now)
                 # with results waiting, a round comes anyway: it claims after recording
                 due = (
                     not (behind or self._results)
@@ -319,7 +319,7 @@ class Deliverer:
         returns how many deliveries it made, and whether a window may have ended before
         ``head`` (more than a batch lay between a cursor and it)."""
         created, short = 0, False
-        for subscription in store.subscriptions_to_fan_out(conn, head):
+        for subscription in store.subscriptions_to_fan_out(conn, head, now):
             created += store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now, head=head)
             short = short or head - subscription.fanout_seq > FANOUT_BATCH
         return created, short
@@ -365,7 +365,6 @@ class Deliverer:
         """Write the attempts, the deliveries' next steps and each subscription's health."""
         attempts = [_attempt_row(f) for f in finished]
         updates = [self._next_step(f) for f in finished]
-        retry_at = {u.id: u.next_attempt_at for u in updates}
         disabled: list[Subscription] = []
         now = self.clock()
         applied = store.finish_attempts(
@@ -376,7 +375,7 @@ class Deliverer:
             recovered = _answers_again(
                 conn, sub, results, now=now, failing_for=self.policy.first_delay
             )
-            reason = self._health(conn, sub.id, results, now, retry_at)
+            reason = self._health(conn, sub.id, results, now)
             if reason and store.disable_subscription(conn, sub.id, reason, now):
                 disabled.append(sub)
                 store.insert_event(conn, asdict(_disabled_event(sub, reason, now)))
@@ -409,12 +408,12 @@ class Deliverer:
                      subscription_id, moved)  # fmt: skip
 
     def _health(
-        self, conn: Connection, subscription_id: str, results: list[_Finished], now: datetime,
-        retry_at: dict[int, datetime],
-    ) -> str | None:  # fmt: skip
+        self, conn: Connection, subscription_id: str, results: list[_Finished], now: datetime
+    ) -> str | None:
         """Update the subscription's health with one batch of its attempts (in the order
-        they finished; ``retry_at``: each delivery's next attempt) and, when the last says
-        its endpoint cannot be reached, pause it; returns why it must be disabled, if it must."""
+        they finished) and, when the last says its endpoint cannot be reached, pause it
+        until the next probe (:meth:`Policy.probe_delay`); returns why it must be disabled,
+        if it must."""
         kinds = [f.report.result for f in results]
         if AttemptResult.GONE in kinds:
             gone = results[kinds.index(AttemptResult.GONE)]
@@ -425,9 +424,9 @@ class Deliverer:
             last = results[failed[-1]]
             pause = None
             if failed[-1] == len(kinds) - 1 and last.report.result in _ENDPOINT_UNREACHABLE:
-                # no use sending the others to be refused one by one: nothing goes before
-                # this one's retry, then one at a time until one succeeds
-                pause = retry_at[last.claim.delivery_id]
+                # no use sending the others to be refused one by one: nothing goes until
+                # the next probe, then one at a time until one succeeds
+                pause = last.finished_at + self.policy.probe_delay(self.rng)
             since = store.record_failure(conn, subscription_id, now, pause_until=pause)
             if since is not None and now - since >= self.policy.disable_after:
                 reason = f"deliveries failing since {_iso(since)}"

@@ -32,6 +32,15 @@ class Policy:
         """The first retry's delay: a subscription failing longer than this is down."""
         return timedelta(seconds=self.schedule[0] if self.schedule else 0)
 
+    def probe_delay(self, rng: random.Random) -> timedelta:
+        """How long a subscription whose endpoint cannot be reached waits for its next probe
+        (one delivery, the oldest due): the first retry's delay, jittered, however long it
+        has been down. Each delivery keeps its own backoff, but the endpoint is looked at
+        again this often, so one that comes back is found within seconds and its backlog
+        drains then (a probe's own retry, 30 s or 10 min into the schedule, would leave it
+        waiting that long)."""
+        return self.first_delay * rng.uniform(1 - self.jitter, 1 + self.jitter)
+
     @property
     def lease(self) -> timedelta:
         """How long a claim stays with its worker: one attempt's timeout, plus room."""

@@ -42,32 +42,40 @@ def delete_subscription(conn: Connection, ident: str) -> bool:
     return bool(conn.execute(query).rowcount)
 
 
-def head_and_behind(conn: Connection) -> tuple[int, bool]:
-    """The sequence number of the newest event (0 when there is none), and whether an
-    enabled subscription's fan-out cursor is behind it: one read."""
-    head, behind = conn.execute(_HEAD_AND_BEHIND).one()
+def head_and_behind(conn: Connection, now: datetime) -> tuple[int, bool]:
+    """The sequence number of the newest event (0 when there is none), and whether a
+    subscription to fan out is behind it (see :func:`subscriptions_to_fan_out`): one read."""
+    head, behind = conn.execute(_HEAD_AND_BEHIND, {"now": now}).one()
     return int(head), bool(behind)
 
 
-def subscriptions_to_fan_out(conn: Connection, head: int) -> list[Subscription]:
+def subscriptions_to_fan_out(conn: Connection, head: int, now: datetime) -> list[Subscription]:
     """Enabled subscriptions whose fan-out cursor is behind ``head``, locked for this
-    transaction; on PostgreSQL, those another worker holds are skipped."""
-    return [Subscription(**m) for m in conn.execute(_TO_FAN_OUT, {"head": head}).mappings()]
+    transaction; on PostgreSQL, those another worker holds are skipped. A paused one (its
+    endpoint cannot be reached) is not among them until its pause ends: its new events
+    could not go before then, and fanning them out one round at a time would cost every
+    round a subscription that delivers nothing (the backlog's oldest delivery, the one that
+    failed, still ages meanwhile)."""
+    params = {"head": head, "now": now}
+    return [Subscription(**m) for m in conn.execute(_TO_FAN_OUT, params).mappings()]
 
 
 #: built once: a worker runs these every round (building a statement costs more than
 #: running it)
-_BEHIND = sa.and_(
-    subscriptions.c.enabled, subscriptions.c.fanout_seq < sa.bindparam("head", type_=sa.Integer)
+_TO_FAN_OUT_NOW = sa.and_(
+    subscriptions.c.enabled,
+    sa.or_(
+        subscriptions.c.paused_until.is_(None),
+        subscriptions.c.paused_until <= sa.bindparam("now", type_=UTCDateTime),
+    ),
 )
 _HEAD = sa.select(sa.func.coalesce(sa.func.max(events.c.seq), 0)).scalar_subquery()
 _HEAD_AND_BEHIND = sa.select(
-    _HEAD,
-    sa.exists().where(subscriptions.c.enabled, subscriptions.c.fanout_seq < _HEAD),
+    _HEAD, sa.exists().where(_TO_FAN_OUT_NOW, subscriptions.c.fanout_seq < _HEAD)
 )
 _TO_FAN_OUT = (
     sa.select(subscriptions)
-    .where(_BEHIND)
+    .where(_TO_FAN_OUT_NOW, subscriptions.c.fanout_seq < sa.bindparam("head", type_=sa.Integer))
     .order_by(subscriptions.c.id)
     .with_for_update(skip_locked=True)
 )
