@@ -9,7 +9,6 @@ subscribers deduplicate on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -214,7 +213,8 @@ class Deliverer:
         waiting, the results wait (up to :attr:`results_wait`) so the round that
         claims them is short; they are recorded, a batch at a time, once nothing new waits,
         and that round claims what is due after them. One read first decides, so an idle
-        round writes nothing."""
+        round writes nothing: on SQLite on a reader's connection (the loop's begins as a
+        writer, which would queue for the lock), on PostgreSQL in the round's transaction."""
         done = Round()
         self._read_version = self._held.data_version()
         self._renew_leases()
@@ -222,20 +222,20 @@ class Deliverer:
         self._results += self._drain()
         head, behind, due = 0, False, False
         overdue = self._results_overdue()
-        if not overdue:
-            with self._reading() as conn:
-                head, behind = store.head_and_behind(conn, now)
-                # with results waiting, a round comes anyway: it claims after recording
-                due = (
-                    not (behind or self._results)
-                    and self.concurrency > self._in_flight
-                    and store.has_claimable(conn, now, per_subscription=self.per_subscription)
-                )
+        if self._one_writer and not overdue:
+            with self._reader.transaction() as conn:
+                head, behind, due = self._look(conn, now)
             if not (behind or due or self._results):
                 return done
-        record = overdue or not behind  # results go when no new event waits
         recorded = None
         with self._held.transaction() as conn:
+            if not (self._one_writer or overdue):
+                # PostgreSQL: the same transaction reads, then writes (a transaction of its
+                # own would cost two more round trips; an idle round still writes nothing)
+                head, behind, due = self._look(conn, now)
+                if not (behind or due or self._results):
+                    return done
+            record = overdue or not behind  # results go when no new event waits
             if record:
                 # the results taken once the writer lock is held: attempts that finished
                 # meanwhile free their slots for this round's claim
@@ -256,6 +256,18 @@ class Deliverer:
             self._pool.submit(self._attempt, claim)
         return done
 
+    def _look(self, conn: Connection, now: datetime) -> tuple[int, bool, bool]:
+        """The read that decides whether a round does anything: the newest event, whether a
+        subscription is behind it, and whether a delivery is due (asked only when nothing
+        else brings a round that claims: with results waiting, one comes anyway)."""
+        head, behind = store.head_and_behind(conn, now)
+        due = (
+            not (behind or self._results)
+            and self.concurrency > self._in_flight
+            and store.has_claimable(conn, now, per_subscription=self.per_subscription)
+        )
+        return head, behind, due
+
     def _results_overdue(self) -> bool:
         """Whether the results waiting must be recorded now: the oldest has waited
         :attr:`results_wait`, or they hold half the slots."""
@@ -263,11 +275,6 @@ class Deliverer:
             time.monotonic() - self._results[0].settled >= self.results_wait
             or len(self._results) >= self.concurrency // 2
         )
-
-    def _reading(self) -> contextlib.AbstractContextManager[Connection]:
-        """The read that starts a round: on PostgreSQL on the loop's connection; on SQLite on
-        a reader's (the loop's begins as a writer, which would queue for the lock)."""
-        return (self._reader if self._one_writer else self._held).transaction()
 
     @property
     def _in_flight(self) -> int:
