@@ -59,9 +59,9 @@ HEALTHY_STREAK = 10
 #: a subscription that answers again has this many seconds' worth of its waiting retries
 #: (at the recovery rate) brought forward; the rest keep their schedule
 RECOVERY_HORIZON_SECONDS = 600
-#: finished attempts wait to be recorded while new events are fanned out and claimed (a
-#: round that also records takes longer, and its claims go out only once it commits), but
-#: never longer than this, nor while they hold half the slots
+#: finished attempts wait this long to be recorded together (one round records a batch,
+#: rather than one round each), unless they hold half the slots; rounds that fan out and
+#: claim new events meanwhile do not record, so they stay short
 RESULTS_MAX_WAIT_SECONDS = 0.02
 
 
@@ -118,8 +118,8 @@ class Deliverer:
         """``per_subscription``: deliveries in flight to one subscription at once, over every
         worker (default: half of ``concurrency``). ``recovery_rate``: deliveries per second
         brought forward from the backlog of a subscription that answers 2xx after failures.
-        ``results_wait``: how long finished attempts may wait to be recorded while new events
-        are claimed (see :meth:`run_round`)."""
+        ``results_wait``: how long finished attempts wait to be recorded together (see
+        :meth:`run_round`)."""
         self.engine = engine
         self.policy = policy
         self.sender = sender
@@ -149,8 +149,10 @@ class Deliverer:
         #: writer, which would queue for the lock), kept and given back alike
         self._reader = store.HeldConnection(engine, reader=True)
         #: SQLite: the held connection's data version when the last round began to read
-        #: (see :meth:`_nothing_new`)
+        #: (see :meth:`_something_new`)
         self._read_version: int | None = None
+        #: the waker said something was committed since the last round began
+        self._committed = False
 
     # the loop
 
@@ -160,11 +162,11 @@ class Deliverer:
         poll_seconds: float = 0.01,
         waker: Waker | None = None,
     ) -> None:
-        """Rounds until ``stop``; between idle rounds, wait for an attempt to finish, for new
-        events (``waker``: PostgreSQL's NOTIFY or SQLite's commit watcher, so polling can be
-        slow), or ``poll_seconds``."""
+        """Rounds until ``stop``; between them, wait for new events (``waker``: PostgreSQL's
+        NOTIFY or SQLite's commit watcher, so polling can be slow), for the results waiting
+        to be due, or ``poll_seconds``."""
         if waker is not None and waker.active:
-            waker.on_events(self._wake.set)
+            waker.on_events(self._events_committed)
             poll_seconds = max(poll_seconds, WOKEN_POLL_SECONDS)
         log.info("deliverer %s: up to %d deliveries at once", self.owner, self.concurrency)
         while not stop.is_set():
@@ -174,27 +176,43 @@ class Deliverer:
                 log.exception("delivery round failed")
                 stop.wait(1.0)
                 continue
-            if did.more or self._results:
+            if did.more:
                 continue
             if not (did.fanned_out or did.claimed or did.recorded or self._in_flight):
                 self._held.close()  # idle: the connections go back to the pool
                 self._reader.close()
-            # until an attempt finishes, anything is committed, or the poll's time
-            woken = self._wake.wait(poll_seconds)
-            self._wake.clear()
-            while woken and self._finished.empty() and self._nothing_new():
-                woken = self._wake.wait(poll_seconds)
+            # an attempt that finishes wakes the loop only to learn when its result is due
+            while (timeout := self._until_results_due(poll_seconds)) > 0:
+                woken = self._wake.wait(timeout)
                 self._wake.clear()
+                if not woken or self._something_new():
+                    break
         self.close()
 
-    def _nothing_new(self) -> bool:
-        """Whether a wake finds nothing that the last round did not see: on SQLite the
-        commit watcher wakes the loop for its own commits too (one a round), and the held
-        connection's data version tells those from any other connection's. The loop's own
-        commits leave nothing to do that the next finished attempt, or the next poll, would
-        not bring it back for."""
+    def _events_committed(self) -> None:
+        """The waker's callback, on its thread: something was committed."""
+        self._committed = True
+        self._wake.set()
+
+    def _until_results_due(self, poll_seconds: float) -> float:
+        """How long the loop may wait for its next round: until the results waiting are due
+        to be recorded (:meth:`_results_overdue`; 0 when they are), ``poll_seconds`` at most."""
+        self._results += self._drain()
+        if not self._results:
+            return poll_seconds
+        if self._results_overdue():
+            return 0.0
+        due = self._results[0].settled + self.results_wait - time.monotonic()
+        return min(poll_seconds, due)
+
+    def _something_new(self) -> bool:
+        """Whether a wake brings what the last round did not see: a commit, but not the
+        loop's own. On SQLite the commit watcher wakes the loop for those too (one a round),
+        and the held connection's data version tells them from any other connection's."""
+        if not self._committed:
+            return False
         version = self._held.data_version()
-        return version is not None and version == self._read_version
+        return version is None or version != self._read_version
 
     def close(self, wait: bool = True) -> None:
         """Let the attempts in flight finish and record them (a SIGTERM mid-delivery loses
@@ -209,13 +227,15 @@ class Deliverer:
 
     def run_round(self) -> Round:
         """Record what finished, fan out new events and claim what is due, in one transaction:
-        one commit a round (on SQLite, one wait for the writer lock). While new events are
-        waiting, the results wait (up to :attr:`results_wait`) so the round that
-        claims them is short; they are recorded, a batch at a time, once nothing new waits,
-        and that round claims what is due after them. One read first decides, so an idle
-        round writes nothing: on SQLite on a reader's connection (the loop's begins as a
+        one commit a round (on SQLite, one wait for the writer lock). Finished attempts wait
+        to be recorded together, a batch at a time, once the oldest has waited
+        :attr:`results_wait` or they hold half the slots (a round a result would cost more
+        than the rest of the pipe, and rounds that claim new events stay short); the round
+        that records them claims after them. One read first decides, so a round with nothing
+        to do writes nothing: on SQLite on a reader's connection (the loop's begins as a
         writer, which would queue for the lock), on PostgreSQL in the round's transaction."""
         done = Round()
+        self._committed = False  # what is committed from now on wakes the loop again
         self._read_version = self._held.data_version()
         self._renew_leases()
         now = self.clock()
@@ -225,7 +245,7 @@ class Deliverer:
         if self._one_writer and not overdue:
             with self._reader.transaction() as conn:
                 head, behind, due = self._look(conn, now)
-            if not (behind or due or self._results):
+            if not (behind or due):
                 return done
         recorded = None
         with self._held.transaction() as conn:
@@ -233,16 +253,14 @@ class Deliverer:
                 # PostgreSQL: the same transaction reads, then writes (a transaction of its
                 # own would cost two more round trips; an idle round still writes nothing)
                 head, behind, due = self._look(conn, now)
-                if not (behind or due or self._results):
+                if not (behind or due):
                     return done
-            record = overdue or not behind  # results go when no new event waits
-            if record:
+            if overdue:
                 # the results taken once the writer lock is held: attempts that finished
                 # meanwhile free their slots for this round's claim
                 finished, self._results = self._results + self._drain(), []
                 recorded = self._write_results(conn, finished)
-                if overdue or recorded.disabled:  # no read this round, or an event written
-                    head, behind = store.events_head(conn), True
+                head, behind = store.events_head(conn), True  # this round did not read
             if behind:
                 done.fanned_out, done.more = self._fan_out(conn, head, now)
             free = self.concurrency - self._in_flight
@@ -258,11 +276,11 @@ class Deliverer:
 
     def _look(self, conn: Connection, now: datetime) -> tuple[int, bool, bool]:
         """The read that decides whether a round does anything: the newest event, whether a
-        subscription is behind it, and whether a delivery is due (asked only when nothing
-        else brings a round that claims: with results waiting, one comes anyway)."""
+        subscription is behind it, and whether a delivery is due (asked only when no event
+        is new: a round that fans out claims anyway)."""
         head, behind = store.head_and_behind(conn, now)
         due = (
-            not (behind or self._results)
+            not behind
             and self.concurrency > self._in_flight
             and store.has_claimable(conn, now, per_subscription=self.per_subscription)
         )
