@@ -212,11 +212,11 @@ def test_the_workers_writes_do_not_wait_for_the_disk_and_the_services_do(
 
 @pytest.fixture
 def patient(services: Services, clock: Clock, policy: Policy) -> Iterator[Deliverer]:
-    """A deliverer whose results may wait 30 s while new events come (the default is 20 ms,
-    too short to hold still between a test's rounds)."""
+    """A deliverer whose results may wait 30 s (the default is 20 ms, too short to hold
+    still between a test's rounds); 4 slots, all of them open to one subscription."""
     sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
     d = Deliverer(services.engine, policy, sender, services.metrics, clock=clock, concurrency=4,
-                  results_wait=30.0)  # fmt: skip
+                  per_subscription=4, results_wait=30.0)  # fmt: skip
     yield d
     d.close()
 
@@ -292,6 +292,32 @@ def test_results_holding_half_the_slots_are_recorded_even_while_events_come(
 
     assert (did.recorded, did.claimed) == (2, 1)
     assert [d["state"] for d in deliveries(engine)][:2] == ["succeeded", "succeeded"]
+
+
+def test_results_holding_half_a_subscriptions_cap_are_recorded_even_while_events_come(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, policy: Policy, hook: Subscriber,
+) -> None:  # fmt: skip
+    """Waiting results count against their subscription's cap too: with 8 slots and 4 for
+    one subscription, its 2 waiting results are as many as may wait, however young."""
+    sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
+    capped = Deliverer(services.engine, policy, sender, services.metrics, clock=clock,
+                       concurrency=8, per_subscription=4, results_wait=30.0)  # fmt: skip
+    try:
+        subscribe(client, auth, hook.url())
+        notify(client, engine, clock, 1, "Running")
+        assert capped.run_round().claimed == 1
+        finished(capped, 1)
+        notify(client, engine, clock, 2, "Running")
+        assert (capped.run_round().recorded, deliveries(engine)[0]["state"]) == (0, "pending")
+        finished(capped, 2)
+        notify(client, engine, clock, 3, "Running")
+
+        did = capped.run_round()
+
+        assert (did.recorded, did.claimed) == (2, 1)
+    finally:
+        capped.close()
 
 
 def test_a_jobs_next_event_waits_for_its_previous_ones_result_to_be_recorded(

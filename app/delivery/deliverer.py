@@ -17,6 +17,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -288,11 +289,17 @@ class Deliverer:
 
     def _results_overdue(self) -> bool:
         """Whether the results waiting must be recorded now: the oldest has waited
-        :attr:`results_wait`, or they hold half the slots."""
-        return bool(self._results) and (
+        :attr:`results_wait`, or they hold half the slots, or half one subscription's cap
+        (their leases count against it: its next deliveries must not wait on them)."""
+        if not self._results:
+            return False
+        if (
             time.monotonic() - self._results[0].settled >= self.results_wait
             or len(self._results) >= self.concurrency // 2
-        )
+        ):
+            return True
+        per_subscription = Counter(f.claim.subscription.id for f in self._results)
+        return max(per_subscription.values()) >= max(1, self.per_subscription // 2)
 
     @property
     def _in_flight(self) -> int:
