@@ -26,7 +26,7 @@ With ``--floor bare`` or ``--floor commit`` (NATS on SQLite), ``bench/broker_flo
 the outbox to the stream instead of ``cirelay worker``: the least any relay does here, without
 (bare) or with (commit) a durable note of what it is about to publish.
 
-``--faults`` runs six phases against one service and worker instead (issue 14 §4), a fault
+``--faults`` runs seven phases against one service and worker instead (issue 14 §4), a fault
 always between two phases without one, since this VM's speed drifts between phases:
 
 1. **alone**: the fast subscriber only, as above;
@@ -38,7 +38,11 @@ always between two phases without one, since this VM's speed drifts between phas
 5. **alone a third time**, the down subscription deleted. Each fault's p95 is printed against
    the mean of the two phases alone around it; and the control, phase 3 against 1 and 5, says
    how far p95 moves between phases alike: a fault's ratio means something only beyond it;
-6. **recovery**: the fast subscriber down for ``--outage``
+6. **beside a healthy one**, for reference: a second subscription to a second subscriber that
+   answers 204, printed against phase 5. What a slow or down subscriber costs the fast one is
+   at most what any second subscription costs (each event is fanned out to it), and a healthy
+   one costs more (its deliveries go, on the same 2 cores);
+7. **recovery**: the fast subscriber down for ``--outage``
    seconds while notifications go on, then up again on the same port: prints how long the
    backlog of retries took to drain once it answers (the failed deliveries wait on their
    backoff, 5 s, 30 s, 2 min…, unless brought forward).
@@ -469,17 +473,18 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def run_faults(args: argparse.Namespace, work: Path) -> int:
     per_phase = int(args.rate * (args.warmup + args.duration))
     outage_jobs = int(args.rate * args.outage)
-    url, keys, jobs = prepare(args, work, 5 * per_phase + outage_jobs)
+    url, keys, jobs = prepare(args, work, len(PHASES) * per_phase + outage_jobs)
     template = ingest.notification_template()
     fast, port = _subscriber(work / "fast-1.jsonl")
     slow, slow_port = _subscriber(work / "slow.jsonl", drip=True)
+    second, second_port = _subscriber(work / "second.jsonl")
     env = ingest.server_env(args, url, keys, secrets.token_hex(16))
     env["CIRELAY_DELIVERY_ALLOWED_NETWORKS"] = "127.0.0.0/8"
     env["CIRELAY_DELIVERY_RETRY_SCHEDULE"] = "5,30,120,600"  # the default's start
     worker: subprocess.Popen[bytes] | None = None
     phases: dict[str, Sent] = {}
     drained = float("nan")
-    batches = iter(jobs[n * per_phase : (n + 1) * per_phase] for n in range(5))
+    batches = iter(jobs[n * per_phase : (n + 1) * per_phase] for n in range(len(PHASES)))
     try:
         with ingest.Server("cirelay", ingest.cirelay_command(args), env, work, 200) as server:
             key = env["CIRELAY_API_KEYS"]
@@ -496,15 +501,19 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
                     delete_subscription(server.url, key, other)
                     wait_for_backlog(server.url, timeout=60)
 
+            healthy = f"http://127.0.0.1:{second_port}/hook"
             phase("alone")
-            phase("beside", f"http://127.0.0.1:{slow_port}/hook")
+            phase("slow", f"http://127.0.0.1:{slow_port}/hook")
             phase("again")
             phase("down", f"http://127.0.0.1:{_closed_port()}/")
             phase("third")
+            phase("healthy", healthy)
             wait_for_backlog(server.url, timeout=60)
-            print(f"phase 6: the fast subscriber down for {args.outage:g} s", flush=True)
+            print(f"phase {len(PHASES) + 1}: the fast subscriber down for {args.outage:g} s",
+                  flush=True)  # fmt: skip
             _stop(fast)
-            send_at_rate(server.url, jobs[5 * per_phase :], template, args.rate, args.connections)
+            send_at_rate(server.url, jobs[len(PHASES) * per_phase :], template, args.rate,
+                         args.connections)  # fmt: skip
             time.sleep(2.0)  # the last notifications' first attempts fail too
             fast, _ = _subscriber(work / "fast-2.jsonl", port)
             up = time.monotonic()
@@ -515,15 +524,16 @@ def run_faults(args: argparse.Namespace, work: Path) -> int:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=60)
         _stop(fast)
+        _stop(second)
         slow.kill()
     received = [json.loads(line) for name in ("fast-1.jsonl", "fast-2.jsonl")
                 for line in (work / name).read_text().splitlines()]  # fmt: skip
     return report_faults(args, url, phases, received, outage_jobs, drained)
 
 
-PHASES = {"alone": "alone", "beside": "beside a drip-feeding subscriber",
+PHASES = {"alone": "alone", "slow": "beside a drip-feeding subscriber",
           "again": "alone again (the control)", "down": "beside a subscriber that is down",
-          "third": "alone a third time"}  # fmt: skip
+          "third": "alone a third time", "healthy": "beside a healthy subscriber"}  # fmt: skip
 
 
 def report_faults(
@@ -551,13 +561,15 @@ def report_faults(
         print(line(PHASES[name], latencies))
         p95[name] = percentile(latencies, 95)
     # each phase against the mean of the two phases around it (a fault's are both alone)
-    around = {"beside": ("alone", "again"), "again": ("alone", "third"), "down": ("again", "third")}
+    around = {"slow": ("alone", "again"), "again": ("alone", "third"), "down": ("again", "third")}
     ratios = ", ".join(
         f"{PHASES[n].split(' (')[0]} {p95[n] / ((p95[a] + p95[b]) / 2):.2f}"
         for n, (a, b) in around.items()
     )
     print(f"p95 against the phases alone around it: {ratios} (alone again: the control, how far "
           "p95 moves by itself)")  # fmt: skip
+    print(f"for reference, beside a healthy subscriber: {p95['healthy'] / p95['third']:.2f} of the"
+          " phase alone before it")  # fmt: skip
     print(f"recovery: {outage_jobs} notifications during a {args.outage:g} s outage; backlog "
           f"drained {drained:.1f} s after the subscriber was back")  # fmt: skip
     return 0
