@@ -61,8 +61,8 @@ HEALTHY_STREAK = 10
 #: (at the recovery rate) brought forward; the rest keep their schedule
 RECOVERY_HORIZON_SECONDS = 600
 #: finished attempts wait this long to be recorded together (one round records a batch,
-#: rather than one round each), unless they hold half the slots; rounds that fan out and
-#: claim new events meanwhile do not record, so they stay short
+#: rather than one round each), unless they hold half the slots or half one subscription's
+#: cap; rounds that fan out and claim new events meanwhile do not record, so they stay short
 RESULTS_MAX_WAIT_SECONDS = 0.02
 
 
@@ -230,9 +230,10 @@ class Deliverer:
         """Record what finished, fan out new events and claim what is due, in one transaction:
         one commit a round (on SQLite, one wait for the writer lock). Finished attempts wait
         to be recorded together, a batch at a time, once the oldest has waited
-        :attr:`results_wait` or they hold half the slots (a round a result would cost more
-        than the rest of the pipe, and rounds that claim new events stay short); the round
-        that records them claims after them. One read first decides, so a round with nothing
+        :attr:`results_wait` or they hold enough slots (:meth:`_results_overdue`): a round a
+        result would cost more than the rest of the pipe, and rounds that claim new events
+        stay short. The round that records them claims after them. One read first decides, so
+        a round with nothing
         to do writes nothing: on SQLite on a reader's connection (the loop's begins as a
         writer, which would queue for the lock), on PostgreSQL in the round's transaction."""
         done = Round()
