@@ -233,9 +233,9 @@ class Deliverer:
         :attr:`results_wait` or they hold enough slots (:meth:`_results_overdue`): a round a
         result would cost more than the rest of the pipe, and rounds that claim new events
         stay short. The round that records them claims after them. One read first decides, so
-        a round with nothing
-        to do writes nothing: on SQLite on a reader's connection (the loop's begins as a
-        writer, which would queue for the lock), on PostgreSQL in the round's transaction."""
+        a round with nothing to do writes nothing: on SQLite on a reader's connection (the
+        loop's begins as a writer, which would queue for the lock), on PostgreSQL in the
+        round's transaction."""
         done = Round()
         self._committed = False  # what is committed from now on wakes the loop again
         self._read_version = self._held.data_version()
