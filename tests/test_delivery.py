@@ -28,8 +28,14 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app import Services, build_services, store
 from app.config import Settings
-from app.delivery import SUBSCRIPTION_DISABLED, Deliverer, Policy, Sender, parse_retry_after
-from app.delivery.deliverer import Round
+from app.delivery import (
+    SUBSCRIPTION_DISABLED,
+    Deliverer,
+    Policy,
+    Round,
+    Sender,
+    parse_retry_after,
+)
 from app.models import AttemptResult
 from app.schemas import SchemaSet
 from tests.conftest import Clock, ci_job_id, make_job, notification_xml

@@ -42,21 +42,17 @@ The modules:
 - :mod:`app.delivery.policy`: :class:`Policy`, the retry schedule, the lease and when to give
   up.
 - :mod:`app.delivery.deliverer`: steps 1, 2, 4 and 5. :class:`Deliverer` (the worker loop and
-  its leases) and :func:`build_deliverer`.
+  its leases).
+- :mod:`app.delivery.build`: :func:`build_deliverer` and :func:`build_senders`, from the
+  settings.
 - :mod:`app.delivery.rows`: the rows the deliverer hands the store (:class:`DeliveryUpdate`,
   :class:`NewEvent`).
 - :mod:`app.delivery.replay`: sending events again. :func:`parse_since`,
   :func:`start_replay`, :func:`replay_progress`.
 """
 
-from app.delivery.deliverer import (
-    HEALTHY_STREAK,
-    SUBSCRIPTION_DISABLED,
-    Deliverer,
-    Round,
-    build_deliverer,
-    build_senders,
-)
+from app.delivery.build import build_deliverer, build_senders
+from app.delivery.deliverer import HEALTHY_STREAK, SUBSCRIPTION_DISABLED, Deliverer, Round
 from app.delivery.policy import Policy
 from app.delivery.replay import Replay, parse_since, replay_progress, start_replay
 from app.delivery.rows import DeliveryUpdate, NewEvent

@@ -1,5 +1,6 @@
 """The worker loop (:class:`Deliverer`): fan out, claim, send, record, and keep each
-subscription's health. :func:`build_deliverer` makes the one ``cirelay worker`` runs.
+subscription's health. :func:`app.delivery.build.build_deliverer` makes the one ``cirelay
+worker`` runs.
 
 A live worker renews the leases of its attempts in flight, so a slow subscriber is never sent
 the same delivery by two workers at once. A worker that dies mid-delivery stops renewing and its
@@ -27,11 +28,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Connection, Engine
 
 from app import store, tracing
-from app.config import Settings
 from app.delivery.policy import Policy
 from app.delivery.rows import DeliveryUpdate, NewEvent
-from app.delivery.sender import AttemptReport, Sender, describe_error, signed_headers
-from app.delivery.transports import Transport, Transports, build_transports
+from app.delivery.sender import AttemptReport, describe_error, signed_headers
+from app.delivery.transports import Transport
 from app.events import TYPE_PREFIX, to_cloudevent
 from app.metrics import Metrics
 from app.models import (
@@ -583,31 +583,3 @@ def _disabled_event(sub: Subscription, reason: str, now: datetime) -> NewEvent:
         time=now,
         data={"subscription_id": sub.id, "url": mask_url(sub.url), "reason": reason},
     )
-
-
-def build_deliverer(
-    settings: Settings, engine: Engine, metrics: Metrics, clock: Callable[[], datetime],
-    transports: Transports,
-) -> Deliverer:  # fmt: skip
-    """The deliverer ``cirelay worker`` runs, configured from the settings, sending through
-    ``transports`` (:func:`build_senders`: the worker owns them, and closes them)."""
-    policy = Policy.from_settings(settings)
-    return Deliverer(
-        engine, policy, transports, metrics, clock=clock, concurrency=settings.delivery_concurrency,
-        per_subscription=settings.delivery_per_subscription or None,
-        recovery_rate=settings.delivery_recovery_rate,
-    )  # fmt: skip
-
-
-def build_senders(settings: Settings) -> Transports:
-    """The HTTP sender and the broker senders, configured from the settings."""
-    timeout = Policy.from_settings(settings).timeout
-    http = Sender(
-        allowed_networks=settings.delivery_allowed_networks,
-        timeout=timeout,
-        pool_size=settings.delivery_concurrency,
-    )
-    return build_transports(
-        http, allowed_networks=settings.delivery_allowed_networks, timeout=timeout,
-        logins=settings.broker_logins,
-    )  # fmt: skip
