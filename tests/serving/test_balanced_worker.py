@@ -75,6 +75,10 @@ def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int
     try:
         poll("2 workers", lambda: len(children_of(process.popen.pid)) == 2)
         poll("gunicorn listening", lambda: _connects(port))
+        # the second worker may still be loading the application (seconds, under CI's load):
+        # until it publishes its count, the first takes every connection
+        poll("both workers serving", lambda: _both_serve(port))
+        time.sleep(1.2)  # the workers see the probes closed and publish 0 again
         yield port, process
     finally:
         process.stop()
@@ -86,6 +90,16 @@ def _connects(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _both_serve(port: int) -> bool:
+    """Whether two connections held at once are answered by two workers."""
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+    try:
+        return len(set(_pids_of(connections))) == 2
+    finally:
+        for conn in connections:
+            conn.close()
 
 
 def _pids_of(connections: list[socket.socket]) -> list[int]:
