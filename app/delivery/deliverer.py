@@ -242,7 +242,7 @@ class Deliverer:
         self._renew_leases()
         now = self.clock()
         self._results += self._drain()
-        head, behind, due = 0, False, False
+        head, behind, due, subs = 0, False, False, None
         overdue = self._results_overdue()
         if self._one_writer and not overdue:
             with self._reader.transaction() as conn:
@@ -253,18 +253,21 @@ class Deliverer:
         with self._held.transaction() as conn:
             if not (self._one_writer or overdue):
                 # PostgreSQL: the same transaction reads, then writes (a transaction of its
-                # own would cost two more round trips; an idle round still writes nothing)
-                head, behind, due = self._look(conn, now)
-                if not (behind or due):
+                # own would cost two more round trips; an idle round still writes nothing),
+                # and the subscriptions behind are read, and locked, with the head
+                head, subs = store.behind_head(conn, now)
+                behind = bool(subs)
+                if not (behind or self._due(conn, now)):
                     return done
             if overdue:
                 # the results taken once the writer lock is held: attempts that finished
                 # meanwhile free their slots for this round's claim
                 finished, self._results = self._results + self._drain(), []
                 recorded = self._write_results(conn, finished)
-                head, behind = store.events_head(conn), True  # this round did not read
+                head, subs = store.behind_head(conn, now)  # this round did not read
+                behind = bool(subs)
             if behind:
-                done.fanned_out, done.more = self._fan_out(conn, head, now)
+                done.fanned_out, done.more = self._fan_out(conn, head, now, subs)
             free = self.concurrency - self._in_flight
             claims = self._claim(conn, now, free) if free > 0 else []
         if recorded is not None:
@@ -277,16 +280,17 @@ class Deliverer:
         return done
 
     def _look(self, conn: Connection, now: datetime) -> tuple[int, bool, bool]:
-        """The read that decides whether a round does anything: the newest event, whether a
-        subscription is behind it, and whether a delivery is due (asked only when no event
-        is new: a round that fans out claims anyway)."""
+        """SQLite's read that decides whether a round does anything: the newest event,
+        whether a subscription is behind it, and whether a delivery is due (asked only when
+        no event is new: a round that fans out claims anyway)."""
         head, behind = store.head_and_behind(conn, now)
-        due = (
-            not behind
-            and self.concurrency > self._in_flight
-            and store.has_claimable(conn, now, per_subscription=self.per_subscription)
+        return head, behind, not behind and self._due(conn, now)
+
+    def _due(self, conn: Connection, now: datetime) -> bool:
+        """Whether a slot is free and a delivery due."""
+        return self.concurrency > self._in_flight and store.has_claimable(
+            conn, now, per_subscription=self.per_subscription
         )
-        return head, behind, due
 
     def _results_overdue(self) -> bool:
         """Whether the results waiting must be recorded now: the oldest has waited
@@ -347,12 +351,17 @@ class Deliverer:
 
     # 1. fan out
 
-    def _fan_out(self, conn: Connection, head: int, now: datetime) -> tuple[int, bool]:
-        """Fan out the events up to ``head``, at most :data:`FANOUT_BATCH` per subscription;
-        returns how many deliveries it made, and whether a window may have ended before
-        ``head`` (more than a batch lay between a cursor and it)."""
+    def _fan_out(
+        self, conn: Connection, head: int, now: datetime, subs: list[Subscription] | None
+    ) -> tuple[int, bool]:
+        """Fan out the events up to ``head`` to ``subs`` (read with it, or read here), at
+        most :data:`FANOUT_BATCH` per subscription; returns how many deliveries it made, and
+        whether a window may have ended before ``head`` (more than a batch lay between a
+        cursor and it)."""
         created, short = 0, False
-        for subscription in store.subscriptions_to_fan_out(conn, head, now):
+        if subs is None:
+            subs = store.subscriptions_to_fan_out(conn, head, now)
+        for subscription in subs:
             created += store.fan_out(conn, subscription, limit=FANOUT_BATCH, now=now, head=head)
             short = short or head - subscription.fanout_seq > FANOUT_BATCH
         return created, short

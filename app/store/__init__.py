@@ -104,6 +104,7 @@ from app.store.schema import (
     workflow_tasks,
 )
 from app.store.subscription import (
+    behind_head,
     delete_subscription,
     disable_subscription,
     get_subscription,
@@ -135,6 +136,7 @@ __all__ = [
     "UTCDateTime",
     "WriterLock",
     "audit_log",
+    "behind_head",
     "bring_forward",
     "check_database",
     "claim_deliveries",

@@ -43,6 +43,8 @@ def fan_out(
         return 0
     wanted = TypeFilter.from_patterns(subscription.event_types)
     params = {"sub": subscription.id, "after": after, "last": last, "now": now, "origin": "fanout"}
+    if conn.dialect.name == "postgresql":  # the cursor moved in the same statement
+        return len(conn.execute(_fan_out_insert_moving(wanted), params).all())
     created = len(conn.execute(_fan_out_insert(wanted), params).all())
     conn.execute(_MOVE_CURSOR, {"sub": subscription.id, "last": int(last)})
     return created
@@ -113,6 +115,17 @@ def _fan_out_insert(wanted: TypeFilter) -> ReturningInsert[tuple[int]]:
             of_types(wanted),
         )
     )
+
+
+#: PostgreSQL: the cursor's move as a data-modifying CTE of the insert (one round trip, not two)
+_MOVE_CURSOR_FIRST = _MOVE_CURSOR.returning(subscriptions.c.id).cte("moved")
+
+
+@functools.lru_cache(maxsize=256)
+def _fan_out_insert_moving(wanted: TypeFilter) -> ReturningInsert[tuple[int]]:
+    """:func:`_fan_out_insert` that also moves the cursor (PostgreSQL; SQLite has no
+    data-modifying CTE). The insert reads no cursor, so it sees what it would without it."""
+    return _fan_out_insert(wanted).add_cte(_MOVE_CURSOR_FIRST)
 
 
 def enqueue_replay(
@@ -210,17 +223,22 @@ def _due(conn: Connection, sub: str, now: datetime, n: int, *, lock: bool) -> li
     return may_go[:n]
 
 
-#: the live leases' subscriptions, one row per lease (a few dozen at most: counted here rather
-#: than grouped in SQL, where a GROUP BY would tempt SQLite's planner into walking the
-#: subscription index, every delivery ever made, instead of the leased rows alone)
-_LEASED = sa.select(deliveries.c.subscription_id).where(
-    deliveries.c.state == DeliveryState.PENDING.value,
-    deliveries.c.lease_until >= sa.bindparam("now", type_=UTCDateTime),
-)
-_ENABLED = (
-    sa.select(subscriptions.c.id, subscriptions.c.paused_until)
-    .where(subscriptions.c.enabled)
-    .order_by(subscriptions.c.id)
+#: in one read (one round trip): the live leases' subscriptions, one row per lease (a few
+#: dozen at most: counted here rather than grouped in SQL, where a GROUP BY would tempt
+#: SQLite's planner into walking the subscription index, every delivery ever made, instead of
+#: the leased rows alone), then the enabled subscriptions, each with its pause
+_LEASED_THEN_ENABLED = sa.union_all(
+    sa.select(
+        sa.literal(True).label("leased"),
+        deliveries.c.subscription_id.label("id"),
+        sa.type_coerce(sa.null(), UTCDateTime).label("paused_until"),
+    ).where(
+        deliveries.c.state == DeliveryState.PENDING.value,
+        deliveries.c.lease_until >= sa.bindparam("now", type_=UTCDateTime),
+    ),
+    sa.select(
+        sa.literal(False).label("leased"), subscriptions.c.id, subscriptions.c.paused_until
+    ).where(subscriptions.c.enabled),
 )
 
 
@@ -231,15 +249,20 @@ def _open_subscriptions(conn: Connection, now: datetime, cap: int) -> dict[str, 
     paused subscription (its endpoint cannot be reached) has no room before its
     ``paused_until``, and then room for one: a probe, until a delivery succeeds and ends the
     pause."""
-    leased = Counter(str(sub) for sub in conn.execute(_LEASED, {"now": now}).scalars())
+    rows = conn.execute(_LEASED_THEN_ENABLED, {"now": now}).all()
+    leased = Counter(str(ident) for is_lease, ident, _ in rows if is_lease)
     room = {}
-    for ident, paused_until in conn.execute(_ENABLED):
+    for _, ident, paused_until in sorted((r for r in rows if not r.leased), key=_by_id):
         if paused_until is not None and paused_until > now:
             continue
         free = (1 if paused_until is not None else cap) - leased.get(str(ident), 0)
         if free > 0:
             room[str(ident)] = free
     return room
+
+
+def _by_id(row: Any) -> str:
+    return str(row.id)
 
 
 def has_claimable(conn: Connection, now: datetime, per_subscription: int | None = None) -> bool:
@@ -285,7 +308,12 @@ def claim_deliveries(
     ids = [ident for _, ident in sorted(due)[:limit]]
     if not ids:
         return []
-    conn.execute(_LEASE, {"ids": ids, "owner": owner, "until": lease_until})
+    params = {"ids": ids, "owner": owner, "until": lease_until}
+    if conn.dialect.name == "postgresql":  # leased and read in one statement
+        claimed = sorted(conn.execute(_LEASE_RETURNING, params).mappings(), key=_by_delivery)
+    else:  # SQLite's RETURNING cannot name the tables of an UPDATE's FROM
+        conn.execute(_LEASE, params)
+        claimed = list(conn.execute(_CLAIMED, {"ids": ids}).mappings())
     return [
         Claim(
             delivery_id=int(m["delivery_id"]),
@@ -295,8 +323,12 @@ def claim_deliveries(
             subscription=Subscription(**{name: m[label] for name, label in _SUBSCRIPTION_COLUMNS}),
             event=Event(**{name: m[label] for name, label in _EVENT_COLUMNS}),
         )
-        for m in conn.execute(_CLAIMED, {"ids": ids}).mappings()
+        for m in claimed
     ]
+
+
+def _by_delivery(row: Any) -> int:
+    return int(row["delivery_id"])
 
 
 #: built once, as the claim's other statements: the lease, and what the claims carry
@@ -310,19 +342,25 @@ _LEASE = (
 )
 _SUBSCRIPTION_COLUMNS = [(c.name, f"s_{c.name}") for c in subscriptions.c]
 _EVENT_COLUMNS = [(c.name, f"e_{c.name}") for c in events.c]
+_CLAIM_COLUMNS = (
+    deliveries.c.id.label("delivery_id"),
+    deliveries.c.attempts,
+    deliveries.c.origin,
+    *(c.label(f"s_{c.name}") for c in subscriptions.c),
+    *(c.label(f"e_{c.name}") for c in events.c),
+)
 _CLAIMED = (
-    sa.select(
-        deliveries.c.id.label("delivery_id"),
-        deliveries.c.attempts,
-        deliveries.c.origin,
-        *(c.label(f"s_{c.name}") for c in subscriptions.c),
-        *(c.label(f"e_{c.name}") for c in events.c),
-    )
+    sa.select(*_CLAIM_COLUMNS)
     .join(subscriptions, subscriptions.c.id == deliveries.c.subscription_id)
     .join(events, events.c.seq == deliveries.c.event_seq)
     .where(deliveries.c.id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(deliveries.c.id)
 )
+#: PostgreSQL: the lease and what the claims carry, in one statement
+_LEASE_RETURNING = _LEASE.where(
+    subscriptions.c.id == deliveries.c.subscription_id,
+    events.c.seq == deliveries.c.event_seq,
+).returning(*_CLAIM_COLUMNS)
 
 
 def bring_forward(

@@ -60,6 +60,18 @@ def subscriptions_to_fan_out(conn: Connection, head: int, now: datetime) -> list
     return [Subscription(**m) for m in conn.execute(_TO_FAN_OUT, params).mappings()]
 
 
+def behind_head(conn: Connection, now: datetime) -> tuple[int, list[Subscription]]:
+    """PostgreSQL's round, in one read (one round trip to the server where
+    :func:`head_and_behind` then :func:`subscriptions_to_fan_out` take two): the
+    subscriptions to fan out, locked as that function locks them, and the newest event's
+    sequence number; ``(0, [])`` when none is behind."""
+    rows = conn.execute(_BEHIND_HEAD, {"now": now}).mappings().all()
+    if not rows:
+        return 0, []
+    head = int(rows[0]["head"])
+    return head, [Subscription(**{k: v for k, v in m.items() if k != "head"}) for m in rows]
+
+
 #: built once: a worker runs these every round (building a statement costs more than
 #: running it)
 _TO_FAN_OUT_NOW = sa.and_(
@@ -78,6 +90,12 @@ _TO_FAN_OUT = (
     .where(_TO_FAN_OUT_NOW, subscriptions.c.fanout_seq < sa.bindparam("head", type_=sa.Integer))
     .order_by(subscriptions.c.id)
     .with_for_update(skip_locked=True)
+)
+_BEHIND_HEAD = (
+    sa.select(subscriptions, _HEAD.label("head"))
+    .where(_TO_FAN_OUT_NOW, subscriptions.c.fanout_seq < _HEAD)
+    .order_by(subscriptions.c.id)
+    .with_for_update(skip_locked=True, of=subscriptions)
 )
 
 
