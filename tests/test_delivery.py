@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import random
 import socket
 import threading
@@ -1131,6 +1132,33 @@ def test_a_drip_feeding_subscriber_s_attempt_ends_at_its_deadline() -> None:
     assert report.result is AttemptResult.TIMEOUT
     assert report.error == "no answer within 1 s"
     assert report.duration_ms < 10_000  # the deadline (1 s), far from the 20 s of dripping
+
+
+def test_urllib3_logs_no_subscriber_path_and_no_traceback_for_malformed_headers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """urllib3 logs each request's path at DEBUG, and warns of malformed headers (a hostile
+    subscriber's, or an answer the deadline cut short) with the path and a traceback; the
+    path may hold the subscriber's token. What cirelay logs keeps neither."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nno colon here\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    sender = Sender(allowed_networks=LOOPBACK, timeout=5.0)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hooks/s3cret-path?token=s3cret-query"
+    with caplog.at_level(logging.DEBUG, logger="urllib3"), listener:
+        report = sender.post(url, b"{}", {})
+    assert report.status_code == 200
+    lines = [r for r in caplog.records if "malformed headers" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO, caplog.text
+    assert "MissingHeaderBodySeparatorDefect" in lines[0].getMessage()
+    assert "s3cret" not in caplog.text and "Traceback" not in caplog.text, caplog.text
+    assert not any(r.exc_info for r in caplog.records)
 
 
 def test_a_slow_subscriber_holds_at_most_its_cap_while_a_healthy_one_is_delivered(

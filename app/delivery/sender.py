@@ -19,6 +19,7 @@ import email.utils
 import heapq
 import ipaddress
 import itertools
+import logging
 import socket
 import threading
 import time
@@ -42,6 +43,32 @@ USER_AGENT = "cirelay-webhooks/1"
 EXCERPT_BYTES = 512
 #: a connection error this soon after sending is a kept-alive connection gone stale
 STALE_CONNECTION_SECONDS = 1.0
+
+
+class _NoSubscriberPaths(logging.Filter):
+    """urllib3 logs the path of a request, which may hold a subscriber's token (in its query,
+    or in the path itself, as chat services' webhook URLs do): at DEBUG for every request,
+    and with a warning and a traceback for an answer's malformed headers, also when an
+    attempt's deadline cut them short. Paths are left out of what it logs, and the headers'
+    warning, which the attempt's own record says, is one line at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Failed to parse headers (url=%s): %s" and isinstance(record.args, tuple):
+            record.msg, record.args = (
+                "a subscriber's answer has malformed headers: %s",
+                (record.args[-1],),
+            )
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        elif isinstance(record.args, tuple):
+            record.args = tuple(
+                "/…" if isinstance(a, str) and a.startswith("/") else a for a in record.args
+            )
+        return True
+
+
+for _logger in ("urllib3.connection", "urllib3.connectionpool"):
+    logging.getLogger(_logger).addFilter(_NoSubscriberPaths())
 
 
 # --- signing -------------------------------------------------------------------------------
