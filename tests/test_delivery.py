@@ -39,6 +39,7 @@ from app.delivery import (
 )
 from app.models import AttemptResult
 from app.schemas import SchemaSet
+from app.waker import CommitWatcher
 from tests.conftest import Clock, ci_job_id, make_job, notification_xml
 from tests.subscriber import Answer, Request, Subscriber
 
@@ -400,6 +401,57 @@ def test_results_still_waiting_are_recorded_when_the_worker_stops(
 
     patient.close()  # SIGTERM: the attempt in flight finishes, and every result is recorded
 
+    assert [d["state"] for d in deliveries(engine)] == ["succeeded", "succeeded"]
+
+
+def test_in_the_loop_a_finished_attempt_starts_no_round_before_its_result_is_due(
+    client: FlaskClient, auth: dict[str, str], engine: Engine, clock: Clock,
+    services: Services, policy: Policy, hook: Subscriber,
+) -> None:  # fmt: skip
+    """The worker's own loop, woken by the real waker: a finished attempt wakes it only to
+    learn when its result is due (a round each would cost more than the rest of the pipe),
+    and the loop's own commits do not wake it to a round. Two events: one round fans out
+    and claims them, the next records both, a second later (``results_wait``); none
+    between, and none after while nothing comes."""
+    sender = Sender(allowed_networks=LOOPBACK, timeout=policy.timeout)
+    d = Deliverer(services.engine, policy, sender, services.metrics, clock=clock, concurrency=8,
+                  per_subscription=8, results_wait=1.0)  # fmt: skip
+    database = store.sqlite_file(engine)
+    waker = CommitWatcher(database) if database is not None else services.waker
+    heard = threading.Event()
+    if database is None:  # PostgreSQL: listening, and its wakes over, before the loop starts
+        waker.on_events(heard.set)
+    subscribe(client, auth, hook.url())
+    notify(client, engine, clock, 1, "Running")
+    notify(client, engine, clock, 2, "Running")
+    if database is None:
+        assert heard.wait(10.0), "the waker never listened"
+        time.sleep(0.5)
+    rounds: list[tuple[float, Round]] = []
+    run_round = d.run_round
+
+    def counted() -> Round:
+        done = run_round()
+        rounds.append((time.monotonic(), done))
+        return done
+
+    d.run_round = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    loop = threading.Thread(target=d.run, args=(stop, 5.0, waker))  # polls every 5 s
+    began = time.monotonic()
+    loop.start()
+    try:
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        d._wake.set()  # the loop sees the stop now, not at its next poll
+        loop.join()
+        if isinstance(waker, CommitWatcher):
+            waker.close()
+    assert len(hook.accepted()) == 2
+    busy = [(round(at - began, 1), r) for at, r in rounds if at - began < 3.0]
+    assert [(r.claimed, r.recorded) for _, r in busy] == [(2, 0), (0, 2)], busy
+    assert busy[1][0] >= 1.0, busy  # the second round came when the results were due
     assert [d["state"] for d in deliveries(engine)] == ["succeeded", "succeeded"]
 
 

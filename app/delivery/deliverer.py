@@ -186,7 +186,7 @@ class Deliverer:
             while (timeout := self._until_results_due(poll_seconds)) > 0:
                 woken = self._wake.wait(timeout)
                 self._wake.clear()
-                if not woken or self._something_new():
+                if not woken or stop.is_set() or self._something_new():
                     break
         self.close()
 
@@ -238,7 +238,7 @@ class Deliverer:
         round's transaction."""
         done = Round()
         self._committed = False  # what is committed from now on wakes the loop again
-        self._read_version = self._held.data_version()
+        self._read_version = self._held.data_version(connect=True)
         self._renew_leases()
         now = self.clock()
         self._results += self._drain()

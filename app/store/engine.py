@@ -403,26 +403,32 @@ class HeldConnection:
         On SQLite it first queues for the writer lock (see :class:`WriterLock`)."""
         lock = None if self.reader else _WRITER_LOCKS.get(self.engine)
         with lock or contextlib.nullcontext():
-            if self._conn is None:
-                self._conn = self.engine.connect()
-                self._conn.execution_options(
-                    cirelay_writer=not self.reader, cirelay_redone_if_lost=self.redone_if_lost
-                )
+            conn = self._connection()
             try:
-                with self._conn.begin():
-                    yield self._conn
+                with conn.begin():
+                    yield conn
             except BaseException:
                 self.close()
                 raise
 
-    def data_version(self) -> int | None:
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+            self._conn.execution_options(
+                cirelay_writer=not self.reader, cirelay_redone_if_lost=self.redone_if_lost
+            )
+        return self._conn
+
+    def data_version(self, *, connect: bool = False) -> int | None:
         """SQLite: the held connection's ``PRAGMA data_version``, which changes when another
-        connection, of any process, commits, and never for this one's own commits. ``None``
-        when no connection is held, when it fails, or on PostgreSQL."""
-        if self._conn is None or self.engine.dialect.name != "sqlite":
+        connection, of any process, commits, and never for this one's own commits (each
+        connection counts its own: versions compare only while the same one is held).
+        ``None`` when it fails, on PostgreSQL, or when no connection is held, unless
+        ``connect`` takes one first."""
+        if self.engine.dialect.name != "sqlite" or (self._conn is None and not connect):
             return None
         try:
-            driver = self._conn.connection.driver_connection
+            driver = self._connection().connection.driver_connection
             return int(driver.execute("PRAGMA data_version").fetchone()[0])  # type: ignore[union-attr]
         except Exception:  # the next transaction finds out, and drops it
             return None
