@@ -20,6 +20,7 @@ import heapq
 import ipaddress
 import itertools
 import logging
+import re
 import socket
 import threading
 import time
@@ -45,25 +46,25 @@ EXCERPT_BYTES = 512
 STALE_CONNECTION_SECONDS = 1.0
 
 
+#: a URL's or a path's part from its first slash on (its scheme and host kept)
+_URL_PATH = re.compile(r"(\w+://[^/\s]+)?/\S*")
+
+
 class _NoSubscriberPaths(logging.Filter):
     """urllib3 logs the path of a request, which may hold a subscriber's token (in its query,
     or in the path itself, as chat services' webhook URLs do): at DEBUG for every request,
     and with a warning and a traceback for an answer's malformed headers, also when an
-    attempt's deadline cut them short. Paths are left out of what it logs, and the headers'
+    attempt's deadline cut them short. Every path is cut from what it logs, and the headers'
     warning, which the attempt's own record says, is one line at INFO."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Failed to parse headers (url=%s): %s" and isinstance(record.args, tuple):
-            record.msg, record.args = (
-                "a subscriber's answer has malformed headers: %s",
-                (record.args[-1],),
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _URL_PATH.sub(r"\1/…", a) if isinstance(a, str) else a for a in record.args
             )
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Failed to parse"):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
-        elif isinstance(record.args, tuple):
-            record.args = tuple(
-                "/…" if isinstance(a, str) and a.startswith("/") else a for a in record.args
-            )
         return True
 
 

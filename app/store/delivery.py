@@ -239,7 +239,7 @@ _LEASED_THEN_ENABLED = sa.union_all(
     sa.select(
         sa.literal(False).label("leased"), subscriptions.c.id, subscriptions.c.paused_until
     ).where(subscriptions.c.enabled),
-)
+).order_by("id")
 
 
 def _open_subscriptions(conn: Connection, now: datetime, cap: int) -> dict[str, int]:
@@ -252,17 +252,13 @@ def _open_subscriptions(conn: Connection, now: datetime, cap: int) -> dict[str, 
     rows = conn.execute(_LEASED_THEN_ENABLED, {"now": now}).all()
     leased = Counter(str(ident) for is_lease, ident, _ in rows if is_lease)
     room = {}
-    for _, ident, paused_until in sorted((r for r in rows if not r.leased), key=_by_id):
-        if paused_until is not None and paused_until > now:
+    for is_lease, ident, paused_until in rows:
+        if is_lease or (paused_until is not None and paused_until > now):
             continue
         free = (1 if paused_until is not None else cap) - leased.get(str(ident), 0)
         if free > 0:
             room[str(ident)] = free
     return room
-
-
-def _by_id(row: Any) -> str:
-    return str(row.id)
 
 
 def has_claimable(conn: Connection, now: datetime, per_subscription: int | None = None) -> bool:
@@ -310,7 +306,8 @@ def claim_deliveries(
         return []
     params = {"ids": ids, "owner": owner, "until": lease_until}
     if conn.dialect.name == "postgresql":  # leased and read in one statement
-        claimed = sorted(conn.execute(_LEASE_RETURNING, params).mappings(), key=_by_delivery)
+        returned = conn.execute(_LEASE_RETURNING, params).mappings()
+        claimed = sorted(returned, key=lambda m: int(m["delivery_id"]))  # RETURNING is unordered
     else:  # SQLite's RETURNING cannot name the tables of an UPDATE's FROM
         conn.execute(_LEASE, params)
         claimed = list(conn.execute(_CLAIMED, {"ids": ids}).mappings())
@@ -325,10 +322,6 @@ def claim_deliveries(
         )
         for m in claimed
     ]
-
-
-def _by_delivery(row: Any) -> int:
-    return int(row["delivery_id"])
 
 
 #: built once, as the claim's other statements: the lease, and what the claims carry
