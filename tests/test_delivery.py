@@ -238,7 +238,7 @@ def test_on_postgresql_a_round_costs_few_round_trips(
     sa.event.listen(engine, "before_cursor_execute", note)
     try:
         done = deliverer.run_round()
-        busy, statements[:] = list(statements), []
+        busy = statements.copy()
         deliverer.wait_idle()
         statements.clear()
         idle = deliverer.run_round()
