@@ -69,14 +69,15 @@ def sample_sum(text: str, sample: str) -> float:
 
 
 def children_of(parent: int) -> set[int]:
-    """The pids whose parent is ``parent`` (gunicorn's workers, for its arbiter), from /proc."""
+    """The live pids whose parent is ``parent`` (gunicorn's workers, for its arbiter), from
+    /proc. A killed child stays a zombie until its parent reaps it: it is not counted."""
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):  # the process ended meanwhile
             continue
-        if int(fields[1]) == parent:
+        if int(fields[1]) == parent and fields[0] != "Z":
             found.add(int(stat.parent.name))
     return found
 

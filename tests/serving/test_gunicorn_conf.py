@@ -154,7 +154,7 @@ def test_real_workers_pinned_and_a_replacement_takes_the_freed_cpu(
         survivors = workers - {last}
         replaced = poll(
             "a replacement worker",
-            lambda: w if len(w := children_of(service.popen.pid) - survivors) == 1 else None,
+            lambda: w if len(w := children_of(service.popen.pid) - workers) == 1 else None,
         )
         (new,) = replaced
         poll("the replacement pinned", lambda: os.sched_getaffinity(new) == pinned[last])
