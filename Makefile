@@ -44,7 +44,7 @@ run: $(STAMP) ## run the local stack (cirelay up): service on 127.0.0.1:8080, SQ
 
 .PHONY: test
 test: $(STAMP) system-deps lint ## lint, then run every test (PostgreSQL too when CIRELAY_TEST_DATABASE_URL is set)
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile
 
 .PHONY: lint
 lint: $(STAMP) ## ruff and mypy on app/

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from app import Services, build_services, create_app, store
 from app.config import Settings
@@ -24,9 +24,24 @@ from app.migrations import upgrade
 from app.schemas import SchemaSet
 from app.tokens import sign_job
 from tests.contract.outbox import checking_outbox
+from tests.fleet import create_database
 
 CORPUS = Path(__file__).parent / "corpus"
-PG_URL = os.environ.get("CIRELAY_TEST_DATABASE_URL")
+
+
+def _database_of_this_worker(url: str | None) -> str | None:
+    """Under pytest-xdist (``make test`` runs a worker per core) each worker tests on a
+    PostgreSQL database of its own, ``<name>_<worker>``, made afresh on the same server: the
+    tests empty and migrate theirs freely. The processes they start inherit it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    own = create_database(url, f"{make_url(url).database}_{worker}")
+    os.environ["CIRELAY_TEST_DATABASE_URL"] = own
+    return own
+
+
+PG_URL = _database_of_this_worker(os.environ.get("CIRELAY_TEST_DATABASE_URL"))
 API_KEY = "test-api-key-0123456789"
 CALLBACK_KEYS = ("callback-key-new-0123456789", "callback-key-old-0123456789")
 QUEUE_SECRET = "queue-secret-0123456789abcdef"

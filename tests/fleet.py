@@ -116,12 +116,14 @@ def nginx_conf(prefix: Path, port: int, upstreams: tuple[int, int]) -> str:
 # --- a database of our own ------------------------------------------------------------------
 
 
-def create_database(admin_url: str) -> str:
-    """A new, empty database on the server of ``admin_url``; its URL."""
-    name = f"cirelay_fleet_{secrets.token_hex(4)}"
+def create_database(admin_url: str, name: str | None = None) -> str:
+    """A new, empty database on the server of ``admin_url``, named ``name`` (one left by
+    an earlier run is dropped first) or a fresh name; its URL."""
+    name = name or f"cirelay_fleet_{secrets.token_hex(4)}"
     engine = sa.create_engine(_driver_url(admin_url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     finally:
         engine.dispose()
