@@ -32,12 +32,13 @@ CORPUS = Path(__file__).parent / "corpus"
 def _database_of_this_worker(url: str | None) -> str | None:
     """Under pytest-xdist (``make test`` runs a worker per core) each worker tests on a
     PostgreSQL database of its own, ``<name>_<worker>``, made afresh on the same server: the
-    tests empty and migrate theirs freely. The processes they start inherit it."""
+    tests empty and migrate theirs freely. The processes they start inherit it (and a
+    child that imports this module takes it as it is)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if not url or not worker:
+    if not url or not worker or os.environ.get("CIRELAY_TEST_DATABASE_OF") == worker:
         return url
     own = create_database(url, f"{make_url(url).database}_{worker}")
-    os.environ["CIRELAY_TEST_DATABASE_URL"] = own
+    os.environ.update(CIRELAY_TEST_DATABASE_URL=own, CIRELAY_TEST_DATABASE_OF=worker)
     return own
 
 
