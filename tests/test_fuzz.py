@@ -323,6 +323,7 @@ def test_endpoint_never_answers_5xx(
             "malformed_notification",
             "invalid_notification",
             "unsupported_media_type",
+            "wrong_endpoint",  # a valid queue notification about the job with a URL of its own
         )
 
 

@@ -51,6 +51,8 @@ class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
     _header_timer: asyncio.TimerHandle | None = None
     #: the start of a request not yet parsed (for the access line of a refused one)
     _first_line = b""
+    #: the client sent EOF with a request under way
+    _half_closed = False
 
     def connection_made(self, transport: Any) -> None:
         self._scopes: dict[int, Any] = {}  # by request, until its access log line is written
@@ -76,10 +78,30 @@ class DeadlineProtocol(ASGIProtocol):  # type: ignore[misc]
         to answer it (a body it cut short ends now); otherwise close it (asyncio's default)."""
         if self._current_request is None:
             return False
+        self._half_closed = True
         receiver = self._body_receiver
         if receiver is not None and not receiver._complete:
             receiver.signal_disconnect()
         return True
+
+    async def _serve_http_request(self, request: Any, sockname: Any, peername: Any) -> Any:
+        """One request; a client that half-closed sends no next one, so its connection is
+        closed once answered. Kept open it would never be read again (asyncio stops reading
+        at EOF), hold the worker's connection count up, and make a graceful stop wait out
+        ``graceful_timeout`` (a request sent, then FIN, before the worker accepted: a probe
+        that timed out while the service started)."""
+        keepalive = await super()._serve_http_request(request, sockname, peername)
+        return keepalive and not self._half_closed
+
+    def _close_transport(self) -> None:
+        """gunicorn's, then the transport closed even when its ``write_eof`` failed: on a
+        connection the peer reset, ``shutdown`` raises ENOTCONN and gunicorn's skips the
+        close, so the connection is never lost and holds the worker's count up for good (a
+        graceful stop then waits out ``graceful_timeout`` for it)."""
+        transport = self.transport
+        super()._close_transport()
+        if transport is not None and not transport.is_closing():
+            transport.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import signal
 import socket
 import struct
 import time
@@ -26,6 +28,7 @@ from tests.e2e_stack import (
     CIRELAY,
     QUEUE_SECRET,
     Process,
+    children_of,
     free_port,
     poll,
     spawn,
@@ -289,3 +292,40 @@ def test_a_stream_on_the_loop_resumes_from_last_event_id_and_keeps_to_its_filter
     resumed, succeeded = asyncio.run(scenario())
     assert resumed == [head + 2, head + 3]
     assert succeeded == [head + 2, head + 3]
+
+
+def test_a_client_gone_before_its_answer_holds_no_connection_and_the_stop_is_prompt(
+    tmp_path: Path,
+) -> None:
+    """A request sent and the connection closed before the worker took it (a health probe
+    that timed out while the service started): the worker answers into a reset connection,
+    and gunicorn's close gave up when ``shutdown`` raised ENOTCONN, leaving the connection
+    counted for good, so SIGTERM waited out ``graceful_timeout`` and was killed. A client that
+    only half-closes gets its answer, then the server's close at once (not after keep-alive).
+    Afterwards SIGTERM finds no connection to wait for and gunicorn exits 0."""
+    port = free_port()
+    env = dict(stack_env(tmp_path, port, free_port()), CIRELAY_KEEPALIVE_SECONDS="60")
+    command = [*CIRELAY, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    process = spawn("serve", command, env, tmp_path)
+    request = b"GET /healthz HTTP/1.1\r\nHost: cirelay.test\r\n\r\n"
+    try:
+        wait_http("cirelay serve", f"http://127.0.0.1:{port}/readyz", process)
+        (worker,) = children_of(process.popen.pid)
+        os.kill(worker, signal.SIGSTOP)  # the kernel accepts; the worker takes it later
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as gone:
+                gone.sendall(request)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as half:
+            half.sendall(request)
+            half.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := half.recv(65536):  # keep-alive is 60 s: b"" is the server's close
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+    finally:
+        process.stop()
+    log = process.log_path.read_text()
+    assert "Waiting for" not in log, process.tail()
+    assert process.popen.returncode == 0, process.tail()
